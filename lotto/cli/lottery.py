@@ -1,0 +1,85 @@
+"""`lotto lottery`: the Lottery Ticket experiment."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from lotto.cli.app import (
+    ConfigOpt,
+    DeviceOpt,
+    ForceOpt,
+    NameOpt,
+    OverridesArg,
+    RunsDirOpt,
+    SeedOpt,
+    console,
+    lotto_command,
+)
+from lotto.config import load_config
+from lotto.experiments.lottery import LotteryResult, run_lottery
+from lotto.progress import make_progress
+
+
+@lotto_command("lottery")
+def lottery(
+    overrides: OverridesArg = None,
+    config: ConfigOpt = None,
+    prune_rate: Annotated[
+        float | None, typer.Option(help="Fraction of surviving FC weights pruned per round.")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="Pruning rounds after the dense round.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Replicates (seed, seed+1, ...).")] = None,
+    seed: SeedOpt = None,
+    name: NameOpt = None,
+    runs_dir: RunsDirOpt = None,
+    device: DeviceOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Iterative magnitude pruning with rewinding to the original init, plus controls."""
+    cfg = load_config("lottery", config, overrides or [], {
+        "lottery.prune_rate": prune_rate, "lottery.rounds": rounds, "lottery.seeds": seeds,
+        "seed": seed, "run.name": name, "run.runs_dir": runs_dir, "device": device,
+    })
+    with make_progress(console) as progress:
+        result = run_lottery(cfg, force=force, progress=progress)
+    show(result)
+
+
+def _cell(row: object, col: str, pct: bool = True) -> str:
+    mean, std = getattr(row, col), getattr(row, f"{col}_std")
+    scale, fmt = (100, ".2f") if pct else (1, ".0f")
+    text = f"{mean * scale:{fmt}}"
+    return text + (f"±{std * scale:{fmt}}" if row.seeds > 1 else "")
+
+
+def show(result: LotteryResult) -> None:
+    table = result.table
+    variants = [v for v in ("ticket", "reinit", "random_mask") if v in set(table.variant)]
+    out = Table(title="lottery: test accuracy (%) at the end and at early stop (ES)")
+    out.add_column("round", justify="right")
+    out.add_column("weights %", justify="right")
+    for v in variants:
+        for head in ("acc", "ES acc", "ES iter"):
+            out.add_column(f"{v} {head}", justify="right")
+    out.add_column("time s", justify="right")
+    for rnd, rows in table.groupby("round"):
+        by = {r.variant: r for r in rows.itertuples()}
+        ticket = by["ticket"]
+        cells = [str(rnd), f"{ticket.weights_remaining_pct:.1f}"]
+        for v in variants:
+            r = by.get(v)
+            cells += ["-"] * 3 if r is None else [
+                _cell(r, "test_accuracy"), _cell(r, "early_stop_test_accuracy"),
+                _cell(r, "early_stop_iteration", pct=False)]
+        cells.append(f"{sum(r.seconds * r.seeds for r in by.values()):.0f}")
+        out.add_row(*cells)
+    console.print(out)
+    s = result.summary
+    for variant, hit in s["smallest_within_1pt"].items():
+        where = ("never (not even the first pruning round)" if hit["round"] is None
+                 else f"{hit['weights_remaining_pct']:.1f}% of weights (round {hit['round']})")
+        console.print(f"{variant}: stays within 1 point of the dense network down to {where}")
+    console.print(f"run directory: {result.run.path}")

@@ -1,0 +1,180 @@
+"""Config loading: packaged defaults <- user YAML <- key=value overrides <- CLI options.
+
+The defaults file of a command is its schema: a key that is not in it is an error, and a value
+must have the type of its default (an int is accepted where a float or a string is expected,
+so `lr=1` and `train.iterations=50000` work; a null default accepts anything).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lotto.errors import LottoError
+
+# Keys that say where a run goes, not what it computes: left out of the run hash and of the
+# "same config?" check on resume.
+PLACEMENT_KEYS = ("run",)
+
+
+def defaults_path(command: str) -> Path:
+    return Path(str(resources.files("lotto") / "configs" / f"{command}.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise LottoError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise LottoError(f"config file {path} does not parse as YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LottoError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def load_defaults(command: str) -> DictConfig:
+    return OmegaConf.create(_read_yaml(defaults_path(command)))
+
+
+def _parse_overrides(overrides: Sequence[str]) -> dict:
+    merged: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise LottoError(f"override {item!r} is not of the form key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(merged, key.strip(), value)
+    return merged
+
+
+def _set_dotted(target: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = target
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise LottoError(f"config key {key}: {part} is a value, not a section")
+    node[parts[-1]] = value
+
+
+def _check_against(schema: Any, value: Any, key: str) -> None:
+    """Raise if `value` does not fit the type of the default `schema` (recursively)."""
+    if schema is None:
+        return
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            raise LottoError(f"config key {key}: expected a section, got {value!r}")
+        for sub, v in value.items():
+            name = f"{key}.{sub}" if key else str(sub)
+            if sub not in schema:
+                raise LottoError(f"unknown config key {name}")
+            _check_against(schema[sub], v, name)
+        return
+    if value is None:
+        return  # null clears an optional value; the experiment checks what it needs
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, (str, int)) and not isinstance(v, bool),
+        list: lambda v: isinstance(v, list),
+    }[type(schema)](value)
+    if not ok:
+        raise LottoError(
+            f"config key {key}: expected {type(schema).__name__}, got {value!r} ({type(value).__name__})"
+        )
+
+
+def load_config(
+    command: str,
+    config_file: Path | None = None,
+    overrides: Sequence[str] = (),
+    options: Mapping[str, Any] | None = None,
+) -> DictConfig:
+    """Resolve the config of `command`. `options` maps dotted keys to CLI option values (None = unset)."""
+    schema = _read_yaml(defaults_path(command))
+    layers: list[dict] = []
+    if config_file is not None:
+        layers.append(_read_yaml(Path(config_file)))
+    layers.append(_parse_overrides(overrides))
+    cli: dict = {}
+    for key, value in (options or {}).items():
+        if value is not None:
+            _set_dotted(cli, key, value)
+    layers.append(cli)
+    for layer in layers:
+        _check_against(schema, layer, "")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.create(schema), *[OmegaConf.create(x) for x in layers])
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise LottoError(f"config: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+    # float defaults given as ints stay ints in OmegaConf; normalise so saved configs are stable
+    _coerce_floats(schema, cfg)
+    return cfg
+
+
+def _coerce_floats(schema: dict, cfg: DictConfig) -> None:
+    for key, default in schema.items():
+        if isinstance(default, dict):
+            _coerce_floats(default, cfg[key])
+        elif isinstance(default, float) and isinstance(cfg[key], int):
+            cfg[key] = float(cfg[key])
+
+
+def check(condition: bool, key: str, message: str) -> None:
+    """Range checks made by experiments: one line naming the key."""
+    if not condition:
+        raise LottoError(f"config key {key}: {message}")
+
+
+def identity(cfg: DictConfig) -> dict:
+    """The part of a config that decides the results (placement keys removed)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in PLACEMENT_KEYS:
+        data.pop(key, None)
+    return data
+
+
+def _diff(default: Any, value: Any) -> Any:
+    if isinstance(default, dict) and isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            d = _diff(default.get(k), v) if k in default else v
+            if d is not _SAME:
+                out[k] = d
+        return out or _SAME
+    return _SAME if default == value else value
+
+
+_SAME = object()
+
+
+def config_hash(cfg: DictConfig, command: str) -> str:
+    """Short hash of the non-default part of the config: the default run name."""
+    defaults = identity(load_defaults(command))
+    diff = _diff(defaults, identity(cfg))
+    payload = json.dumps({} if diff is _SAME else diff, sort_keys=True)
+    return hashlib.sha1(payload.encode()).hexdigest()[:10]
+
+
+def to_yaml(cfg: DictConfig | ListConfig) -> str:
+    return OmegaConf.to_yaml(cfg)

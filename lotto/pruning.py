@@ -1,0 +1,118 @@
+"""Unstructured magnitude pruning with plain mask tensors.
+
+Masks are {parameter name: 0/1 tensor}. The trainer multiplies them into the weights after every
+optimizer step (one fused `_foreach_mul_`), which is cheaper than `torch.nn.utils.prune`'s
+re-parametrisation (a mask multiply in every forward and a second weight copy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from lotto.errors import LottoError
+
+Masks = dict[str, torch.Tensor]
+
+
+def prunable(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Weights of the Linear and Conv2d layers, by parameter name, in forward order."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            out[f"{name}.weight" if name else "weight"] = module.weight
+    return out
+
+
+def layer_kinds(model: nn.Module) -> dict[str, str]:
+    """'conv', 'fc' or 'output' (the last Linear) for each prunable weight."""
+    kinds = {}
+    modules = dict(model.named_modules())
+    for name in prunable(model):
+        module = modules[name.rsplit(".", 1)[0] if "." in name else ""]
+        kinds[name] = "conv" if isinstance(module, nn.Conv2d) else "fc"
+    linear = [k for k, v in kinds.items() if v == "fc"]
+    if linear:
+        kinds[linear[-1]] = "output"
+    return kinds
+
+
+def layer_rates(
+    model: nn.Module, rate: float, conv_factor: float = 0.5, output_factor: float = 0.5
+) -> dict[str, float]:
+    """Per-layer pruning rates of the Lottery Ticket paper: FC at `rate`, conv and output less."""
+    factor = {"fc": 1.0, "conv": conv_factor, "output": output_factor}
+    return {name: rate * factor[kind] for name, kind in layer_kinds(model).items()}
+
+
+def ones_masks(model: nn.Module) -> Masks:
+    return {k: torch.ones_like(p, dtype=torch.float32) for k, p in prunable(model).items()}
+
+
+def magnitude_prune(
+    weights: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    rates: Mapping[str, float],
+    ranking: str = "layerwise",
+) -> Masks:
+    """Prune `rates[name]` of each layer's surviving weights, smallest magnitudes first.
+
+    `global` pools the layers that share a rate and prunes that fraction of their pooled
+    survivors (the paper's global pruning: all hidden layers at one rate, the output layer at
+    its own).
+    """
+    if ranking not in ("layerwise", "global"):
+        raise LottoError(f"unknown ranking {ranking!r}; choose layerwise or global")
+    new = {k: m.clone().float() for k, m in masks.items()}
+    groups: list[list[str]] = [[k] for k in rates]
+    if ranking == "global":
+        by_rate: dict[float, list[str]] = {}
+        for k, r in rates.items():
+            by_rate.setdefault(r, []).append(k)
+        groups = list(by_rate.values())
+    for names in groups:
+        rate = rates[names[0]]
+        scores = torch.cat([
+            torch.where(masks[k].bool(), weights[k].detach().abs().float().cpu(),
+                        torch.tensor(float("inf"))).flatten()
+            for k in names
+        ])
+        alive = int(sum(masks[k].sum().item() for k in names))
+        count = round(rate * alive)
+        if count == 0:
+            continue
+        # stable sort: ties broken by position, so pruning is deterministic
+        order = torch.sort(scores, stable=True).indices[:count]
+        flat = torch.cat([new[k].flatten() for k in names])
+        flat[order] = 0.0
+        offset = 0
+        for k in names:
+            size = new[k].numel()
+            new[k] = flat[offset : offset + size].view_as(new[k]).clone()
+            offset += size
+    return new
+
+
+def density(masks: Mapping[str, torch.Tensor]) -> float:
+    total = sum(m.numel() for m in masks.values())
+    return sum(m.sum().item() for m in masks.values()) / total
+
+
+def random_masks_like(masks: Mapping[str, torch.Tensor], generator: torch.Generator) -> Masks:
+    """Random masks with exactly the same number of survivors per layer."""
+    out = {}
+    for k, m in masks.items():
+        keep = int(m.sum().item())
+        flat = torch.zeros(m.numel())
+        flat[torch.randperm(m.numel(), generator=generator)[:keep]] = 1.0
+        out[k] = flat.view_as(m)
+    return out
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for k, m in masks.items():
+        params[k].mul_(m.to(params[k].device, params[k].dtype))

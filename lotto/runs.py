@@ -1,0 +1,147 @@
+"""Run directories: `runs/<command>/<name>/`, resumable, every file written atomically.
+
+A run directory holds the resolved `config.yaml`, tidy metrics tables (`<stem>.csv` and
+`<stem>.parquet`, rewritten whole and atomically after each finished unit of work), tensors
+(safetensors) and `summary.json`. A finished unit (round, grid cell, candidate) is recorded by its
+metrics row, written after its tensors: a unit without a row is simply recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lotto.config import config_hash, identity, to_yaml
+from lotto.errors import LottoError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def validate_name(name: str) -> str:
+    if not _NAME.match(name) or ".." in name:
+        raise LottoError(
+            f"run name {name!r} must be letters, digits, '.', '_' or '-' (no '/', no '..')"
+        )
+    return name
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call `write(tmp_path)` then rename onto `path`, so readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+class RunDir:
+    """One run's directory. Use `RunDir.open` to create or resume it."""
+
+    def __init__(self, path: Path, command: str):
+        self.path = path
+        self.command = command
+
+    @classmethod
+    def open(cls, cfg: DictConfig, command: str, force: bool = False) -> RunDir:
+        """Create or resume `runs_dir/command/name`; refuse if a saved config differs."""
+        name = cfg.run.name or config_hash(cfg, command)
+        validate_name(str(name))
+        root = Path(cfg.run.runs_dir).expanduser()
+        path = (root / command / str(name)).resolve()
+        if not path.is_relative_to((root / command).resolve()):
+            raise LottoError(f"run name {name!r} escapes the runs directory")
+        saved = path / "config.yaml"
+        if force and path.exists():
+            shutil.rmtree(path)
+        if saved.exists():
+            try:
+                old = identity(OmegaConf.load(saved))
+            except Exception:
+                raise LottoError(f"{saved} is unreadable; use --force to start this run afresh") from None
+            if old != identity(cfg):
+                raise LottoError(
+                    f"run directory {path} holds a different config; "
+                    "pick another --name or use --force to start it afresh"
+                )
+        run = cls(path, command)
+        path.mkdir(parents=True, exist_ok=True)
+        write_text(saved, to_yaml(cfg))
+        return run
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_text(self.file(name), json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
+
+    def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        atomic_write(self.file(name), lambda tmp: save_file(data, str(tmp)))
+
+    def has(self, name: str) -> bool:
+        return self.file(name).exists()
+
+    def load_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        path = self.file(name)
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise LottoError(
+                f"checkpoint {path} is missing or corrupt ({str(e).splitlines()[0]}); "
+                "use --force to start this run afresh"
+            ) from None
+
+
+class MetricsLog:
+    """A tidy table written as CSV and Parquet after every append (both atomically)."""
+
+    def __init__(self, run: RunDir, stem: str = "metrics"):
+        self.csv = run.file(f"{stem}.csv")
+        self.parquet = run.file(f"{stem}.parquet")
+        self.rows: list[dict] = []
+        if self.csv.exists():
+            try:
+                self.rows = pd.read_csv(self.csv).to_dict("records")
+            except Exception:
+                raise LottoError(f"{self.csv} is corrupt; use --force to start this run afresh") from None
+
+    def append(self, rows: dict | Iterable[dict]) -> None:
+        self.rows.extend([rows] if isinstance(rows, dict) else list(rows))
+        frame = self.frame()
+        atomic_write(self.csv, lambda tmp: frame.to_csv(tmp, index=False))
+        atomic_write(self.parquet, lambda tmp: frame.to_parquet(tmp, index=False))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def find(self, **key: Any) -> list[dict]:
+        return [r for r in self.rows if all(_same(r.get(k), v) for k, v in key.items())]
+
+
+def _same(a: Any, b: Any) -> bool:
+    # CSV round-trips turn ints into floats and None into NaN
+    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return a == b
+    if a != a and b is None:  # NaN read back for a missing value
+        return True
+    return a == b

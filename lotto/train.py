@@ -1,0 +1,278 @@
+"""The one trainer: budgets in iterations or epochs, optimizers and schedules from config,
+periodic evaluation with early-stop bookkeeping, masks that keep pruned weights at zero.
+
+Batches are index operations on in-memory tensors (see `lotto.data`), the training loss is
+accumulated on the device and read only at evaluation time, so the loop stays cheap on CPU and
+never synchronises a GPU per step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from rich.progress import Progress
+from torch import nn
+
+from lotto.data import Data
+from lotto.errors import LottoError
+
+_STEP = re.compile(r"^\s*(\d+)\s*(it|ep)?\s*$")
+
+
+def parse_step(value: str | int, iterations_per_epoch: int) -> int:
+    """'500it' -> 500, '2ep' -> 2 epochs of iterations, 500 -> 500."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        count, unit = value, "it"
+    else:
+        match = _STEP.match(str(value))
+        if not match:
+            raise LottoError(f"{value!r} is not a step count like '500it' or '2ep'")
+        count, unit = int(match.group(1)), match.group(2) or "it"
+    return count * iterations_per_epoch if unit == "ep" else count
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LottoError(f"device {name!r} asked for, but no CUDA GPU is available here")
+        return torch.device(name)
+    raise LottoError(f"unknown device {name!r}; choose cpu, cuda or auto")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class TrainingDiverged(LottoError):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, iteration: int):
+        super().__init__(f"loss is not finite at iteration {iteration}")
+        self.iteration = iteration
+
+
+@dataclass
+class TrainResult:
+    iterations: int
+    epochs: float
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    test_accuracy: float
+    early_stop_iteration: int
+    early_stop_val_loss: float
+    early_stop_test_accuracy: float
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` on (x, y), in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for i in range(0, len(x), batch_size):
+        out = model(x[i : i + batch_size]).float()
+        loss += F.cross_entropy(out, y[i : i + batch_size], reduction="sum")
+        correct += (out.argmax(1) == y[i : i + batch_size]).sum()
+    model.train(was_training)
+    return loss.item() / len(x), correct.item() / len(x)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: DictConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+        )
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    raise LottoError(f"config key train.optimizer: unknown optimizer {cfg.optimizer!r}")
+
+
+def lr_factor(cfg: DictConfig, total: int, warmup: int) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at each iteration: warm-up, then the schedule."""
+    milestones = [round(f * total) for f in cfg.milestones]
+
+    def factor(it: int) -> float:
+        if it < warmup:
+            return (it + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        if cfg.schedule == "step":
+            return cfg.gamma ** sum(it >= m for m in milestones)
+        if cfg.schedule == "cosine":
+            progress = (it - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        raise LottoError(f"config key train.schedule: unknown schedule {cfg.schedule!r}")
+
+    return factor
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    from lotto.config import check
+
+    check(cfg.optimizer in ("adam", "sgd", "rmsprop"), "train.optimizer", "adam, sgd or rmsprop")
+    check(cfg.schedule in ("constant", "step", "cosine"), "train.schedule",
+          "constant, step or cosine")
+    check(cfg.lr > 0, "train.lr", "must be positive")
+    check(cfg.batch_size >= 1, "train.batch_size", "must be at least 1")
+    check(all(0 < f < 1 for f in cfg.milestones), "train.milestones",
+          "fractions of the budget, each in (0, 1)")
+    for key in ("iterations", "eval_every", "warmup"):
+        try:
+            parse_step(cfg[key], 1)
+        except LottoError as e:
+            raise LottoError(f"config key train.{key}: {e}") from None
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Per-example random horizontal flip and 4-pixel pad-and-crop, on the whole batch at once."""
+    n, c, h, w = x.shape
+    flip = torch.rand(n, generator=gen, device=gen.device) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    padded = F.pad(x, (4, 4, 4, 4))
+    dy, dx = torch.randint(0, 9, (2, n, 1, 1, 1), generator=gen, device=gen.device)
+    rows = dy + torch.arange(h, device=x.device).view(1, 1, h, 1)
+    cols = dx + torch.arange(w, device=x.device).view(1, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, chans, rows, cols]
+
+
+def train(
+    model: nn.Module,
+    data: Data,
+    cfg: DictConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    after_backward: Callable[[nn.Module], None] | None = None,
+    checkpoints: Mapping[int, Callable[[nn.Module], None]] | None = None,
+    progress: Progress | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train `model` in place on `data` for the budget in `cfg` (the `train` config section)."""
+    check_train_config(cfg)
+    n = len(data.train_x)
+    per_epoch = max(1, n // cfg.batch_size)
+    total = parse_step(cfg.iterations, per_epoch)
+    eval_every = max(1, parse_step(cfg.eval_every, per_epoch))
+    warmup = parse_step(cfg.warmup, per_epoch)
+    checkpoints = dict(checkpoints or {})
+
+    model.to(device).train()
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    named = dict(model.named_parameters())
+    masked = [(named[k], m.to(device=device, dtype=named[k].dtype)) for k, m in (masks or {}).items()]
+    mask_params, mask_values = [p for p, _ in masked], [m for _, m in masked]
+
+    def apply_masks() -> None:
+        if mask_params:
+            with torch.no_grad():
+                torch._foreach_mul_(mask_params, mask_values)
+
+    apply_masks()
+    optimizer = make_optimizer(list(model.parameters()), cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total, warmup))
+    seed_everything(seed)  # dropout and anything else drawing from the global generator
+    gen = torch.Generator(device=device).manual_seed(seed)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
+    )
+
+    history: list[dict] = []
+    best: dict | None = None
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    start = time.perf_counter()
+    task = progress.add_task(desc, total=total) if progress is not None else None
+
+    def record(it: int) -> dict:
+        nonlocal best, loss_sum, loss_count
+        train_loss = loss_sum.item() / loss_count if loss_count else float("nan")
+        if loss_count and not math.isfinite(train_loss):
+            raise TrainingDiverged(it)
+        val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
+        _, test_acc = evaluate(model, data.test_x, data.test_y)
+        row = {
+            "iteration": it, "epoch": it / per_epoch, "train_loss": train_loss,
+            "val_loss": val_loss, "val_accuracy": val_acc, "test_accuracy": test_acc,
+            "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
+        }
+        history.append(row)
+        if best is None or val_loss < best["val_loss"]:
+            best = row
+        loss_sum = torch.zeros((), device=device)
+        loss_count = 0
+        if task is not None:
+            progress.update(task, completed=it, description=f"{desc} val_acc={val_acc:.3f}")
+        return row
+
+    it = 0
+    if 0 in checkpoints:
+        checkpoints.pop(0)(model)
+    record(0)
+    while it < total:
+        order = torch.randperm(n, generator=gen, device=device)
+        for b in range(per_epoch):
+            if it >= total:
+                break
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            x, y = data.train_x[idx], data.train_y[idx]
+            if data.augment:
+                x = _augment(x, gen)
+            if cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss = F.cross_entropy(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if after_backward is not None:
+                after_backward(model)
+            optimizer.step()
+            scheduler.step()
+            apply_masks()
+            loss_sum += loss.detach()
+            loss_count += 1
+            it += 1
+            if it in checkpoints:
+                checkpoints.pop(it)(model)
+            if it % eval_every == 0 or it == total:
+                record(it)
+    if task is not None:
+        progress.remove_task(task)
+    last = history[-1]
+    return TrainResult(
+        iterations=it, epochs=it / per_epoch, train_loss=last["train_loss"],
+        val_loss=last["val_loss"], val_accuracy=last["val_accuracy"],
+        test_accuracy=last["test_accuracy"], early_stop_iteration=best["iteration"],
+        early_stop_val_loss=best["val_loss"], early_stop_test_accuracy=best["test_accuracy"],
+        seconds=time.perf_counter() - start, history=history,
+    )
