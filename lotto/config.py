@@ -2,13 +2,15 @@
 
 The defaults file of a command is its schema: a key that is not in it is an error, and a value
 must have the type of its default (an int is accepted where a float or a string is expected,
-so `lr=1` and `train.iterations=50000` work; a null default accepts anything).
+so `lr=1` and `train.iterations=50000` work). Only a key whose default is null takes any value,
+null included.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -25,6 +27,22 @@ from lotto.errors import LottoError
 PLACEMENT_KEYS = ("run",)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1) also reading YAML 1.2 floats such as `1e-3` and `3e4`,
+    which YAML 1.1 reads as strings (it wants a dot and a signed exponent)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def defaults_path(command: str) -> Path:
     return Path(str(resources.files("lotto") / "configs" / f"{command}.yaml"))
 
@@ -35,7 +53,7 @@ def _read_yaml(path: Path) -> dict:
     except OSError as e:
         raise LottoError(f"cannot read config file {path}: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = _yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -43,7 +61,8 @@ def _read_yaml(path: Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise LottoError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+        kind = type(data).__name__
+        raise LottoError(f"config file {path} must hold a mapping of keys, not {kind}")
     return data
 
 
@@ -58,7 +77,7 @@ def _parse_overrides(overrides: Sequence[str]) -> dict:
         if not sep or not key.strip():
             raise LottoError(f"override {item!r} is not of the form key=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = _yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         _set_dotted(merged, key.strip(), value)
@@ -89,7 +108,7 @@ def _check_against(schema: Any, value: Any, key: str) -> None:
             _check_against(schema[sub], v, name)
         return
     if value is None:
-        return  # null clears an optional value; the experiment checks what it needs
+        raise LottoError(f"config key {key}: must not be null (its default is {schema!r})")
     ok = {
         bool: lambda v: isinstance(v, bool),
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -98,9 +117,8 @@ def _check_against(schema: Any, value: Any, key: str) -> None:
         list: lambda v: isinstance(v, list),
     }[type(schema)](value)
     if not ok:
-        raise LottoError(
-            f"config key {key}: expected {type(schema).__name__}, got {value!r} ({type(value).__name__})"
-        )
+        expected, got = type(schema).__name__, type(value).__name__
+        raise LottoError(f"config key {key}: expected {expected}, got {value!r} ({got})")
 
 
 def load_config(
@@ -109,7 +127,10 @@ def load_config(
     overrides: Sequence[str] = (),
     options: Mapping[str, Any] | None = None,
 ) -> DictConfig:
-    """Resolve the config of `command`. `options` maps dotted keys to CLI option values (None = unset)."""
+    """Resolve the config of `command`.
+
+    `options` maps dotted keys to CLI option values; None means the option was not given.
+    """
     schema = _read_yaml(defaults_path(command))
     layers: list[dict] = []
     if config_file is not None:
@@ -127,7 +148,8 @@ def load_config(
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise LottoError(f"config: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
-    # float defaults given as ints stay ints in OmegaConf; normalise so saved configs are stable
+    # float defaults given as ints stay ints in OmegaConf (and string defaults given as ints stay
+    # ints); normalise so that experiments see the default's type and saved configs are stable
     _coerce_floats(schema, cfg)
     return cfg
 
@@ -138,6 +160,8 @@ def _coerce_floats(schema: dict, cfg: DictConfig) -> None:
             _coerce_floats(default, cfg[key])
         elif isinstance(default, float) and isinstance(cfg[key], int):
             cfg[key] = float(cfg[key])
+        elif isinstance(default, str) and isinstance(cfg[key], int):
+            cfg[key] = str(cfg[key])
 
 
 def check(condition: bool, key: str, message: str) -> None:

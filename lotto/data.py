@@ -64,8 +64,12 @@ def _find_idx(root: Path, stem: str) -> Path | None:
 
 def _fashion_mnist(cfg: DictConfig) -> tuple[np.ndarray, ...]:
     roots = [Path(cfg.root).expanduser()] if cfg.root else [FASHION_MNIST_SYSTEM_ROOT]
-    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    stems = (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    )
     for root in roots:
         paths = [_find_idx(root, s) for s in stems]
         if all(paths):
@@ -92,7 +96,9 @@ def _torchvision_set(cls_name: str, cfg: DictConfig) -> tuple[np.ndarray, ...]:
         train, test = (cls(str(root), train=t, download=bool(cfg.download)) for t in (True, False))
     except RuntimeError as e:
         hint = "" if cfg.download else "; set data.download=true or point data.root at it"
-        raise LottoError(f"{cls_name} not found under {root} ({str(e).splitlines()[0]}){hint}") from None
+        raise LottoError(
+            f"{cls_name} not found under {root} ({str(e).splitlines()[0]}){hint}"
+        ) from None
 
     def arrays(ds: object) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(ds.data)
@@ -107,7 +113,9 @@ def _imagefolder(cfg: DictConfig) -> tuple[np.ndarray, ...]:
     from torchvision.datasets import ImageFolder
 
     if not cfg.root:
-        raise LottoError("data.name=imagefolder needs data.root (with train/<class>/ and test/<class>/)")
+        raise LottoError(
+            "data.name=imagefolder needs data.root (with train/<class>/ and test/<class>/)"
+        )
     root = Path(cfg.root).expanduser()
     size = cfg.image_size or 64
     tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()])
@@ -181,8 +189,10 @@ def load_data(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
     if len(arrays) == 6:  # the data set brings its own validation split
         val_x, val_y = arrays[4], arrays[5]
     else:
-        val_size = cfg.val_size if cfg.val_size is not None else DEFAULT_VAL_SIZE.get(
-            cfg.name, len(train_y) // 10
+        val_size = (
+            cfg.val_size
+            if cfg.val_size is not None
+            else DEFAULT_VAL_SIZE.get(cfg.name, len(train_y) // 10)
         )
         if not 0 < val_size < len(train_y):
             raise LottoError(
@@ -208,9 +218,18 @@ def load_data(cfg: DictConfig, device: torch.device | str = "cpu") -> Data:
         return ((x - mean) / std).to(device)
 
     def labels(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a), dtype=torch.int64).to(device)
+        return torch.tensor(np.asarray(a), dtype=torch.int64).to(device)
 
     augment = cfg.augment if cfg.augment is not None else cfg.name in ("cifar10", "cifar100")
     num_classes = int(max(train_y.max(), test_y.max())) + 1
-    return Data(cfg.name, put(tx), labels(train_y), put(vx), labels(val_y), put(sx), labels(test_y),
-                num_classes, bool(augment))
+    return Data(
+        cfg.name,
+        put(tx),
+        labels(train_y),
+        put(vx),
+        labels(val_y),
+        put(sx),
+        labels(test_y),
+        num_classes,
+        bool(augment),
+    )

@@ -74,11 +74,16 @@ def magnitude_prune(
         groups = list(by_rate.values())
     for names in groups:
         rate = rates[names[0]]
-        scores = torch.cat([
-            torch.where(masks[k].bool(), weights[k].detach().abs().float().cpu(),
-                        torch.tensor(float("inf"))).flatten()
-            for k in names
-        ])
+        scores = torch.cat(
+            [
+                torch.where(
+                    masks[k].bool(),
+                    weights[k].detach().abs().float().cpu(),
+                    torch.tensor(float("inf")),
+                ).flatten()
+                for k in names
+            ]
+        )
         alive = int(sum(masks[k].sum().item() for k in names))
         count = round(rate * alive)
         if count == 0:

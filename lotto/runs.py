@@ -77,7 +77,9 @@ class RunDir:
             try:
                 old = identity(OmegaConf.load(saved))
             except Exception:
-                raise LottoError(f"{saved} is unreadable; use --force to start this run afresh") from None
+                raise LottoError(
+                    f"{saved} is unreadable; use --force to start this run afresh"
+                ) from None
             if old != identity(cfg):
                 raise LottoError(
                     f"run directory {path} holds a different config; "
@@ -123,13 +125,19 @@ class MetricsLog:
             try:
                 self.rows = pd.read_csv(self.csv).to_dict("records")
             except Exception:
-                raise LottoError(f"{self.csv} is corrupt; use --force to start this run afresh") from None
+                raise LottoError(
+                    f"{self.csv} is corrupt; use --force to start this run afresh"
+                ) from None
 
     def append(self, rows: dict | Iterable[dict]) -> None:
         self.rows.extend([rows] if isinstance(rows, dict) else list(rows))
         frame = self.frame()
         atomic_write(self.csv, lambda tmp: frame.to_csv(tmp, index=False))
         atomic_write(self.parquet, lambda tmp: frame.to_parquet(tmp, index=False))
+
+    def drop(self, **key: Any) -> None:
+        """Forget rows matching `key` (a unit to recompute); takes effect at the next append."""
+        self.rows = [r for r in self.rows if not all(_same(r.get(k), v) for k, v in key.items())]
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)

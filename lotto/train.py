@@ -104,7 +104,10 @@ def make_optimizer(params: list[nn.Parameter], cfg: DictConfig) -> torch.optim.O
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
             nesterov=cfg.nesterov and cfg.momentum > 0,
         )
     if cfg.optimizer == "rmsprop":
@@ -137,12 +140,16 @@ def check_train_config(cfg: DictConfig) -> None:
     from lotto.config import check
 
     check(cfg.optimizer in ("adam", "sgd", "rmsprop"), "train.optimizer", "adam, sgd or rmsprop")
-    check(cfg.schedule in ("constant", "step", "cosine"), "train.schedule",
-          "constant, step or cosine")
+    check(
+        cfg.schedule in ("constant", "step", "cosine"), "train.schedule", "constant, step or cosine"
+    )
     check(cfg.lr > 0, "train.lr", "must be positive")
     check(cfg.batch_size >= 1, "train.batch_size", "must be at least 1")
-    check(all(0 < f < 1 for f in cfg.milestones), "train.milestones",
-          "fractions of the budget, each in (0, 1)")
+    check(
+        all(0 < f < 1 for f in cfg.milestones),
+        "train.milestones",
+        "fractions of the budget, each in (0, 1)",
+    )
     for key in ("iterations", "eval_every", "warmup"):
         try:
             parse_step(cfg[key], 1)
@@ -190,7 +197,9 @@ def train(
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     named = dict(model.named_parameters())
-    masked = [(named[k], m.to(device=device, dtype=named[k].dtype)) for k, m in (masks or {}).items()]
+    masked = [
+        (named[k], m.to(device=device, dtype=named[k].dtype)) for k, m in (masks or {}).items()
+    ]
     mask_params, mask_values = [p for p, _ in masked], [m for _, m in masked]
 
     def apply_masks() -> None:
@@ -203,9 +212,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total, warmup))
     seed_everything(seed)  # dropout and anything else drawing from the global generator
     gen = torch.Generator(device=device).manual_seed(seed)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
-    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
 
     history: list[dict] = []
     best: dict | None = None
@@ -222,9 +229,14 @@ def train(
         val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
         _, test_acc = evaluate(model, data.test_x, data.test_y)
         row = {
-            "iteration": it, "epoch": it / per_epoch, "train_loss": train_loss,
-            "val_loss": val_loss, "val_accuracy": val_acc, "test_accuracy": test_acc,
-            "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
+            "iteration": it,
+            "epoch": it / per_epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "test_accuracy": test_acc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - start,
         }
         history.append(row)
         if best is None or val_loss < best["val_loss"]:
@@ -270,9 +282,15 @@ def train(
         progress.remove_task(task)
     last = history[-1]
     return TrainResult(
-        iterations=it, epochs=it / per_epoch, train_loss=last["train_loss"],
-        val_loss=last["val_loss"], val_accuracy=last["val_accuracy"],
-        test_accuracy=last["test_accuracy"], early_stop_iteration=best["iteration"],
-        early_stop_val_loss=best["val_loss"], early_stop_test_accuracy=best["test_accuracy"],
-        seconds=time.perf_counter() - start, history=history,
+        iterations=it,
+        epochs=it / per_epoch,
+        train_loss=last["train_loss"],
+        val_loss=last["val_loss"],
+        val_accuracy=last["val_accuracy"],
+        test_accuracy=last["test_accuracy"],
+        early_stop_iteration=best["iteration"],
+        early_stop_val_loss=best["val_loss"],
+        early_stop_test_accuracy=best["test_accuracy"],
+        seconds=time.perf_counter() - start,
+        history=history,
     )

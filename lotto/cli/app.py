@@ -15,7 +15,7 @@ from lotto.errors import LottoError
 
 app = typer.Typer(
     name="lotto",
-    help="Experiment runner for efficient networks: lottery tickets, pruning, MobileNetV3, latency.",
+    help="Experiment runner for efficient networks: lottery tickets, pruning, MobileNetV3.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -23,8 +23,24 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="CPU threads for training (torch.set_num_threads); 1 avoids thread "
+            "oversubscription on a busy machine. Default: torch's choice.",
+        ),
+    ] = None,
+) -> None:
     """lotto: lottery tickets, pruning, MobileNetV3 construction and latency, from one CLI."""
+    if threads is not None:
+        if threads < 1:
+            err_console.print("[bold red]error:[/] --threads must be at least 1")
+            raise typer.Exit(2)
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 console = Console()
@@ -61,12 +77,15 @@ ConfigOpt = Annotated[
 OverridesArg = Annotated[
     list[str] | None, typer.Argument(help="key=value overrides, e.g. train.lr=0.01 data.name=mnist")
 ]
-NameOpt = Annotated[str | None, typer.Option("--name", help="Run name (default: hash of the config).")]
+NameOpt = Annotated[
+    str | None, typer.Option("--name", help="Run name (default: hash of the config).")
+]
 RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="Root of the run directories.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda or auto.")]
 ForceOpt = Annotated[
-    bool, typer.Option("--force", help="Delete an existing run directory of that name and start afresh.")
+    bool,
+    typer.Option("--force", help="Delete an existing run directory of that name and start afresh."),
 ]
 
 

@@ -30,7 +30,9 @@ def lottery(
     prune_rate: Annotated[
         float | None, typer.Option(help="Fraction of surviving FC weights pruned per round.")
     ] = None,
-    rounds: Annotated[int | None, typer.Option(help="Pruning rounds after the dense round.")] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="Pruning rounds after the dense round.")
+    ] = None,
     seeds: Annotated[int | None, typer.Option(help="Replicates (seed, seed+1, ...).")] = None,
     seed: SeedOpt = None,
     name: NameOpt = None,
@@ -39,10 +41,20 @@ def lottery(
     force: ForceOpt = False,
 ) -> None:
     """Iterative magnitude pruning with rewinding to the original init, plus controls."""
-    cfg = load_config("lottery", config, overrides or [], {
-        "lottery.prune_rate": prune_rate, "lottery.rounds": rounds, "lottery.seeds": seeds,
-        "seed": seed, "run.name": name, "run.runs_dir": runs_dir, "device": device,
-    })
+    cfg = load_config(
+        "lottery",
+        config,
+        overrides or [],
+        {
+            "lottery.prune_rate": prune_rate,
+            "lottery.rounds": rounds,
+            "lottery.seeds": seeds,
+            "seed": seed,
+            "run.name": name,
+            "run.runs_dir": runs_dir,
+            "device": device,
+        },
+    )
     with make_progress(console) as progress:
         result = run_lottery(cfg, force=force, progress=progress)
     show(result)
@@ -71,15 +83,24 @@ def show(result: LotteryResult) -> None:
         cells = [str(rnd), f"{ticket.weights_remaining_pct:.1f}"]
         for v in variants:
             r = by.get(v)
-            cells += ["-"] * 3 if r is None else [
-                _cell(r, "test_accuracy"), _cell(r, "early_stop_test_accuracy"),
-                _cell(r, "early_stop_iteration", pct=False)]
+            cells += (
+                ["-"] * 3
+                if r is None
+                else [
+                    _cell(r, "test_accuracy"),
+                    _cell(r, "early_stop_test_accuracy"),
+                    _cell(r, "early_stop_iteration", pct=False),
+                ]
+            )
         cells.append(f"{sum(r.seconds * r.seeds for r in by.values()):.0f}")
         out.add_row(*cells)
     console.print(out)
     s = result.summary
     for variant, hit in s["smallest_within_1pt"].items():
-        where = ("never (not even the first pruning round)" if hit["round"] is None
-                 else f"{hit['weights_remaining_pct']:.1f}% of weights (round {hit['round']})")
+        where = (
+            "never (not even the first pruning round)"
+            if hit["round"] is None
+            else f"{hit['weights_remaining_pct']:.1f}% of weights (round {hit['round']})"
+        )
         console.print(f"{variant}: stays within 1 point of the dense network down to {where}")
     console.print(f"run directory: {result.run.path}")

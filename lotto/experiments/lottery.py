@@ -37,7 +37,7 @@ from lotto.pruning import (
     random_masks_like,
 )
 from lotto.runs import MetricsLog, RunDir
-from lotto.train import TrainingDiverged, parse_step, resolve_device, train
+from lotto.train import TrainingDiverged, check_train_config, parse_step, resolve_device, train
 
 VARIANTS = ("ticket", "reinit", "random_mask")
 # offsets that give each random draw of a (seed, round) its own stream
@@ -58,15 +58,29 @@ def validate(cfg: DictConfig) -> None:
     check(lot.rounds >= 1, "lottery.rounds", f"{lot.rounds} must be at least 1")
     check(lot.seeds >= 1, "lottery.seeds", "must be at least 1")
     for key in ("conv_rate_factor", "output_rate_factor"):
-        check(0 <= lot[key] * lot.prune_rate < 1, f"lottery.{key}",
-              "times prune_rate must be in [0, 1)")
+        check(
+            0 <= lot[key] * lot.prune_rate < 1,
+            f"lottery.{key}",
+            "times prune_rate must be in [0, 1)",
+        )
     check(lot.ranking in ("layerwise", "global"), "lottery.ranking", "layerwise or global")
     unknown = set(lot.controls) - set(VARIANTS[1:])
     check(not unknown, "lottery.controls", f"unknown {sorted(unknown)}; use reinit, random_mask")
+    check_train_config(cfg.train)
     try:
         parse_step(lot.rewind, 1)
     except LottoError as e:
         raise LottoError(f"config key lottery.rewind: {e}") from None
+
+
+def check_rewind(cfg: DictConfig, data: Data) -> None:
+    per_epoch = max(1, len(data.train_x) // cfg.train.batch_size)
+    rewind, total = (parse_step(v, per_epoch) for v in (cfg.lottery.rewind, cfg.train.iterations))
+    check(
+        rewind < total,
+        "lottery.rewind",
+        f"{cfg.lottery.rewind} is not before the end of training ({total} iterations)",
+    )
 
 
 def _masked(state: dict[str, torch.Tensor], masks: Masks) -> dict[str, torch.Tensor]:
@@ -89,16 +103,31 @@ def _load(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
 class _Seed:
     """One replicate: the chain of rounds for one seed."""
 
-    def __init__(self, cfg: DictConfig, seed: int, data: Data, run: RunDir, device: torch.device,
-                 metrics: MetricsLog, curves: MetricsLog, progress: Progress, step: Callable):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        seed: int,
+        data: Data,
+        run: RunDir,
+        device: torch.device,
+        metrics: MetricsLog,
+        curves: MetricsLog,
+        progress: Progress,
+        step: Callable,
+    ):
         self.cfg, self.seed, self.data, self.run, self.device = cfg, seed, data, run, device
         self.metrics, self.curves, self.progress, self.step = metrics, curves, progress, step
         self.dir = f"seed{seed}"
 
     def model(self, init_seed: int) -> nn.Module:
         torch.manual_seed(init_seed)
-        return build_model(self.cfg.model.name, self.data.in_channels, self.data.num_classes,
-                           self.data.image_size, dropout=self.cfg.model.dropout)
+        return build_model(
+            self.cfg.model.name,
+            self.data.in_channels,
+            self.data.num_classes,
+            self.data.image_size,
+            dropout=self.cfg.model.dropout,
+        )
 
     def tensors(self, name: str, make: Callable[[], dict]) -> dict[str, torch.Tensor]:
         """Load `name` from the run directory, or make and save it."""
@@ -125,16 +154,9 @@ class _Seed:
         for rnd in range(lot.rounds + 1):
             prev = trained
             if rnd > 0:
-                masks = {k: v.float() for k, v in self.tensors(
-                    f"round{rnd}/mask.safetensors",
-                    lambda: {k: v.bool() for k, v in magnitude_prune(
-                        self.trained(rnd - 1, prev), masks, rates, lot.ranking).items()},
-                ).items()}
+                masks = self.round_masks(rnd, masks, prev, rates)
             if theta_k is None and self.done(0, "ticket"):
                 theta_k = self.run.load_tensors(f"{self.dir}/rewind.safetensors")
-            if rnd > 0 and theta_k is None:
-                raise LottoError(f"config key lottery.rewind: {lot.rewind} is beyond the "
-                                 "training budget of round 0")
             variants = ["ticket"] + (list(lot.controls) if rnd > 0 else [])
             trained = None
             for variant in variants:
@@ -143,18 +165,26 @@ class _Seed:
                     continue
                 capture: dict[int, Callable] = {}
                 if rnd == 0 and rewind_it:
+
                     def keep(model: nn.Module) -> None:
                         nonlocal theta_k
                         theta_k = _state(model)
                         self.run.save_tensors(f"{self.dir}/rewind.safetensors", theta_k)
+
                     capture[rewind_it] = keep
                 start = theta_0 if rnd == 0 else theta_k
                 model, used = self.start(variant, rnd, start, masks)
                 try:
                     result = train(
-                        model, self.data, self.cfg.train, seed=self.seed * 1000 + rnd,
-                        device=self.device, masks=used, checkpoints=capture,
-                        progress=self.progress, desc=f"seed {self.seed} round {rnd} {variant}",
+                        model,
+                        self.data,
+                        self.cfg.train,
+                        seed=self.seed * 1000 + rnd,
+                        device=self.device,
+                        masks=used,
+                        checkpoints=capture,
+                        progress=self.progress,
+                        desc=f"seed {self.seed} round {rnd} {variant}",
                     )
                 except TrainingDiverged as e:
                     kept = len(self.metrics.rows)
@@ -166,11 +196,23 @@ class _Seed:
                 if variant == "ticket":
                     trained = _state(model)
                     if rnd == 0:
-                        self.run.save_tensors(f"{self.dir}/round0/mask.safetensors",
-                                              {k: v.bool() for k, v in masks.items()})
+                        self.run.save_tensors(
+                            f"{self.dir}/round0/mask.safetensors",
+                            {k: v.bool() for k, v in masks.items()},
+                        )
                     self.run.save_tensors(f"{self.dir}/round{rnd}/trained.safetensors", trained)
                 self.record(rnd, variant, used, result)
                 self.step()
+
+    def round_masks(self, rnd: int, masks: Masks, prev: dict | None, rates: dict) -> Masks:
+        """Prune the previous round's trained ticket (or reload the mask a past run saved)."""
+        path = f"{self.dir}/round{rnd}/mask.safetensors"
+        if self.run.has(path):
+            return {k: v.float() for k, v in self.run.load_tensors(path).items()}
+        weights = self.trained(rnd - 1, prev)
+        new = magnitude_prune(weights, masks, rates, self.cfg.lottery.ranking)
+        self.run.save_tensors(path, {k: v.bool() for k, v in new.items()})
+        return new
 
     def done(self, rnd: int, variant: str) -> bool:
         return bool(self.metrics.find(seed=self.seed, round=rnd, variant=variant))
@@ -197,29 +239,37 @@ class _Seed:
     def record(self, rnd: int, variant: str, masks: Masks, result: object) -> None:
         remaining = density(masks)
         key = {"round": rnd, "variant": variant, "seed": self.seed, "density": remaining}
+        self.curves.drop(round=rnd, variant=variant, seed=self.seed)  # a recomputed unit
         self.curves.append([{**key, **row} for row in result.history])
-        self.metrics.append({
-            **key,
-            "weights_remaining_pct": 100 * remaining,
-            "weights_remaining": int(sum(m.sum().item() for m in masks.values())),
-            "iteration": result.iterations,
-            "train_loss": result.train_loss,
-            "val_loss": result.val_loss,
-            "val_accuracy": result.val_accuracy,
-            "test_accuracy": result.test_accuracy,
-            "early_stop_iteration": result.early_stop_iteration,
-            "early_stop_val_loss": result.early_stop_val_loss,
-            "early_stop_test_accuracy": result.early_stop_test_accuracy,
-            "seconds": result.seconds,
-        })
+        self.metrics.append(
+            {
+                **key,
+                "weights_remaining_pct": 100 * remaining,
+                "weights_remaining": int(sum(m.sum().item() for m in masks.values())),
+                "iteration": result.iterations,
+                "train_loss": result.train_loss,
+                "val_loss": result.val_loss,
+                "val_accuracy": result.val_accuracy,
+                "test_accuracy": result.test_accuracy,
+                "early_stop_iteration": result.early_stop_iteration,
+                "early_stop_val_loss": result.early_stop_val_loss,
+                "early_stop_test_accuracy": result.early_stop_test_accuracy,
+                "seconds": result.seconds,
+            }
+        )
 
 
 def round_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (round, variant)."""
-    cols = ["weights_remaining_pct", "test_accuracy", "early_stop_test_accuracy",
-            "early_stop_iteration", "seconds"]
+    cols = [
+        "weights_remaining_pct",
+        "test_accuracy",
+        "early_stop_test_accuracy",
+        "early_stop_iteration",
+        "seconds",
+    ]
     grouped = metrics.groupby(["round", "variant"], sort=True)[cols]
-    table = grouped.mean().join(grouped.std().fillna(0.0), rsuffix="_std")
+    table = grouped.mean().join(grouped.std().fillna(0.0).add_suffix("_std"))
     table["seeds"] = grouped.size()
     return table.reset_index()
 
@@ -234,8 +284,11 @@ def smallest_within(table: pd.DataFrame, variant: str, dense: float, tol: float 
         best = row
     if best is None or (variant != "ticket" and best["round"] == 0):
         return {"round": None, "weights_remaining_pct": None}
-    return {"round": int(best["round"]), "weights_remaining_pct": float(best.weights_remaining_pct),
-            "early_stop_test_accuracy": float(best.early_stop_test_accuracy)}
+    return {
+        "round": int(best["round"]),
+        "weights_remaining_pct": float(best.weights_remaining_pct),
+        "early_stop_test_accuracy": float(best.early_stop_test_accuracy),
+    }
 
 
 def summarize(table: pd.DataFrame) -> dict:
@@ -257,9 +310,16 @@ def summarize(table: pd.DataFrame) -> dict:
         at = table[table["round"] == near].set_index("variant")
         out["near_10pct"] = {
             "round": int(near),
-            **{f"{v}_{c}": float(at.loc[v, c]) for v in at.index
-               for c in ("weights_remaining_pct", "early_stop_test_accuracy", "test_accuracy",
-                         "early_stop_iteration")},
+            **{
+                f"{v}_{c}": float(at.loc[v, c])
+                for v in at.index
+                for c in (
+                    "weights_remaining_pct",
+                    "early_stop_test_accuracy",
+                    "test_accuracy",
+                    "early_stop_iteration",
+                )
+            },
         }
     return out
 
@@ -279,13 +339,21 @@ def plot(table: pd.DataFrame, metrics: pd.DataFrame, path: Path) -> None:
             continue
         rows = rows.sort_values("round")
         per_seed = metrics[(metrics.variant == variant) | (metrics["round"] == 0)]
-        spread = per_seed.groupby("round").agg(
-            lo_acc=("early_stop_test_accuracy", "min"), hi_acc=("early_stop_test_accuracy", "max"),
-            lo_it=("early_stop_iteration", "min"), hi_it=("early_stop_iteration", "max"),
-        ).loc[rows["round"]]
+        spread = (
+            per_seed.groupby("round")
+            .agg(
+                lo_acc=("early_stop_test_accuracy", "min"),
+                hi_acc=("early_stop_test_accuracy", "max"),
+                lo_it=("early_stop_iteration", "min"),
+                hi_it=("early_stop_iteration", "max"),
+            )
+            .loc[rows["round"]]
+        )
         x = rows.weights_remaining_pct.to_numpy()
-        for ax, col, lo, hi in ((axes[0], "early_stop_test_accuracy", "lo_acc", "hi_acc"),
-                                (axes[1], "early_stop_iteration", "lo_it", "hi_it")):
+        for ax, col, lo, hi in (
+            (axes[0], "early_stop_test_accuracy", "lo_acc", "hi_acc"),
+            (axes[1], "early_stop_iteration", "lo_it", "hi_it"),
+        ):
             scale = 100 if col.endswith("accuracy") else 1
             ax.plot(x, rows[col] * scale, marker="o", ms=3, label=variant)
             ax.fill_between(x, spread[lo] * scale, spread[hi] * scale, alpha=0.2)
@@ -295,8 +363,12 @@ def plot(table: pd.DataFrame, metrics: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("weights remaining (%)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].axhline(float(dense[dense.variant == "ticket"].early_stop_test_accuracy.iloc[0]) * 100,
-                    color="gray", ls=":", lw=1)
+    axes[0].axhline(
+        float(dense[dense.variant == "ticket"].early_stop_test_accuracy.iloc[0]) * 100,
+        color="gray",
+        ls=":",
+        lw=1,
+    )
     axes[0].legend()
     fig.suptitle("Iterative magnitude pruning: mean over seeds, band = min..max")
     fig.tight_layout()
@@ -310,8 +382,14 @@ def run_lottery(cfg: DictConfig, *, force: bool = False, progress: Progress) -> 
     validate(cfg)
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, device)
-    build_model(cfg.model.name, data.in_channels, data.num_classes, data.image_size,
-                dropout=cfg.model.dropout)  # fail on a bad model before creating the run dir
+    check_rewind(cfg, data)
+    build_model(
+        cfg.model.name,
+        data.in_channels,
+        data.num_classes,
+        data.image_size,
+        dropout=cfg.model.dropout,
+    )  # fail on a bad model before creating the run dir
     run = RunDir.open(cfg, "lottery", force=force)
     metrics, curves = MetricsLog(run), MetricsLog(run, "curves")
     lot = cfg.lottery

@@ -2,8 +2,9 @@
 
 Protocol (docs/LATENCY.md section 2): eval mode, `torch.inference_mode`, BatchNorm folded into
 the preceding convolution, channels_last, a pinned thread count (default 1, restored
-afterwards), warm-up, then `torch.utils.benchmark.Timer.blocked_autorange`, which picks a block
-size that makes timer overhead negligible and synchronises CUDA around every block.
+afterwards), warm-up, then timed runs: calls of 1 ms or more one by one (per-call quantiles,
+CUDA synchronised after each), shorter ones with `torch.utils.benchmark.Timer.blocked_autorange`,
+which picks a block size that makes timer overhead negligible and synchronises around blocks.
 """
 
 from __future__ import annotations
@@ -218,7 +219,8 @@ def prepare(
         model, folded = copy.deepcopy(module).eval(), 0
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(input_shape, generator=gen)
-    memory_format = torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
+    nhwc = channels_last and x.dim() == 4
+    memory_format = torch.channels_last if nhwc else torch.contiguous_format
     model = model.to(device=dev, dtype=DTYPES[dtype], memory_format=memory_format)
     x = x.to(device=dev, dtype=DTYPES[dtype]).contiguous(memory_format=memory_format)
     for p in model.parameters():
@@ -255,6 +257,9 @@ def _stats(times_s: list[float], number: int, threads: int, device: str) -> Timi
     )
 
 
+PER_CALL_MIN_S = 1e-3  # calls this long are timed one by one (timer overhead < 0.1%)
+
+
 def time_callable(
     fn: Callable[[], Any],
     device: str = "cpu",
@@ -262,24 +267,41 @@ def time_callable(
     threads: int = 1,
     min_run_time: float = 1.0,
     warmup: int = 10,
+    min_runs: int = 10,
     core: int | None = None,
 ) -> Timing:
     """Median-centred timing of `fn()` under `torch.inference_mode`.
 
-    Warm-up: `warmup` calls, then the Timer's own block-size search (also a warm-up). Then
-    blocks for at least `min_run_time` seconds (>= 1 s or 50 runs per LATENCY.md).
+    Warm-up: `warmup` calls (and at CUDA, cudnn.benchmark picks its algorithms there). Calls of
+    1 ms or more are then timed one by one (synchronised on CUDA) for at least `min_run_time`
+    seconds and `min_runs` calls, which gives honest per-call quantiles; shorter calls go
+    through `torch.utils.benchmark.Timer.blocked_autorange`, whose blocks amortise the timer.
     """
     from torch.utils import benchmark
 
     dev = check_host_device(device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     old_cudnn = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = dev.type == "cuda"  # pick conv algorithms during warm-up
+    torch.backends.cudnn.benchmark = dev.type == "cuda"
     try:
         with pinned_threads(threads, core), torch.inference_mode():
             for _ in range(warmup):
                 fn()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
+            sync()
+            start = time.perf_counter()
+            for _ in range(3):
+                fn()
+            sync()
+            estimate = (time.perf_counter() - start) / 3
+            if estimate >= PER_CALL_MIN_S:
+                times: list[float] = []
+                begin = time.perf_counter()
+                while time.perf_counter() - begin < min_run_time or len(times) < min_runs:
+                    t0 = time.perf_counter()
+                    fn()
+                    sync()
+                    times.append(time.perf_counter() - t0)
+                return _stats(times, 1, threads, device)
             timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
             m = timer.blocked_autorange(min_run_time=min_run_time)
     finally:
@@ -331,7 +353,8 @@ def op_type(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, 
     if isinstance(module, nn.Conv2d):
         if module.groups > 1 and module.groups == module.in_channels:
             return "dw"
-        if len(out_shape) == 4 and out_shape[2] * out_shape[3] == 1 and module.kernel_size == (1, 1):
+        pointwise = module.kernel_size == (1, 1)
+        if len(out_shape) == 4 and out_shape[2] * out_shape[3] == 1 and pointwise:
             return "fc"  # a 1x1 conv on a 1x1 map (SE, V3 head) is a matrix-vector product
         return "pw" if module.kernel_size == (1, 1) else "conv"
     if isinstance(module, nn.Linear):

@@ -33,7 +33,7 @@ def build_model(
         raise LottoError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
     try:
         return MODELS[name](in_channels, num_classes, image_size, **options)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # an unknown option, or one that does not fit the data
         raise LottoError(f"model {name}: {e}") from None
 
 

@@ -91,9 +91,14 @@ class VGG(ChannelModel):
         image_size: int,
         depth: int = 16,
         channels: Sequence[int] | None = None,
+        dropout: float = 0.0,
     ):
         super().__init__(
-            in_channels=in_channels, num_classes=num_classes, image_size=image_size, depth=depth
+            in_channels=in_channels,
+            num_classes=num_classes,
+            image_size=image_size,
+            depth=depth,
+            dropout=dropout,
         )
         if depth not in VGG_LAYOUTS:
             raise LottoError(f"vgg depth must be one of {sorted(VGG_LAYOUTS)}, got {depth}")
@@ -119,11 +124,12 @@ class VGG(ChannelModel):
             prev, i = width, i + 1
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(dropout)
         self.classifier = nn.Linear(prev, num_classes)
         _init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+        return self.classifier(self.drop(torch.flatten(self.pool(self.features(x)), 1)))
 
     def channel_slots(self) -> Slots:
         slots: Slots = {}
@@ -165,6 +171,7 @@ class ResNetCifar(ChannelModel):
         depth: int = 20,
         width: float = 1.0,
         channels: Sequence[int] | None = None,
+        dropout: float = 0.0,
     ):
         super().__init__(
             in_channels=in_channels,
@@ -172,6 +179,7 @@ class ResNetCifar(ChannelModel):
             image_size=image_size,
             depth=depth,
             width=width,
+            dropout=dropout,
         )
         if depth < 8 or (depth - 2) % 6:
             raise LottoError(f"resnet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
@@ -192,13 +200,14 @@ class ResNetCifar(ChannelModel):
             setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
         self.n = n
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(inplanes, num_classes)
         _init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        return self.fc(self.drop(torch.flatten(self.pool(x), 1)))
 
     def channel_slots(self) -> Slots:
         slots: Slots = {}
@@ -218,13 +227,17 @@ def vgg(
     depth: int = 16,
     width: float = 1.0,
     channels: Sequence[int] | None = None,
+    dropout: float = 0.0,
 ) -> VGG:
-    """CIFAR VGG-11/13/16/19 with BN; `width` scales every layer unless `channels` is given."""
+    """CIFAR VGG-11/13/16/19 with BN; `width` scales every layer unless `channels` is given.
+
+    `dropout` (before the classifier) defaults to none, as in the network-slimming code.
+    """
     if depth not in VGG_LAYOUTS:
         raise LottoError(f"vgg depth must be one of {sorted(VGG_LAYOUTS)}, got {depth}")
     if channels is None:
         channels = [scale_width(c, width) for c in VGG_LAYOUTS[depth] if c != "M"]
-    return VGG(in_channels, num_classes, image_size, depth=depth, channels=channels)
+    return VGG(in_channels, num_classes, image_size, depth, channels, dropout)
 
 
 @register("resnet20")
@@ -234,8 +247,9 @@ def resnet20(
     image_size: int,
     width: float = 1.0,
     channels: Sequence[int] | None = None,
+    dropout: float = 0.0,
 ) -> ResNetCifar:
-    return ResNetCifar(in_channels, num_classes, image_size, 20, width, channels)
+    return ResNetCifar(in_channels, num_classes, image_size, 20, width, channels, dropout)
 
 
 @register("resnet56")
@@ -245,5 +259,6 @@ def resnet56(
     image_size: int,
     width: float = 1.0,
     channels: Sequence[int] | None = None,
+    dropout: float = 0.0,
 ) -> ResNetCifar:
-    return ResNetCifar(in_channels, num_classes, image_size, 56, width, channels)
+    return ResNetCifar(in_channels, num_classes, image_size, 56, width, channels, dropout)

@@ -1,0 +1,47 @@
+# lotto: `make demo` and `make test` each do all the set-up they need on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup data demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,onnx]'
+	touch $(STAMP)
+
+data:
+	@if [ -f $(FMNIST) ]; then \
+		echo "Fashion-MNIST: found under $(dir $(FMNIST))"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q dataset-fashion-mnist || \
+		(apt-get update -q && apt-get install -y -q dataset-fashion-mnist); \
+	else \
+		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'," \
+		     "or point data.root at the idx files, or pass data.download=true"; \
+		exit 1; \
+	fi
+
+# The main job: LeNet-300-100 on Fashion-MNIST, 15 rounds at 20%, with both controls.
+demo: setup data
+	$(BIN)/lotto lottery --prune-rate 0.2 --rounds 15 --name demo
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check lotto tests scripts
+
+# Speed and latency targets, measured side by side in one run (not timed unit tests).
+bench: setup data
+	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_latency.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

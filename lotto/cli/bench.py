@@ -1,0 +1,234 @@
+"""`lotto bench`: latency of a network on a host (measured / table) or a phone (model)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from lotto.cli.app import (
+    ConfigOpt,
+    ForceOpt,
+    NameOpt,
+    OverridesArg,
+    RunsDirOpt,
+    SeedOpt,
+    console,
+    err_console,
+    lotto_command,
+)
+from lotto.config import load_config
+from lotto.experiments.bench import BenchResult, run_bench
+from lotto.progress import make_progress
+
+
+@lotto_command("bench")
+def bench(
+    overrides: OverridesArg = None,
+    config: ConfigOpt = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="cpu, cuda (measured) or pixel, pixel1, pixel2, pixel3 (model).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Preset name.")] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="Architecture spec YAML file.")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
+    width_mult: Annotated[float | None, typer.Option(help="Width multiplier.")] = None,
+    source: Annotated[str | None, typer.Option(
+        "--source", help="measure, lut or model (default: measure on hosts, model on phones).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Host threads while timing.")] = None,
+    per_layer: Annotated[bool, typer.Option(
+        "--per-layer", help="Per-layer table (hooks when measured).")] = False,
+    build_lut: Annotated[bool, typer.Option(
+        "--build-lut", help="Measure the units of --space into this host's table.")] = False,
+    space: Annotated[str | None, typer.Option(
+        "--space", help="Space YAML or comma-separated presets/spec files for the table.")] = None,
+    validate: Annotated[bool, typer.Option(
+        "--validate", help="Hosts: table vs measured; phones: cross-validation.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    seed: SeedOpt = None,
+    name: NameOpt = None,
+    runs_dir: RunsDirOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Latency with provenance: measured on this host, summed from a table, or a phone model."""
+    cfg = load_config("bench", config, overrides or [], {
+        "device": device, "model": model, "arch": arch, "resolution": resolution,
+        "width_mult": width_mult, "source": source, "threads": threads,
+        "per_layer": per_layer or None, "build_lut": build_lut or None, "lut.space": space,
+        "validate": validate or None, "seed": seed, "run.name": name, "run.runs_dir": runs_dir,
+    })
+    out = err_console if as_json else console
+
+    def warn(message: str) -> None:
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    bar = make_progress(out)
+    task = None
+
+    def progress(i: int, n: int, what: str) -> None:
+        nonlocal task
+        if task is None:  # only commands that measure many units show a bar
+            bar.start()
+            task = bar.add_task("measuring", total=n)
+        bar.update(task, completed=i, total=n, description=what[:48] or "done")
+
+    try:
+        result = run_bench(cfg, force=force, progress=progress, warn=warn)
+    finally:
+        if task is not None:
+            bar.stop()
+    if as_json:
+        print(json.dumps(result.summary, default=_plain, sort_keys=True))
+        return
+    show(result)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Terminal output
+
+
+def show(result: BenchResult) -> None:
+    if result.mode == "price":
+        _show_price(result)
+    elif result.mode == "build_lut":
+        _show_build(result.summary)
+    elif result.summary.get("validation") is not None:
+        if "entries" in result.summary:
+            _show_build(result.summary)
+        _show_host_validation(result)
+    else:
+        _show_phone_validation(result)
+    if result.run is not None:
+        console.print(f"run directory: {result.run.path}", highlight=False)
+
+
+def _show_price(result: BenchResult) -> None:
+    s = result.summary
+    if result.layers:
+        _show_layers(result.layers)
+    console.print(
+        f"{s['network']}: {s['params'] / 1e6:.3f}M params, {s['macs'] / 1e6:.1f}M MACs, "
+        f"{s['resolution']}px, width {s['width_mult']:g}", highlight=False)
+    d = s["detail"]
+    if d.get("resumed"):
+        console.print("(resumed: this run directory already holds the result; --force re-measures)",
+                      highlight=False)
+    if s["source"] == "measured":
+        console.print(
+            f"Latency (ms): median={s['latency_ms']:.3f} p25={d['p25_ms']:.3f} "
+            f"p75={d['p75_ms']:.3f} mean={d['mean_ms']:.3f} std={d['std_ms']:.3f} n={d['n']} "
+            f"threads={d['threads']} device={s['device']}", highlight=False)
+        fp = s.get("fingerprint", {})
+        console.print(f"host: {fp.get('gpu') or fp.get('cpu')}, torch {fp.get('torch')}, "
+                      f"BN folded {d.get('bn_folded', '-')}, channels_last "
+                      f"{d.get('channels_last', '-')}, {d.get('dtype')}", highlight=False)
+    else:
+        console.print(
+            f"Latency (ms): {s['latency_ms']:.2f} predicted on {s['device']} "
+            f"(expected error ~{s['expected_error'] * 100:.0f}%)", highlight=False)
+    console.print(s["provenance"], highlight=False)
+
+
+def _show_layers(rows: list[dict[str, Any]]) -> None:
+    source = rows[0]["source"]
+    how = {"measured": "forward hooks on leaf modules, median per layer",
+           "lut": "lookup-table units", "model": "phone model terms"}[source]
+    table = Table(title=f"Run order ({how})")
+    for col in ("#", "layer", "op", "input", "output", "MACs (M)", "ms", "%", "cdf%"):
+        table.add_column(col, justify="left" if col in ("layer", "op") else "right")
+    if source == "lut":
+        table.add_column("status")
+    for r in rows:
+        cells = [str(r["index"]), str(r["layer"]), str(r["op"]), str(r["in_shape"]),
+                 str(r["out_shape"]), f"{(r['macs'] or 0) / 1e6:.2f}", f"{r['ms']:.4f}",
+                 f"{r['pct']:.1f}", f"{r['cdf_pct']:.1f}"]
+        if source == "lut":
+            cells.append(str(r["status"]))
+        table.add_row(*cells)
+    console.print(table)
+    by: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        by[str(r["op"])].append(float(r["ms"]))
+    total = sum(sum(v) for v in by.values()) or 1.0
+    summary = Table(title="Summary by op type")
+    for col in ("op", "count", "ms", "%", "cdf%"):
+        summary.add_column(col, justify="left" if col == "op" else "right")
+    cdf = 0.0
+    for op, times in sorted(by.items(), key=lambda kv: -sum(kv[1])):
+        cdf += sum(times)
+        summary.add_row(op, str(len(times)), f"{sum(times):.3f}",
+                        f"{100 * sum(times) / total:.1f}", f"{100 * cdf / total:.1f}")
+    console.print(summary)
+    console.print(f"Number of layers: {len(rows)}; sum of layers {total:.3f} ms", highlight=False)
+
+
+def _show_build(s: dict[str, Any]) -> None:
+    console.print(
+        f"lookup table {s['lut']}: {s['entries']} entries ({s['measured_now']} measured now) "
+        f"for space {s['space']} ({s['space_networks']:.3g} networks), "
+        f"offset {s['offset_ms']:.3f} ms, threads {s['threads']}, "
+        f"{s['fingerprint'].get('gpu') or s['fingerprint'].get('cpu')}, "
+        f"torch {s['fingerprint'].get('torch')}", highlight=False)
+
+
+def _show_host_validation(result: BenchResult) -> None:
+    v = result.summary["validation"]
+    table = Table(title="Lookup-table sum vs measured end to end")
+    for col in ("network", "MACs (M)", "measured ms", "IQR/med %", "table ms", "error %",
+                "no offset %", "misses"):
+        table.add_column(col, justify="left" if col == "network" else "right")
+    for r in result.rows:
+        iqr = (r["p75_ms"] - r["p25_ms"]) / r["measured_ms"] * 100
+        table.add_row(str(r["network"]), f"{r['macs'] / 1e6:.0f}", f"{r['measured_ms']:.3f}",
+                      f"{iqr:.1f}", f"{r['latency_ms']:.3f}", f"{r['error'] * 100:+.1f}",
+                      f"{r['raw_error'] * 100:+.1f}", str(int(r["lut_interpolated"] or 0)))
+    console.print(table)
+    console.print(
+        f"{v['n_networks']} networks: RMSPE {v['rmspe'] * 100:.1f}% (target <= 5%), max "
+        f"|error| {v['max_abs_error'] * 100:.1f}% (target <= 10%); offset {v['offset_ms']:.3f} "
+        f"ms (leave-one-out per network); without offset RMSPE "
+        f"{v['rmspe_no_offset'] * 100:.1f}% (bias {v['bias_no_offset'] * 100:+.1f}%); "
+        f"IQR/median median {v['iqr_rel_median'] * 100:.1f}% max {v['iqr_rel_max'] * 100:.1f}% "
+        f"(target <= 3%)", highlight=False)
+
+
+def _show_phone_validation(result: BenchResult) -> None:
+    s = result.summary
+    table = Table(title=f"{s['device']}: leave-one-family-out cross-validation "
+                        "(published latencies, float rows)")
+    for col in ("held out", "n", "model RMSPE %", "within 10 %", "Spearman",
+                "baseline RMSPE %", "baseline Spearman", "strict RMSPE %"):
+        table.add_column(col, justify="left" if col == "held out" else "right",
+                         no_wrap=col == "held out")
+    cv, base, strict = s["cv_lofo_v2_v3"], s["baseline_lofo_v2_v3"], s["cv_lofo_v2_v3_strict"]
+    names = [*cv["families"], "(pooled)"]
+    for fam in names:
+        m = cv["pooled"] if fam == "(pooled)" else cv["families"][fam]
+        b = base["pooled"] if fam == "(pooled)" else base["families"][fam]
+        st = strict["pooled"] if fam == "(pooled)" else strict["families"][fam]
+        table.add_row(fam, str(m["n"]), f"{m['rmspe'] * 100:.1f}",
+                      f"{m['within10'] * 100:.0f}", _rho(m), f"{b['rmspe'] * 100:.1f}",
+                      _rho(b), f"{st['rmspe'] * 100:.1f}")
+    console.print(table)
+    three = s["cv_lofo_v2_v3large_v3small"]
+    console.print(
+        "three families held out in turn: " + ", ".join(
+            f"{f} {m['rmspe'] * 100:.1f}% (rho {_rho(m)})" for f, m in three["families"].items())
+        + f"; pooled {three['pooled']['rmspe'] * 100:.1f}%", highlight=False)
+    console.print(
+        "Labels are put on the MobileNetV3 paper's scale by a model-free per-source factor "
+        "(networks both sources report); 'strict' estimates it from the training rows only. "
+        "Baseline = multiply-adds + constant, same protocol.", highlight=False)
+
+
+def _rho(m: dict[str, Any]) -> str:
+    return f"{m['spearman']:.3f}" if "spearman" in m else "-"

@@ -1,0 +1,107 @@
+"""`lotto build-v3`: MobileNetV3 built from its seed, one priced change at a time."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from lotto.cli.app import (
+    ConfigOpt,
+    DeviceOpt,
+    ForceOpt,
+    NameOpt,
+    OverridesArg,
+    RunsDirOpt,
+    SeedOpt,
+    console,
+    lotto_command,
+)
+from lotto.config import load_config
+from lotto.experiments.build_v3 import BuildResult, run_build_v3
+from lotto.progress import make_progress
+
+
+@lotto_command("build-v3")
+def build_v3(
+    overrides: OverridesArg = None,
+    config: ConfigOpt = None,
+    variant: Annotated[
+        str | None, typer.Option(help="large or small: the published network to build.")
+    ] = None,
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="Seed spec: a preset name or a spec YAML file "
+                     "(default: mnasnet_a1 for large, mobilenet_v3_small_seed for small)."),
+    ] = None,
+    train: Annotated[
+        bool, typer.Option("--train", help="Train the final network on the configured data.")
+    ] = False,
+    export: Annotated[
+        str | None, typer.Option(help="onnx: write the final network to final.onnx.")
+    ] = None,
+    pretrained: Annotated[
+        str | None, typer.Option(help="State dict (ours or torchvision's) for the exported net.")
+    ] = None,
+    resolution: Annotated[
+        int | None, typer.Option(help="Input size each step is priced at.")
+    ] = None,
+    seed: SeedOpt = None,
+    name: NameOpt = None,
+    runs_dir: RunsDirOpt = None,
+    device: DeviceOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """MobileNetV3's manual changes (h-swish, SE, 16-filter stem, efficient last stage) applied
+    to a searched seed; params, MAdds, host and Pixel latency per change."""
+    cfg = load_config("build-v3", config, overrides or [], {
+        "variant": variant, "from": from_, "train_steps": "final" if train else None,
+        "export": export, "pretrained": pretrained, "resolution": resolution,
+        "seed": seed, "run.name": name, "run.runs_dir": runs_dir, "device": device,
+    })
+    with make_progress(console) as progress:
+        result = run_build_v3(cfg, force=force, progress=progress)
+    show(result)
+
+
+def _ms(value: object) -> str:
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return "-" if missing else f"{value:.2f}"
+
+
+def show(result: BuildResult) -> None:
+    frame = result.metrics
+    phones = [c[len("latency_ms_"):] for c in frame.columns
+              if c.startswith("latency_ms_") and c != "latency_ms_host"]
+    trained = "test_accuracy" in frame.columns
+    out = Table(title=f"build-v3 ({result.summary['variant']}): {result.summary['seed_network']}"
+                f" -> {result.summary['final_network']}",
+                caption="host ms: measured here; phone ms: predicted by the phone model")
+    out.add_column("step", justify="right")
+    out.add_column("change", no_wrap=True)
+    out.add_column("params", justify="right")
+    out.add_column("MAdds (M)", justify="right")
+    if "latency_ms_host" in frame.columns:
+        out.add_column(f"{frame.host_device.iloc[0]} ms", justify="right")
+    for p in phones:
+        out.add_column(f"{p} ms", justify="right")
+    if trained:
+        out.add_column("test acc %", justify="right")
+    for row in frame.itertuples():
+        cells = [str(row.step), row.change, f"{row.params:,}", f"{row.madds / 1e6:.1f}"]
+        if "latency_ms_host" in frame.columns:
+            cells.append(_ms(row.latency_ms_host))
+        cells += [_ms(getattr(row, f"latency_ms_{p}")) for p in phones]
+        if trained:
+            acc = row.test_accuracy
+            cells.append("-" if acc != acc else f"{100 * acc:.2f}")
+        out.add_row(*cells)
+    console.print(out)
+    s = result.summary
+    if s["equals_published"]:
+        console.print(f"the result is exactly {s['published']} (spec equality)")
+    else:
+        console.print(f"the result differs from {s['published']}")
+    console.print(f"run directory: {result.run.path}")

@@ -1,0 +1,648 @@
+"""`lotto rethink`: the comparison grid of "Rethinking the Value of Network Pruning".
+
+Per seed and learning rate, a dense baseline is trained from theta_0 (the seed's initial
+weights). Each pruning (kind, method, ratio) then selects channels or weights from the trained
+baseline, and every requested mode trains a pruned network:
+
+- `finetune`: the baseline's trained weights under the pruned structure/mask, the fine-tuning
+  budget at a small learning rate.
+- `scratch_e`: a fresh standard init of the pruned network, the baseline's iterations.
+- `scratch_b`: the same fresh init, the baseline's compute: iterations x FLOPs(full) /
+  FLOPs(pruned) under `budget.scratch_b`; the learning rate steps at the same fractions.
+- `ticket`: theta_0 restricted to the kept structure/mask (the winning-ticket init).
+- `reinit`: a second draw theta_0' from the dense model's init, restricted the same way: the
+  ticket's control, differing only in the values (scratch_e instead uses the pruned network's own
+  init: for structured pruning He init at the pruned widths, for unstructured pruning the
+  surviving weights rescaled to the surviving fan-in as in Liu et al.'s code).
+
+The grid is a list of cells (pruning, method, ratio, mode, lr, seed); a cell is finished when its
+row is in `metrics.csv`. Tensors reused by later cells (theta_0, trained baselines, selections)
+are written before the row that finishes the cell, so an interrupted run resumes where it
+stopped and never retrains a finished cell.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import Progress
+from torch import nn
+
+from lotto.config import check
+from lotto.data import Data, load_data
+from lotto.errors import LottoError
+from lotto.flops import count_macs, count_params
+from lotto.models import build_model
+from lotto.pruning import (
+    Masks,
+    layer_kinds,
+    magnitude_prune,
+    ones_masks,
+    prunable,
+    random_masks_like,
+)
+from lotto.runs import MetricsLog, RunDir
+from lotto.structured import METHODS as STRUCTURED_METHODS
+from lotto.structured import (
+    Keep,
+    as_channel_model,
+    prune_channels,
+    select_channels,
+    slimming_penalty,
+)
+from lotto.train import (
+    TrainingDiverged,
+    TrainResult,
+    check_train_config,
+    parse_step,
+    resolve_device,
+    train,
+)
+
+MODES = ("baseline", "finetune", "scratch_e", "scratch_b", "ticket", "reinit")
+PRUNED_MODES = MODES[1:]
+KINDS = ("structured", "unstructured")
+UNSTRUCTURED_METHODS = ("magnitude", "random", "imp")
+METHODS = {"structured": STRUCTURED_METHODS, "unstructured": UNSTRUCTURED_METHODS}
+SCRATCH_B_RULES = ("flops", "flops+finetune", "epochs")
+DENSE = "none"  # pruning and method of the plain baseline rows
+# offsets giving each random draw of a seed its own stream
+_REINIT_STREAM, _FRESH_STREAM, _RANDOM_STREAM = 100_003, 300_007, 200_003
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell = one training run = one metrics row."""
+
+    pruning: str
+    method: str
+    ratio: float
+    mode: str
+    lr: float
+    seed: int
+
+    def key(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RethinkResult:
+    run: RunDir
+    metrics: pd.DataFrame  # one row per cell
+    table: pd.DataFrame  # per (pruning, method, ratio, lr, mode): mean and std over seeds
+    summary: dict
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def grid_lrs(cfg: DictConfig) -> list[float]:
+    if cfg.grid.lrs is None:
+        return [float(cfg.train.lr), round(float(cfg.train.lr) / 10, 12)]
+    return [float(x) for x in cfg.grid.lrs]
+
+
+def prunings(cfg: DictConfig) -> list[tuple[str, str, float]]:
+    """(kind, method, ratio) of every pruned configuration, in run order."""
+    return [
+        (kind, str(method), float(ratio))
+        for kind in cfg.pruning.kinds
+        for method in cfg.pruning[kind].methods
+        for ratio in cfg.pruning[kind].ratios
+    ]
+
+
+def validate(cfg: DictConfig) -> None:
+    p = cfg.pruning
+    kinds = list(p.kinds)
+    check(bool(kinds) and set(kinds) <= set(KINDS), "pruning.kinds",
+          f"{kinds} must be a non-empty list of structured, unstructured")
+    for kind in kinds:
+        sec = p[kind]
+        for method in sec.methods:
+            check(method in METHODS[kind], f"pruning.{kind}.methods",
+                  f"unknown method {method!r}; choose one of {', '.join(METHODS[kind])}")
+        check(len(sec.methods) > 0, f"pruning.{kind}.methods", "needs at least one method")
+        check(len(sec.ratios) > 0, f"pruning.{kind}.ratios", "needs at least one ratio")
+        for ratio in sec.ratios:
+            ok = isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
+            check(ok and 0 < ratio < 1, f"pruning.{kind}.ratios",
+                  f"ratio {ratio!r} must be a number in (0, 1) (the fraction removed)")
+        for mode in sec.modes:
+            check(mode in PRUNED_MODES, f"pruning.{kind}.modes",
+                  f"unknown mode {mode!r}; choose from {', '.join(PRUNED_MODES)}")
+    if "imp" in p.unstructured.methods and "unstructured" in kinds:
+        check(cfg["from"] is not None, "pruning.unstructured.methods",
+              "imp reuses a lottery run's masks: give --from runs/lottery/<run>")
+    check(p.structured.min_channels >= 1, "pruning.structured.min_channels", "must be at least 1")
+    check(p.unstructured.ranking in ("global", "layerwise"), "pruning.unstructured.ranking",
+          "global or layerwise")
+    check(p.slimming_l1 >= 0, "pruning.slimming_l1", "must be non-negative")
+    if cfg.grid.lrs is not None:
+        lrs = cfg.grid.lrs
+        ok = isinstance(lrs, (list, tuple)) or OmegaConf.is_list(lrs)
+        check(ok and len(lrs) > 0, "grid.lrs", f"{lrs!r} must be a non-empty list of numbers")
+        for lr in lrs:
+            ok = isinstance(lr, (int, float)) and not isinstance(lr, bool)
+            check(ok and lr > 0, "grid.lrs", f"{lr!r} is not a positive learning rate")
+    check(cfg.grid.seeds >= 1, "grid.seeds", "must be at least 1")
+    ft = cfg.finetune
+    if ft.lr is not None:
+        ok = isinstance(ft.lr, (int, float)) and not isinstance(ft.lr, bool)
+        check(ok and ft.lr > 0, "finetune.lr", f"{ft.lr!r} must be a positive number or null")
+    check(ft.schedule in ("constant", "step", "cosine"), "finetune.schedule",
+          "constant, step or cosine")
+    try:
+        parse_step(ft.iterations, 1)
+    except LottoError as e:
+        raise LottoError(f"config key finetune.iterations: {e}") from None
+    check(cfg.budget.scratch_b in SCRATCH_B_RULES, "budget.scratch_b",
+          f"{cfg.budget.scratch_b!r}: choose one of {', '.join(SCRATCH_B_RULES)}")
+    mf = cfg.budget.max_factor
+    check(mf is None or (isinstance(mf, (int, float)) and mf >= 1), "budget.max_factor",
+          f"{mf!r} must be null or a number >= 1")
+    try:
+        check_train_config(cfg.train)
+    except LottoError as e:
+        raise LottoError(f"{e}") from None
+
+
+def finetune_lr(cfg: DictConfig, lr: float) -> float:
+    """The fine-tuning learning rate: given, or the baseline's final one (Li et al.'s choice)."""
+    if cfg.finetune.lr is not None:
+        return float(cfg.finetune.lr)
+    if cfg.train.schedule == "step":
+        return lr * cfg.train.gamma ** len(cfg.train.milestones)
+    return lr * 0.01  # constant or cosine schedules: two decades below the peak
+
+
+def scratch_b_iterations(
+    base: int,
+    flops_full: float,
+    flops_pruned: float,
+    rule: str,
+    finetune: int = 0,
+    max_factor: float | None = None,
+) -> tuple[int, float]:
+    """Scratch-B budget in iterations and the multiplier applied to the baseline's budget.
+
+    `flops` (Liu et al.'s code: epochs x FLOPs(large) / FLOPs(small)); `flops+finetune` adds the
+    fine-tuning iterations (the reading its critics argued for); `epochs` = Scratch-E.
+    `max_factor` caps the multiplier.
+    """
+    if rule not in SCRATCH_B_RULES:
+        raise LottoError(f"unknown Scratch-B rule {rule!r}; choose {', '.join(SCRATCH_B_RULES)}")
+    factor = 1.0 if rule == "epochs" else flops_full / flops_pruned
+    if max_factor is not None:
+        factor = min(factor, float(max_factor))
+    iterations = round(base * factor) + (finetune if rule == "flops+finetune" else 0)
+    return iterations, iterations / base
+
+
+def model_options(cfg: DictConfig) -> dict:
+    if cfg["from"] is not None:
+        # a lottery run builds its model with the factory defaults and only `dropout`
+        return {"dropout": cfg.model.dropout}
+    opts = {"dropout": cfg.model.dropout}
+    if cfg.model.name == "vgg":
+        opts["depth"] = cfg.model.depth
+    if cfg.model.name in ("vgg", "resnet20", "resnet56"):
+        opts["width"] = cfg.model.width
+    return opts
+
+
+# ----------------------------------------------------------------------------- lottery runs
+
+
+class LotterySource:
+    """A finished (or partly finished) `lotto lottery` run whose tensors the grid reuses."""
+
+    def __init__(self, path: Path, cfg: dict):
+        self.path, self.cfg = path, cfg
+
+    @classmethod
+    def open(cls, where: str) -> LotterySource:
+        path = Path(where).expanduser()
+        if not path.is_dir():
+            raise LottoError(f"--from {where}: no such run directory")
+        saved = path / "config.yaml"
+        if not saved.exists():
+            raise LottoError(f"--from {where}: not a run directory (no config.yaml)")
+        try:
+            cfg = yaml.safe_load(saved.read_text())
+        except (OSError, yaml.YAMLError):
+            raise LottoError(f"--from {where}: config.yaml is unreadable") from None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("lottery"), dict):
+            raise LottoError(f"--from {where}: not a lottery run (no lottery section)")
+        for key in ("data", "model", "train"):
+            if not isinstance(cfg.get(key), dict):
+                raise LottoError(f"--from {where}: its config has no {key} section")
+        return cls(path.resolve(), cfg)
+
+    def adopt(self, cfg: DictConfig) -> DictConfig:
+        """`cfg` with the lottery run's data, model and training recipe, and its seeds."""
+        lot = self.cfg
+        out = OmegaConf.to_container(cfg, resolve=True)
+        out["from"] = str(self.path)
+        try:
+            for key in ("data", "train"):
+                for sub, value in lot[key].items():
+                    if sub not in out[key]:
+                        raise LottoError(f"--from {self.path}: incompatible run "
+                                         f"(unknown key {key}.{sub})")
+                    out[key][sub] = value
+            out["model"]["name"] = lot["model"]["name"]
+            out["model"]["dropout"] = float(lot["model"].get("dropout", 0.0))
+            out["seed"] = int(lot["seed"])
+        except (KeyError, TypeError, ValueError):
+            raise LottoError(f"--from {self.path}: incompatible run (config is missing keys)") \
+                from None
+        available = int(lot["lottery"].get("seeds", 1))
+        if cfg.grid.seeds > available:
+            raise LottoError(f"--from {self.path}: the lottery run has {available} seed(s); "
+                             f"ask for at most that many with --seeds")
+        return OmegaConf.create(out)
+
+    @property
+    def lr(self) -> float:
+        return float(self.cfg["train"]["lr"])
+
+    def _load(self, rel: str, what: str) -> dict[str, torch.Tensor]:
+        path = self.path / rel
+        if not path.exists():
+            raise LottoError(f"--from {self.path}: missing {rel} ({what}); "
+                             "finish that lottery run first")
+        return RunDir(self.path, "lottery").load_tensors(rel)
+
+    def init(self, seed: int) -> dict[str, torch.Tensor]:
+        return self._load(f"seed{seed}/init.safetensors", "theta_0")
+
+    def baseline(self, seed: int) -> tuple[dict[str, torch.Tensor], dict]:
+        """Round 0's trained dense weights and its metrics row."""
+        state = self._load(f"seed{seed}/round0/trained.safetensors", "the trained dense network")
+        rows = []
+        if (self.path / "metrics.csv").exists():
+            frame = pd.read_csv(self.path / "metrics.csv")
+            rows = frame[(frame["round"] == 0) & (frame["variant"] == "ticket")
+                         & (frame["seed"] == seed)].to_dict("records")
+        if not rows:
+            raise LottoError(f"--from {self.path}: no finished round 0 for seed {seed}")
+        return state, rows[0]
+
+    def masks(self, seed: int) -> list[tuple[int, Masks]]:
+        """(round, masks) of every pruned round saved for `seed`."""
+        out = []
+        rnd = 1
+        while (self.path / f"seed{seed}/round{rnd}/mask.safetensors").exists():
+            masks = self._load(f"seed{seed}/round{rnd}/mask.safetensors", "mask")
+            out.append((rnd, {k: v.float() for k, v in masks.items()}))
+            rnd += 1
+        if not out:
+            raise LottoError(f"--from {self.path}: method imp needs pruned rounds, and seed {seed} "
+                             "has none")
+        return out
+
+
+# ----------------------------------------------------------------------------- the grid
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _load(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise LottoError(f"{where} does not fit the model the config builds "
+                         "(incompatible run; use --force to start afresh)") from None
+
+
+def _masked(state: dict[str, torch.Tensor], masks: Masks) -> dict[str, torch.Tensor]:
+    return {k: v * masks[k].to(v.dtype) if k in masks else v.clone() for k, v in state.items()}
+
+
+class _Grid:
+    """Runs the cells of the grid in order, skipping finished ones."""
+
+    def __init__(self, cfg: DictConfig, data: Data, run: RunDir, device: torch.device,
+                 metrics: MetricsLog, progress: Progress, lottery: LotterySource | None):
+        self.cfg, self.data, self.run, self.device = cfg, data, run, device
+        self.metrics, self.progress, self.lottery = metrics, progress, lottery
+        self.per_epoch = max(1, len(data.train_x) // cfg.train.batch_size)
+        self.base_iterations = parse_step(cfg.train.iterations, self.per_epoch)
+        self.ft_iterations = parse_step(cfg.finetune.iterations, self.per_epoch)
+        dense = self.dense(cfg.seed)
+        self.dense_params = count_params(dense)
+        self.dense_flops = count_macs(dense, data.in_channels, data.image_size)
+        self.overall = progress.add_task("rethink", total=len(list(self.cells())))
+
+    # the cells, in run order: per seed, per lr, the baseline(s) then each pruning's modes
+    def cells(self) -> Iterator[Cell]:
+        for seed in self.seeds():
+            for lr in grid_lrs(self.cfg):
+                yield Cell(DENSE, DENSE, 0.0, "baseline", lr, seed)
+                if any(m == "slimming" for _, m, _ in prunings(self.cfg)):
+                    yield Cell("structured", "slimming", 0.0, "baseline", lr, seed)
+                for kind, method, ratio in prunings(self.cfg):
+                    for mode in self.cfg.pruning[kind].modes:
+                        yield Cell(kind, method, ratio, mode, lr, seed)
+
+    def seeds(self) -> range:
+        return range(self.cfg.seed, self.cfg.seed + self.cfg.grid.seeds)
+
+    def done(self, cell: Cell) -> bool:
+        return bool(self.metrics.find(**cell.key()))
+
+    def dense(self, init_seed: int) -> nn.Module:
+        torch.manual_seed(init_seed)
+        return build_model(self.cfg.model.name, self.data.in_channels, self.data.num_classes,
+                           self.data.image_size, **model_options(self.cfg))
+
+    def tensors(self, rel: str, make: Callable[[], dict]) -> dict[str, torch.Tensor]:
+        if self.run.has(rel):
+            return self.run.load_tensors(rel)
+        value = make()
+        self.run.save_tensors(rel, value)
+        return value
+
+    def train_cfg(self, lr: float, iterations: int, schedule: str | None = None) -> DictConfig:
+        cfg = OmegaConf.create(OmegaConf.to_container(self.cfg.train, resolve=True))
+        cfg.lr, cfg.iterations = float(lr), int(iterations)
+        if schedule is not None:
+            cfg.schedule = schedule
+        return cfg
+
+    def fit(self, cell: Cell, model: nn.Module, cfg: DictConfig, masks: Masks | None = None,
+            slimming: bool = False) -> TrainResult:
+        hook = slimming_penalty(model, self.cfg.pruning.slimming_l1) if slimming else None
+        desc = f"seed {cell.seed} lr {cell.lr:g} {cell.method} {cell.ratio:g} {cell.mode}"
+        try:
+            return train(model, self.data, cfg, seed=cell.seed, device=self.device, masks=masks,
+                         after_backward=hook, progress=self.progress, desc=desc)
+        except TrainingDiverged as e:
+            raise LottoError(
+                f"NaN/inf loss in {desc} at iteration {e.iteration}; "
+                f"{len(self.metrics.rows)} finished cells are kept in {self.run.path}"
+            ) from None
+
+    # ------------------------------------------------------------------ per seed and lr
+
+    def run_all(self) -> None:
+        for seed in self.seeds():
+            theta0 = self.theta0(seed)
+            for lr in grid_lrs(self.cfg):
+                base = self.baseline(Cell(DENSE, DENSE, 0.0, "baseline", lr, seed), theta0)
+                slim = None
+                for kind, method, ratio in prunings(self.cfg):
+                    if method == "slimming" and slim is None:
+                        slim = self.baseline(
+                            Cell("structured", "slimming", 0.0, "baseline", lr, seed), theta0)
+                    parent = slim if method == "slimming" else base
+                    todo = [Cell(kind, method, ratio, m, lr, seed)
+                            for m in self.cfg.pruning[kind].modes]
+                    for cell in todo:
+                        if self.done(cell):
+                            self.progress.advance(self.overall)
+                    todo = [c for c in todo if not self.done(c)]
+                    if not todo:
+                        continue
+                    sel = self.selection(kind, method, ratio, lr, seed, parent)
+                    for cell in todo:
+                        self.pruned(cell, sel, parent, theta0)
+                        self.progress.advance(self.overall)
+
+    def theta0(self, seed: int) -> dict[str, torch.Tensor]:
+        rel = f"seed{seed}/init.safetensors"
+        if self.lottery is not None:
+            return self.tensors(rel, lambda: self.lottery.init(seed))
+        return self.tensors(rel, lambda: _state(self.dense(seed)))
+
+    def baseline(self, cell: Cell, theta0: dict) -> dict[str, torch.Tensor]:
+        slimming = cell.method == "slimming"
+        rel = f"seed{cell.seed}/lr{cell.lr:g}/baseline{'-slimming' if slimming else ''}.safetensors"
+        if self.done(cell):
+            self.progress.advance(self.overall)
+            return self.run.load_tensors(rel)
+        model = self.dense(cell.seed)
+        if (self.lottery is not None and not slimming
+                and math.isclose(cell.lr, self.lottery.lr, rel_tol=1e-9)):
+            state, row = self.lottery.baseline(cell.seed)
+            _load(model, state, f"--from {self.lottery.path}")
+            self.run.save_tensors(rel, state)
+            self.record(cell, model, None, {
+                "train_lr": cell.lr, "iterations": int(row["iteration"]),
+                "epochs": int(row["iteration"]) / self.per_epoch, "budget_factor": 1.0,
+                "test_accuracy": row["test_accuracy"], "val_accuracy": row["val_accuracy"],
+                "train_loss": row["train_loss"], "seconds": row["seconds"], "source": "lottery",
+            })
+            self.progress.advance(self.overall)
+            return state
+        _load(model, theta0, f"{self.run.path}/seed{cell.seed}/init.safetensors")
+        cfg = self.train_cfg(cell.lr, self.base_iterations)
+        result = self.fit(cell, model, cfg, slimming=slimming)
+        state = _state(model)
+        self.run.save_tensors(rel, state)
+        self.record(cell, model, None, self.outcome(cell.lr, result, 1.0))
+        self.progress.advance(self.overall)
+        return state
+
+    def selection(self, kind: str, method: str, ratio: float, lr: float, seed: int,
+                  parent: dict) -> Keep | Masks:
+        """The kept channels (structured) or the mask (unstructured), chosen from `parent`."""
+        rel = f"seed{seed}/lr{lr:g}/{kind}-{method}-{ratio:g}/selection.safetensors"
+        model = self.dense(seed)
+        _load(model, parent, "the trained baseline")
+        gen = torch.Generator().manual_seed(seed * 1000 + _RANDOM_STREAM)
+        if kind == "structured":
+            def make() -> dict:
+                keep = select_channels(model, method, ratio, generator=gen,
+                                       min_channels=self.cfg.pruning.structured.min_channels)
+                return {f"layer{i}": k for i, k in enumerate(keep)}
+            saved = self.tensors(rel, make)
+            return [saved[f"layer{i}"].long() for i in range(len(saved))]
+
+        def make_masks() -> dict:
+            if method == "imp":
+                return {k: v.bool() for k, v in self.imp_masks(seed, ratio).items()}
+            u = self.cfg.pruning.unstructured
+            kinds = layer_kinds(model)
+            rates = {n: 0.0 if kinds[n] == "output" and not u.prune_output else ratio
+                     for n in prunable(model)}
+            weights = {n: p.detach() for n, p in prunable(model).items()}
+            masks = magnitude_prune(weights, ones_masks(model), rates, u.ranking)
+            if method == "random":  # same per-layer density as magnitude pruning
+                masks = random_masks_like(masks, gen)
+            return {k: v.bool() for k, v in masks.items()}
+
+        return {k: v.float() for k, v in self.tensors(rel, make_masks).items()}
+
+    def imp_masks(self, seed: int, ratio: float) -> Masks:
+        """The lottery round whose density is nearest to 1 - ratio."""
+        rounds = self.lottery.masks(seed)
+
+        def gap(item: tuple[int, Masks]) -> float:
+            m = item[1]
+            kept = sum(v.sum().item() for v in m.values()) / sum(v.numel() for v in m.values())
+            return abs(kept - (1 - ratio))
+
+        return min(rounds, key=gap)[1]
+
+    def pruned(self, cell: Cell, sel: Keep | Masks, parent: dict, theta0: dict) -> None:
+        lr_ft = finetune_lr(self.cfg, cell.lr)
+        full = self.dense(cell.seed)
+        _load(full, parent, "the trained baseline")
+        masks: Masks | None = None
+        if cell.pruning == "structured":
+            keep: Keep = sel
+            if cell.mode == "finetune":
+                model = prune_channels(full, keep)
+            elif cell.mode == "ticket":
+                model = prune_channels(full, keep, state=theta0)
+            elif cell.mode == "reinit":
+                other = _state(self.dense(cell.seed * 1000 + _REINIT_STREAM))
+                model = prune_channels(full, keep, state=other)
+            else:  # scratch: the pruned architecture's own fresh init
+                torch.manual_seed(cell.seed * 1000 + _FRESH_STREAM)
+                model = as_channel_model(full).with_channels([len(k) for k in keep])
+        else:
+            masks = sel
+            model = full
+            if cell.mode == "ticket":
+                _load(model, theta0, "theta_0")
+            elif cell.mode == "reinit":
+                model = self.dense(cell.seed * 1000 + _REINIT_STREAM)
+            elif cell.mode in ("scratch_e", "scratch_b"):
+                model = self.dense(cell.seed * 1000 + _FRESH_STREAM)
+                rescale_to_fan(model, masks)
+            _load(model, _masked(_state(model), masks), "the pruned network")
+        factor = 1.0
+        if cell.mode == "finetune":
+            cfg = self.train_cfg(lr_ft, self.ft_iterations, self.cfg.finetune.schedule)
+        elif cell.mode == "scratch_b":
+            flops = count_macs(model, self.data.in_channels, self.data.image_size, masks)
+            iterations, factor = scratch_b_iterations(
+                self.base_iterations, self.dense_flops, flops, self.cfg.budget.scratch_b,
+                self.ft_iterations, self.cfg.budget.max_factor)
+            cfg = self.train_cfg(cell.lr, iterations)
+        else:
+            cfg = self.train_cfg(cell.lr, self.base_iterations)
+        result = self.fit(cell, model, cfg, masks)
+        self.record(cell, model, masks, self.outcome(cfg.lr, result, factor))
+
+    def outcome(self, lr: float, result: TrainResult, factor: float) -> dict:
+        return {
+            "train_lr": float(lr), "iterations": result.iterations, "epochs": result.epochs,
+            "budget_factor": factor, "test_accuracy": result.test_accuracy,
+            "val_accuracy": result.val_accuracy, "train_loss": result.train_loss,
+            "seconds": result.seconds, "source": "trained",
+        }
+
+    def record(self, cell: Cell, model: nn.Module, masks: Masks | None, outcome: dict) -> None:
+        params = count_params(model, masks)
+        flops = count_macs(model, self.data.in_channels, self.data.image_size, masks)
+        # widths of the prunable layers ("-" for a model without channels: never NaN in the CSV)
+        channels = getattr(model, "channels", None)
+        self.metrics.append({
+            **cell.key(),
+            "params": params,
+            "params_pct": 100.0 * params / self.dense_params,
+            "flops": flops,
+            "flops_pct": 100.0 * flops / self.dense_flops,
+            "channels": "-".join(map(str, channels)) if channels else "-",
+            **outcome,
+        })
+
+
+@torch.no_grad()
+def rescale_to_fan(model: nn.Module, masks: Masks) -> None:
+    """Scale each masked weight by 1/sqrt(its layer's density): He init over surviving inputs.
+
+    Liu et al.'s weight-level Scratch-E/B code draws N(0, 2/n) with n counting only surviving
+    weights; for a dense init that is the same as this rescaling.
+    """
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        kept = float(mask.float().mean().item())
+        if 0 < kept < 1:
+            params[name].mul_(1.0 / math.sqrt(kept))
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def grid_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (pruning, method, ratio, lr, mode)."""
+    keys = ["pruning", "method", "ratio", "lr", "mode"]
+    cols = ["test_accuracy", "params_pct", "flops_pct", "epochs", "budget_factor", "seconds"]
+    grouped = metrics.groupby(keys, sort=False)[cols]
+    table = grouped.mean().join(grouped.std().fillna(0.0), rsuffix="_std")
+    table["seeds"] = grouped.size()
+    return table.reset_index()
+
+
+def summarize(table: pd.DataFrame) -> dict:
+    """The paper's two questions, answered from the table (differences in accuracy points)."""
+    def acc(rows: pd.DataFrame, mode: str) -> tuple[float, float] | None:
+        hit = rows[rows["mode"] == mode]
+        if hit.empty:
+            return None
+        return 100 * float(hit.test_accuracy.iloc[0]), 100 * float(hit.test_accuracy_std.iloc[0])
+
+    out: dict = {"baseline": {}, "comparisons": []}
+    for lr, rows in table[table["mode"] == "baseline"].groupby("lr", sort=False):
+        for r in rows.itertuples():
+            name = "dense" if r.pruning == DENSE else f"{r.method}-trained"
+            out["baseline"][f"{name}@lr={lr:g}"] = [100 * r.test_accuracy,
+                                                     100 * r.test_accuracy_std]
+    pruned = table[table["mode"] != "baseline"]
+    for (kind, method, ratio, lr), rows in pruned.groupby(
+            ["pruning", "method", "ratio", "lr"], sort=False):
+        item = {"pruning": kind, "method": method, "ratio": float(ratio), "lr": float(lr),
+                "params_pct": float(rows.params_pct.mean()),
+                "flops_pct": float(rows.flops_pct.mean())}
+        accs = {m: acc(rows, m) for m in PRUNED_MODES}
+        item.update({m: v for m, v in accs.items() if v is not None})
+        scratch = [accs[m][0] for m in ("scratch_e", "scratch_b") if accs[m] is not None]
+        if accs["finetune"] is not None and scratch:
+            item["best_scratch_minus_finetune"] = max(scratch) - accs["finetune"][0]
+        if accs["ticket"] is not None and accs["reinit"] is not None:
+            item["ticket_minus_reinit"] = accs["ticket"][0] - accs["reinit"][0]
+        out["comparisons"].append(item)
+    return out
+
+
+def run_rethink(cfg: DictConfig, *, force: bool = False, progress: Progress) -> RethinkResult:
+    start = time.perf_counter()
+    lottery = LotterySource.open(str(cfg["from"])) if cfg["from"] is not None else None
+    if lottery is not None:
+        cfg = lottery.adopt(cfg)
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    data = load_data(cfg.data, device)
+    # fail on a bad model, or structured pruning of a model without channels, before the run dir
+    model = build_model(cfg.model.name, data.in_channels, data.num_classes, data.image_size,
+                        **model_options(cfg))
+    if "structured" in cfg.pruning.kinds:
+        as_channel_model(model, cfg.model.name)
+    if lottery is not None:
+        _load(model, lottery.init(cfg.seed), f"--from {lottery.path}: seed{cfg.seed}/init")
+    run = RunDir.open(cfg, "rethink", force=force)
+    metrics = MetricsLog(run)
+    _Grid(cfg, data, run, device, metrics, progress, lottery).run_all()
+    frame = metrics.frame()
+    table = grid_table(frame)
+    summary = summarize(table)
+    summary["run_dir"] = str(run.path)
+    summary["wall_seconds"] = time.perf_counter() - start
+    summary["cells"] = len(frame)
+    run.write_json("summary.json", summary)
+    return RethinkResult(run, frame, table, summary)

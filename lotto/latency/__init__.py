@@ -1,0 +1,195 @@
+"""Latency with provenance: the one interface `bench`, `build-v3`, `search` and `netadapt` use.
+
+    from lotto.latency import predict
+    lat = predict(spec, "pixel1")        # Latency(ms=51.3, source='model', expected_error=0.081..)
+    lat = predict(spec, "cpu")           # measured on this host (1 thread, BN folded, NHWC)
+    lat = predict(spec, "cpu", source="lut", lut=table)   # sum of a lookup table
+
+Devices: `cpu`, `cuda[:i]` (hosts: measured, or priced from a table built on this machine) and
+`pixel1`, `pixel2`, `pixel3` (`pixel` = `pixel1`: a model calibrated on published numbers).
+Every result says where it came from (`source`: measured | lut | model) and how wrong it is
+expected to be (`expected_error`, relative: 0.08 = 8%).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from lotto.arch import ArchSpec, load_spec
+from lotto.errors import LottoError
+from lotto.latency.lut import Lut
+from lotto.latency.measure import HOST_DEVICES, Timing, check_host_device, measure_module
+from lotto.latency.phone import ALIASES, PHONES, load_phone_model, module_features, phone_name
+
+DEVICES = (*HOST_DEVICES, "pixel", *PHONES)
+SOURCES = ("measure", "lut", "model")
+_SOURCE_NAME = {"measure": "measured", "lut": "lut", "model": "model"}
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A latency in milliseconds with its provenance.
+
+    source: measured (timed on this host) | lut (sum of a host lookup table) | model (a fitted
+    cost model: the phone models, or a host table's fallback model).
+    expected_error: relative; measured = IQR/median of the timing, lut = the table's validation
+    RMSPE (plus misses), model = the cross-validated RMSPE.
+    detail: measured -> p25_ms, p75_ms, mean_ms, std_ms, n, threads, fingerprint, ...;
+    lut -> hits, interpolated, modelled, offset_ms, ...; model -> model version, n_rows, ...
+    """
+
+    ms: float
+    source: str
+    expected_error: float
+    device: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def provenance(self) -> str:
+        """One line that keeps a prediction from being mistaken for a measurement."""
+        d = self.detail
+        if self.source == "measured":
+            per = d.get("number_per_run") or 1
+            runs = f"{d.get('n')} runs" if per == 1 else f"{d.get('n')} blocks of {per} runs"
+            return (f"source=measured({self.device}, median of {runs}, "
+                    f"threads={d.get('threads')}, IQR/median={self.expected_error * 100:.1f}%)")
+        if self.source == "lut":
+            return (f"source=lut({self.device}, {d.get('hits')} hits, {d.get('interpolated')} "
+                    f"interpolated, {d.get('modelled')} modelled, offset "
+                    f"{d.get('offset_ms', 0):.3f} ms, expected RMSPE ~ "
+                    f"{self.expected_error * 100:.0f}%)")
+        return f"source={d.get('provenance', f'model({self.device})')}"
+
+
+def canonical_device(device: str) -> str:
+    """`pixel` -> `pixel1`; `cuda:0` kept; LottoError for an unknown device."""
+    name = str(device).strip().lower()
+    if phone_name(name):
+        return phone_name(name)  # type: ignore[return-value]
+    if name in HOST_DEVICES or name.startswith("cuda:"):
+        return name
+    raise LottoError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+
+
+def is_phone(device: str) -> bool:
+    return phone_name(str(device).strip().lower()) is not None
+
+
+def _as_spec(arch: ArchSpec | nn.Module | str) -> tuple[ArchSpec | None, nn.Module | None]:
+    if isinstance(arch, ArchSpec):
+        return arch, None
+    if isinstance(arch, str):
+        return load_spec(arch), None
+    if isinstance(arch, nn.Module):
+        spec = getattr(arch, "spec", None)  # networks built by lotto.arch carry their spec
+        return (spec if isinstance(spec, ArchSpec) else None), arch
+    raise LottoError(f"cannot price a {type(arch).__name__}: give an ArchSpec or an nn.Module")
+
+
+def predict(
+    arch: ArchSpec | nn.Module | str,
+    device: str = "pixel1",
+    *,
+    source: str | None = None,
+    threads: int = 1,
+    lut: Lut | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    min_run_time: float = 1.0,
+    warmup: int = 10,
+    dtype: str = "float32",
+    core: int | None = None,
+) -> Latency:
+    """Latency of `arch` (spec, module, preset name or spec file) on `device`.
+
+    source: None = `measure` on hosts, `model` on phones; `lut` (hosts) sums `lut`; `model`
+    on a host uses `lut`'s fitted fallback model. Phones accept only `model`.
+    input_shape: for a module without a spec (default (1, 3, 224, 224)).
+    Fast path: a phone model or table prices a spec from per-unit caches (> 10^4 per second
+    when units repeat, as in search loops).
+    """
+    dev = canonical_device(device)
+    phone = dev in PHONES
+    src = source or ("model" if phone else "measure")
+    if src not in SOURCES:
+        raise LottoError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    spec, module = _as_spec(arch)
+    if phone:
+        if src != "model":
+            raise LottoError(f"{dev} is a phone: its latency can only come from the model "
+                             f"(--source model), not {src}")
+        return _predict_phone(spec, module, dev, input_shape)
+    check_host_device(dev)
+    if src == "measure":
+        return _measure(spec, module, dev, threads, input_shape, min_run_time, warmup, dtype, core)
+    if spec is None:
+        raise LottoError("a lookup table prices architecture specs, not arbitrary modules; "
+                         "use --source measure")
+    if lut is None:
+        raise LottoError(f"no lookup table for {dev}: build one with "
+                         f"`lotto bench --device {dev} --build-lut`")
+    if src == "lut":
+        ms, detail = lut.predict_spec(spec)
+        err = (lut.expected_error**2 + detail["miss_error"] ** 2) ** 0.5
+        detail = {**detail, "lut": str(lut.path) if lut.path else None,
+                  "threads": lut.meta.get("threads")}
+        return Latency(ms, "lut", err, dev, detail)
+    # host "model": the table's additive fallback model over every unit
+    from lotto.latency.lut import MODEL_ERROR
+
+    total = sum(lut._model_ms(info) for _, info in lut._infos.units(spec))
+    ms = total + float(lut.meta.get("offset_ms") or 0.0)
+    detail = {"provenance": f"model(host additive model fitted on {len(lut.entries)} "
+                            f"{dev} table entries)", "lut": str(lut.path) if lut.path else None}
+    return Latency(ms, "model", MODEL_ERROR, dev, detail)
+
+
+def _predict_phone(spec: ArchSpec | None, module: nn.Module | None, dev: str,
+                   input_shape: tuple[int, ...] | None) -> Latency:
+    model = load_phone_model(dev)
+    if spec is not None:
+        ms = model.predict_spec(spec)
+    else:
+        assert module is not None
+        ms = model.predict_features(module_features(module, input_shape or (1, 3, 224, 224)))
+    detail = {"provenance": model.provenance(), "model": model.version, "n_rows": model.n_rows,
+              "scale": model.scale}
+    return Latency(ms, "model", model.expected_error, dev, detail)
+
+
+def _measure(spec: ArchSpec | None, module: nn.Module | None, dev: str, threads: int,
+             input_shape: tuple[int, ...] | None, min_run_time: float, warmup: int,
+             dtype: str, core: int | None) -> Latency:
+    from lotto.latency.measure import fingerprint
+
+    if module is None:
+        from lotto.arch.build import build_network
+
+        assert spec is not None
+        module = build_network(spec)
+    if input_shape is None:
+        input_shape = ((1, spec.in_channels, spec.resolution, spec.resolution)
+                       if spec is not None else (1, 3, 224, 224))
+    timing, info = measure_module(module, input_shape, dev, threads=threads,
+                                  min_run_time=min_run_time, warmup=warmup, dtype=dtype,
+                                  core=core)
+    detail = {**timing.summary(), **info, "fingerprint": fingerprint(dev, threads)}
+    return Latency(timing.median_ms, "measured", timing.iqr_rel, dev, detail)
+
+
+__all__ = [
+    "ALIASES",
+    "DEVICES",
+    "PHONES",
+    "SOURCES",
+    "Latency",
+    "Lut",
+    "Timing",
+    "canonical_device",
+    "is_phone",
+    "predict",
+]

@@ -1,0 +1,454 @@
+"""Host lookup tables: per-unit latencies measured on this machine, summed per network.
+
+Schema (ProxylessNAS / OFA style, docs/LATENCY.md section 4). One JSON file per host device,
+thread count and dtype, cached under the runs directory (`runs/bench/lut/cpu_t1_float32.json`):
+
+    {"meta": {schema, device, fingerprint (cpu model, torch, threads, ...), dtype,
+              channels_last, bn_folded, batch, created, updated, min_run_time,
+              offset_ms, offset_basis, validation},
+     "entries": {key: {median, p25, p75, mean, std, n, macs, params, part, sig, features}}}
+
+Keys are one per unit (stem, block, head conv, classifier), e.g.
+``ir_k5_s1_e960_c160_se0.25_hs|in=7x7x160|out=7x7x160|skip=1|se_exp_hsigmoid``: op, kernel,
+stride, expansion width, output width, SE, activation, input and output HxWxC and the residual.
+A unit is timed alone (`lotto.arch.build.build_block`), BN folded, channels_last, at the
+table's thread count, so intra-unit fusion and per-op overhead are inside the entry.
+
+Misses (NetAdapt's arbitrary channel counts, unseen widths) are priced, in order, by
+1. linear interpolation in MACs between the nearest measured "siblings" below and above: units
+   that differ only in channel counts (same op, kernel, stride, SE, activation, skip, input
+   HxW); extrapolation along the two nearest when all siblings lie on one side;
+2. an additive host model fitted (NNLS on relative error) to all entries, with the same
+   features as the phone model.
+The network sum then adds `offset_ms`: the per-call cost outside all units (the network's own
+forward, flatten), calibrated as the median of (measured end to end - table sum) over a few
+reference networks drawn from the space, and re-estimated by validation.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import statistics
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import nnls
+
+from lotto.arch import ArchSpec, BlockContext
+from lotto.errors import LottoError
+from lotto.latency.measure import fingerprint, measure_module, prepare, time_callable
+from lotto.latency.phone import LAYER_FEATURES, unit_features
+from lotto.latency.units import UnitCache
+from lotto.runs import write_text
+
+SCHEMA = 1
+# fingerprint fields that must match for a table to be reused (cores and governor may vary)
+MATCH_FIELDS = ("device", "cpu", "torch", "threads", "gpu", "cuda")
+UNVALIDATED_ERROR = 0.10  # expected error quoted before `--validate` has measured one
+INTERP_ERROR = 0.10  # extra relative error of an interpolated unit
+MODEL_ERROR = 0.25  # extra relative error of a unit priced by the fallback model
+
+
+def lut_key(ctx: BlockContext) -> str:
+    """Table key of a unit: its arch key rewritten with input and output shapes and skip."""
+    base, _, rest = ctx.key.partition("@")
+    shape, *extra = rest.split("+")
+    ho, wo, co = ctx.out_shape
+    key = f"{base}|in={shape}|out={ho}x{wo}x{co}"
+    if ctx.block is not None:
+        key += f"|skip={int(ctx.block.residual(ctx.in_shape[2]))}"
+    return key + "".join(f"|{e}" for e in extra)
+
+
+def sibling_signature(ctx: BlockContext) -> str:
+    """The key with every channel count removed: units that differ only in width."""
+    h, w, _ = ctx.in_shape
+    if ctx.block is not None:
+        b = ctx.block
+        skip = int(b.residual(ctx.in_shape[2]))
+        extra = ctx.key.partition("+")[2]
+        return f"{b.type}_k{b.kernel}_s{b.stride}_se{b.se:g}_{b.act}|in={h}x{w}|skip={skip}|{extra}"
+    base = ctx.key.partition("@")[0]
+    if ctx.part == "stem":
+        return f"{base}|in={h}x{w}x{ctx.in_shape[2]}"  # stem_k3_s2_c16_hs: its width varies
+    if ctx.part == "head":
+        return f"head_{base.rsplit('_', 1)[-1]}|in={h}x{w}"
+    return f"classifier|hidden={int('_h' in base)}|in={h}x{w}"
+
+
+@dataclass(frozen=True)
+class UnitInfo:
+    """What a table needs of one unit (static: computed once per unit key)."""
+
+    name: str
+    part: str
+    key: str
+    sig: str
+    macs: int
+    params: int
+    features: tuple[float, ...]
+    in_shape: tuple[int, int, int]
+    out_shape: tuple[int, int, int]
+
+
+def unit_infos(spec: ArchSpec) -> dict[str, UnitInfo]:
+    feats = unit_features(spec)
+    out = {}
+    for ctx in spec.block_contexts():
+        out[ctx.name] = UnitInfo(
+            ctx.name, ctx.part, lut_key(ctx), sibling_signature(ctx), ctx.macs, ctx.params,
+            tuple(float(x) for x in feats.get(ctx.name, np.zeros(len(LAYER_FEATURES)))),
+            ctx.in_shape, ctx.out_shape,
+        )
+    return out
+
+
+class Lut:
+    """A lookup table in memory; `path` is where `save` writes it."""
+
+    def __init__(self, meta: dict[str, Any], entries: dict[str, dict[str, Any]],
+                 path: Path | None = None):
+        self.meta = meta
+        self.entries = entries
+        self.path = path
+        self._infos: UnitCache[UnitInfo] = UnitCache(unit_infos)
+        self._reindex()
+
+    # ---- creation, files ----------------------------------------------------------------
+
+    @classmethod
+    def empty(cls, device: str, threads: int, dtype: str = "float32",
+              path: Path | None = None) -> Lut:
+        now = _now()
+        meta = {
+            "schema": SCHEMA,
+            "device": device,
+            "fingerprint": fingerprint(device, threads),
+            "threads": threads,
+            "dtype": dtype,
+            "channels_last": True,
+            "bn_folded": True,
+            "batch": 1,
+            "created": now,
+            "updated": now,
+            "offset_ms": 0.0,
+            "offset_basis": None,
+            "validation": None,
+        }
+        return cls(meta, {}, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Lut:
+        try:
+            data = json.loads(Path(path).read_text())
+            meta, entries = data["meta"], data["entries"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise LottoError(f"lookup table {path} is unreadable ({e}); delete it") from None
+        return cls(meta, entries, Path(path))
+
+    def save(self, path: Path | None = None) -> None:
+        """Write atomically to `path` (a copy) or, by default, to the table's own path."""
+        if path is None and self.path is None:
+            raise LottoError("this lookup table has no file path; give one")
+        path = Path(path or self.path)  # type: ignore[arg-type]
+        self.meta["updated"] = _now()
+        write_text(path, json.dumps({"meta": self.meta, "entries": self.entries}, indent=1,
+                                    sort_keys=True) + "\n")
+
+    def mismatch(self, device: str, threads: int, dtype: str) -> str | None:
+        """Why this table cannot serve (device, threads, dtype) on this machine, or None."""
+        if self.meta.get("schema") != SCHEMA:
+            return f"schema {self.meta.get('schema')} != {SCHEMA}"
+        if self.meta.get("dtype") != dtype:
+            return f"dtype {self.meta.get('dtype')} != {dtype}"
+        now = fingerprint(device, threads)
+        old = self.meta.get("fingerprint", {})
+        for field in MATCH_FIELDS:
+            if old.get(field) != now.get(field):
+                return f"{field} {old.get(field)!r} != {now.get(field)!r}"
+        return None
+
+    # ---- lookup -------------------------------------------------------------------------
+
+    def _reindex(self) -> None:
+        self._siblings: dict[str, list[tuple[int, float, str]]] = {}
+        for key, e in self.entries.items():
+            entry = (int(e["macs"]), float(e["median"]), key)
+            self._siblings.setdefault(e["sig"], []).append(entry)
+        for v in self._siblings.values():
+            v.sort()
+        self._memo: dict[str, tuple[float, str]] = {}
+        self._host_coef: np.ndarray | None = None
+
+    def add(self, key: str, info: UnitInfo, timing: dict[str, Any]) -> None:
+        self.entries[key] = {
+            **timing, "macs": info.macs, "params": info.params, "part": info.part,
+            "sig": info.sig, "features": list(info.features),
+        }
+        self._reindex()
+
+    def host_model(self) -> np.ndarray:
+        """Coefficients of the additive fallback model (LAYER_FEATURES + per-unit constant)."""
+        if self._host_coef is None:
+            if len(self.entries) < 3:
+                raise LottoError("lookup table too small to price a missing unit; build it first")
+            X = np.array([[*e["features"], 1.0] for e in self.entries.values()])
+            y = np.array([e["median"] for e in self.entries.values()])
+            scale = np.abs(X).max(axis=0)
+            scale[scale == 0] = 1.0
+            coef, _ = nnls((X / scale) / y[:, None], np.ones(len(y)), maxiter=50 * X.shape[1])
+            self._host_coef = coef / scale
+        return self._host_coef
+
+    def _model_features_ms(self, features: Iterable[float]) -> float:
+        return float(np.array([*features, 1.0]) @ self.host_model())
+
+    def _model_ms(self, info: UnitInfo) -> float:
+        return self._model_features_ms(info.features)
+
+    def unit_ms(self, info: UnitInfo) -> tuple[float, str]:
+        """(ms, status) of one unit; status is hit, interp or model."""
+        memo = self._memo.get(info.key)
+        if memo is not None:
+            return memo
+        entry = self.entries.get(info.key)
+        if entry is not None:
+            out = (float(entry["median"]), "hit")
+        else:
+            out = self._interpolate(info)
+        self._memo[info.key] = out
+        return out
+
+    def _interpolate(self, info: UnitInfo) -> tuple[float, str]:
+        sib = self._siblings.get(info.sig, [])
+        x = info.macs
+        lower = [s for s in sib if s[0] <= x]
+        upper = [s for s in sib if s[0] >= x]
+        pair = None
+        if lower and upper:
+            pair = (lower[-1], upper[0])
+        elif len(sib) >= 2:  # extrapolate along the two nearest siblings
+            pair = (sib[0], sib[1]) if upper else (sib[-2], sib[-1])
+        if pair is not None:
+            (x0, y0, _), (x1, y1, _) = pair
+            ms = y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+            if ms > 0:
+                return ms, "interp"
+        if len(sib) == 1:
+            # one sibling: keep its measured level, scale by the fallback model's ratio
+            _, y0, key = sib[0]
+            ref = self._model_features_ms(self.entries[key]["features"])
+            if ref > 0:
+                return y0 * self._model_ms(info) / ref, "interp"
+        return self._model_ms(info), "model"
+
+    def predict_spec(self, spec: ArchSpec) -> tuple[float, dict[str, Any]]:
+        """(ms, detail) for a network: sum of units + offset; detail counts hits and misses."""
+        total, counts = 0.0, {"hit": 0, "interp": 0, "model": 0}
+        err2 = 0.0
+        for _, info in self._infos.units(spec):
+            ms, status = self.unit_ms(info)
+            total += ms
+            counts[status] += 1
+            if status != "hit":  # independent unit errors add in quadrature
+                err2 += (ms * (INTERP_ERROR if status == "interp" else MODEL_ERROR)) ** 2
+        offset = float(self.meta.get("offset_ms") or 0.0)
+        ms = total + offset
+        detail = {"hits": counts["hit"], "interpolated": counts["interp"],
+                  "modelled": counts["model"], "offset_ms": offset, "units_ms": total,
+                  "miss_error": (err2**0.5) / ms if ms > 0 else 0.0}
+        return ms, detail
+
+    def unit_rows(self, spec: ArchSpec) -> list[dict[str, Any]]:
+        """One row per unit: name, key, part, shapes, MACs, ms and status."""
+        rows = []
+        for name, info in self._infos.units(spec):
+            ms, status = self.unit_ms(info)
+            rows.append({"layer": name, "op": info.part, "key": info.key, "macs": info.macs,
+                         "in_shape": info.in_shape, "out_shape": info.out_shape, "ms": ms,
+                         "status": status})
+        return rows
+
+    def missing(self, specs: Iterable[ArchSpec]) -> dict[str, tuple[ArchSpec, UnitInfo]]:
+        """Units of `specs` without an entry: key -> (a spec containing it, its info)."""
+        out: dict[str, tuple[ArchSpec, UnitInfo]] = {}
+        for spec in specs:
+            for _, info in self._infos.units(spec):
+                if info.key not in self.entries and info.key not in out:
+                    out[info.key] = (spec, info)
+        return out
+
+    @property
+    def expected_error(self) -> float:
+        v = self.meta.get("validation") or {}
+        return float(v.get("rmspe", UNVALIDATED_ERROR))
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building, caching, calibrating
+
+
+def lut_path(runs_dir: str | Path, device: str, threads: int, dtype: str = "float32") -> Path:
+    return Path(runs_dir).expanduser() / "bench" / "lut" / f"{device}_t{threads}_{dtype}.json"
+
+
+def open_lut(path: Path, device: str, threads: int, dtype: str = "float32",
+             warn: Callable[[str], None] | None = None) -> Lut:
+    """The cached table at `path`, or an empty one; a foreign table is warned about and dropped."""
+    if path.exists():
+        lut = Lut.load(path)
+        why = lut.mismatch(device, threads, dtype)
+        if why is None:
+            return lut
+        message = f"lookup table {path} was built for another setup ({why}); rebuilding it"
+        (warn or (lambda m: warnings.warn(m, stacklevel=2)))(message)
+    return Lut.empty(device, threads, dtype, path)
+
+
+def time_unit(spec: ArchSpec, info: UnitInfo, device: str, threads: int, min_run_time: float,
+              dtype: str = "float32", core: int | None = None) -> dict[str, Any]:
+    """Build one unit alone and time it (same preparation as a whole network)."""
+    from lotto.arch.build import build_block
+
+    module = build_block(spec, info.name)
+    h, w, c = info.in_shape
+    prepared = prepare(module, (1, c, h, w), device, dtype=dtype)
+    t = time_callable(prepared, device, threads=threads, min_run_time=min_run_time, warmup=5,
+                      core=core)
+    return {"median": t.median_ms, "p25": t.p25_ms, "p75": t.p75_ms, "mean": t.mean_ms,
+            "std": t.std_ms, "n": t.n, "number_per_run": t.number_per_run}
+
+
+def build_entries(
+    lut: Lut,
+    specs: Iterable[ArchSpec],
+    *,
+    min_run_time: float = 0.3,
+    core: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    save_every: int = 20,
+) -> int:
+    """Measure every missing unit of `specs` into `lut` (saved as it goes); returns the count."""
+    device, threads, dtype = lut.meta["device"], int(lut.meta["threads"]), lut.meta["dtype"]
+    todo = lut.missing(specs)
+    for i, (key, (spec, info)) in enumerate(todo.items()):
+        if progress:
+            progress(i, len(todo), key)
+        lut.add(key, info, time_unit(spec, info, device, threads, min_run_time, dtype, core))
+        if lut.path is not None and (i + 1) % save_every == 0:
+            lut.save()  # a killed build keeps what it measured
+    if progress:
+        progress(len(todo), len(todo), "")
+    if lut.path is not None:
+        lut.save()
+    return len(todo)
+
+
+def measure_spec(spec: ArchSpec, device: str, threads: int, min_run_time: float,
+                 dtype: str = "float32", core: int | None = None) -> Any:
+    from lotto.arch.build import build_network
+
+    shape = (1, spec.in_channels, spec.resolution, spec.resolution)
+    timing, _ = measure_module(build_network(spec), shape, device, threads=threads,
+                               min_run_time=min_run_time, dtype=dtype, core=core)
+    return timing
+
+
+def calibrate_offset(lut: Lut, specs: list[ArchSpec], *, min_run_time: float = 0.5,
+                     core: int | None = None) -> float:
+    """Set `offset_ms` = median(measured - table sum) over reference networks (never < 0)."""
+    device, threads, dtype = lut.meta["device"], int(lut.meta["threads"]), lut.meta["dtype"]
+    gaps = []
+    for spec in specs:
+        t = measure_spec(spec, device, threads, min_run_time, dtype, core)
+        units = lut.predict_spec(spec)[1]["units_ms"]
+        gaps.append(t.median_ms - units)
+    offset = max(0.0, statistics.median(gaps)) if gaps else 0.0
+    lut.meta["offset_ms"] = offset
+    lut.meta["offset_basis"] = {"networks": [s.name for s in specs], "gaps_ms": gaps,
+                                "rule": "median(measured - sum of units), at least 0"}
+    if lut.path is not None:
+        lut.save()
+    return offset
+
+
+@dataclass(frozen=True)
+class ValidationRow:
+    network: str
+    macs: int
+    params: int
+    measured_ms: float
+    p25_ms: float
+    p75_ms: float
+    iqr_rel: float
+    n: int
+    units_ms: float
+    lut_ms: float  # units + leave-one-out offset
+    error: float  # (lut - measured) / measured
+    raw_error: float  # without any offset
+    hits: int
+    misses: int
+
+
+def validate(lut: Lut, specs: list[ArchSpec], *, min_run_time: float = 1.0,
+             core: int | None = None,
+             progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Table sum vs measured end to end over `specs`.
+
+    The offset applied to each network is the median gap of the *other* networks (leave one
+    out), so no network is priced with its own measurement. Afterwards the table keeps the
+    median gap over all of them and the RMSPE as its expected error.
+    """
+    device, threads, dtype = lut.meta["device"], int(lut.meta["threads"]), lut.meta["dtype"]
+    measured, sums, details = [], [], []
+    for i, spec in enumerate(specs):
+        if progress:
+            progress(i, len(specs), spec.name)
+        measured.append(measure_spec(spec, device, threads, min_run_time, dtype, core))
+        ms, detail = lut.predict_spec(spec)
+        sums.append(detail["units_ms"])
+        details.append(detail)
+    if progress:
+        progress(len(specs), len(specs), "")
+    gaps = [t.median_ms - s for t, s in zip(measured, sums)]
+    rows = []
+    for i, (spec, t, s, d) in enumerate(zip(specs, measured, sums, details)):
+        others = gaps[:i] + gaps[i + 1:]
+        offset = max(0.0, statistics.median(others)) if others else 0.0
+        pred = s + offset
+        rows.append(ValidationRow(
+            spec.name, spec.macs(), spec.params(), t.median_ms, t.p25_ms, t.p75_ms, t.iqr_rel,
+            t.n, s, pred, (pred - t.median_ms) / t.median_ms, (s - t.median_ms) / t.median_ms,
+            d["hits"], d["interpolated"] + d["modelled"],
+        ))
+    errors = np.array([r.error for r in rows])
+    raw = np.array([r.raw_error for r in rows])
+    iqr = np.array([r.iqr_rel for r in rows])
+    summary = {
+        "n_networks": len(rows),
+        "rmspe": float(np.sqrt(np.mean(errors**2))),
+        "max_abs_error": float(np.max(np.abs(errors))),
+        "rmspe_no_offset": float(np.sqrt(np.mean(raw**2))),
+        "bias_no_offset": float(np.mean(raw)),
+        "iqr_rel_median": float(np.median(iqr)),
+        "iqr_rel_max": float(np.max(iqr)),
+        "offset_ms": max(0.0, statistics.median(gaps)),
+        "min_run_time": min_run_time,
+        "date": _now(),
+    }
+    lut.meta["offset_ms"] = summary["offset_ms"]
+    lut.meta["offset_basis"] = {"networks": [s.name for s in specs], "gaps_ms": gaps,
+                                "rule": "median(measured - sum of units) over validation nets"}
+    lut.meta["validation"] = summary
+    if lut.path is not None:
+        lut.save()
+    return {"summary": summary, "rows": rows}

@@ -1,0 +1,238 @@
+"""Phone latency models (pixel1, pixel2, pixel3; `pixel` = pixel1): an additive per-layer cost.
+
+Form (docs/LATENCY.md 5.1), linear and non-negative in its coefficients::
+
+    t_layer = a_conv * MACs(regular and 1x1 convs) + a_dw * MACs(depthwise)
+            + a_fc * MACs(FC layers, SE FCs included)
+            + b_act * activation bytes read and written + b_w * weight bytes
+            + t_op * 1 + c_hs * h-swish elements + c_se * SE-gated elements
+    t_model = scale_device * (sum(t_layer) + t_fixed)
+
+The weight-bytes term prices weights streamed from memory on every inference (FC and late wide
+1x1 layers at 7x7 are weight-bound); it is not in LATENCY.md's list (see the fit report).
+Coefficients are fitted by `lotto.latency.calibrate` on the published Pixel-1 totals only;
+Pixel 2 and 3 are one scale each of the Pixel-1 model. Fitted values ship in
+`data/phone_model.json`, reproduced by `scripts/fit_phone_model.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lotto.arch import ArchSpec, Layer
+from lotto.errors import LottoError
+from lotto.latency.units import UnitCache
+
+PHONES = ("pixel1", "pixel2", "pixel3")
+ALIASES = {"pixel": "pixel1"}
+# per-layer features; "fixed" (one per network) is added at the model level
+LAYER_FEATURES = (
+    "conv_macs", "dw_macs", "fc_macs", "act_bytes", "weight_bytes", "ops", "hswish_elems",
+    "se_elems",
+)
+FEATURES = (*LAYER_FEATURES, "fixed")
+BASELINE_FEATURES = ("all_macs", "fixed")
+FLOAT_BYTES = 4
+MODEL_FILE = "phone_model.json"
+
+
+def phone_name(device: str) -> str | None:
+    """Canonical phone name, or None if `device` is not a phone."""
+    name = ALIASES.get(device, device)
+    return name if name in PHONES else None
+
+
+def layer_features(layer: Layer) -> np.ndarray:
+    """The feature vector (LAYER_FEATURES order) of one row of `ArchSpec.layers()`."""
+    f = np.zeros(len(LAYER_FEATURES))
+    op = layer.op
+    if op in ("conv", "pwconv"):
+        f[0] = layer.macs
+    elif op == "dwconv":
+        f[1] = layer.macs
+    elif op in ("fc", "se"):
+        f[2] = layer.macs
+    f[3] = layer.bytes_in + layer.bytes_out
+    f[4] = layer.bytes_weights
+    f[5] = 1.0
+    if layer.act == "hswish":
+        f[6] = layer.out_h * layer.out_w * layer.out_c
+    if op == "se":
+        f[7] = layer.in_h * layer.in_w * layer.in_c
+    return f
+
+
+def spec_features(spec: ArchSpec) -> np.ndarray:
+    """FEATURES of a whole network (sum over layers, plus fixed = 1)."""
+    total = np.zeros(len(FEATURES))
+    for layer in spec.layers():
+        total[:-1] += layer_features(layer)
+    total[-1] = 1.0
+    return total
+
+
+def baseline_features(spec: ArchSpec) -> np.ndarray:
+    """The 'multiply-adds plus a constant' baseline's features."""
+    return np.array([float(spec.macs()), 1.0])
+
+
+def unit_features(spec: ArchSpec) -> dict[str, np.ndarray]:
+    """LAYER_FEATURES summed per unit (stem, blocks.i, head, classifier)."""
+    out: dict[str, np.ndarray] = {}
+    for layer in spec.layers():
+        if layer.unit not in out:
+            out[layer.unit] = np.zeros(len(LAYER_FEATURES))
+        out[layer.unit] += layer_features(layer)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Features of an arbitrary nn.Module (no spec): traced with forward hooks
+
+
+def module_features(module: nn.Module, input_shape: tuple[int, ...]) -> np.ndarray:
+    """FEATURES of a module by tracing its leaves at batch 1 (BN and activations fused away).
+
+    Conv2d / Linear give MACs, activation and weight bytes and one op; Hardswish its elements;
+    a torchvision SqueezeExcitation its gated elements; pooling its bytes. Residual adds are
+    not modules and are not seen: a spec prices them, a module does not.
+    """
+    from torchvision.ops import SqueezeExcitation
+
+    from lotto.latency.measure import module_macs, op_type
+
+    total = np.zeros(len(FEATURES))
+    total[-1] = 1.0
+
+    def hook(mod: nn.Module, args: Any, out: Any) -> None:
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
+            return
+        n_in, n_out = x.numel(), out.numel()
+        if isinstance(mod, SqueezeExcitation):
+            total[7] += n_in
+            return
+        kind = op_type(mod, tuple(x.shape), tuple(out.shape))
+        if kind in ("conv", "pw", "dw", "fc"):
+            index = {"conv": 0, "pw": 0, "dw": 1, "fc": 2}[kind]
+            total[index] += module_macs(mod, tuple(out.shape))
+            total[3] += FLOAT_BYTES * (n_in + n_out)
+            total[4] += FLOAT_BYTES * sum(p.numel() for p in mod.parameters(recurse=False))
+            total[5] += 1
+        elif kind == "pool":
+            total[3] += FLOAT_BYTES * (n_in + n_out)
+            total[5] += 1
+        elif kind == "hswish":
+            total[6] += n_out
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in module.modules()
+        if not list(m.children()) or type(m).__name__ == "SqueezeExcitation"
+    ]
+    try:
+        with torch.inference_mode():
+            was = module.training
+            module.eval()
+            module(torch.zeros(input_shape))
+            module.train(was)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped model
+
+
+@dataclass
+class PhoneModel:
+    """One phone's fitted model: coefficients (per FEATURES), a device scale, its CV error."""
+
+    device: str
+    coef: np.ndarray
+    scale: float
+    expected_error: float
+    version: str
+    n_rows: int
+    n_scale_rows: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        layer_coef = self.coef[:-1] * self.scale
+        fixed = float(self.coef[-1] * self.scale)
+        self._layer_coef = layer_coef
+        self._fixed = fixed
+        # unit -> ms, filled a spec at a time: search loops mostly hit this cache
+        self._units: UnitCache[float] = UnitCache(
+            lambda spec: {k: float(v @ layer_coef) for k, v in unit_features(spec).items()}
+        )
+
+    @property
+    def fixed_ms(self) -> float:
+        return self._fixed
+
+    def predict_spec(self, spec: ArchSpec) -> float:
+        """Milliseconds for a spec (sum of cached unit costs + fixed cost)."""
+        return self._fixed + sum(ms for _, ms in self._units.units(spec))
+
+    def predict_units(self, spec: ArchSpec) -> list[tuple[str, float]]:
+        return self._units.units(spec)
+
+    def predict_features(self, features: np.ndarray) -> float:
+        return float(features @ self.coef) * self.scale
+
+    def predict_layers(self, spec: ArchSpec) -> list[tuple[Layer, float]]:
+        """Per-layer predicted ms (the fixed cost is not a layer; see `fixed_ms`)."""
+        return [(layer, float(layer_features(layer) @ self._layer_coef)) for layer in spec.layers()]
+
+    def provenance(self) -> str:
+        fitted = f"fitted on {self.n_rows} published Pixel-1 latencies"
+        if self.device != "pixel1":
+            fitted += f", {self.device} scale {self.scale:.3f} from {self.n_scale_rows}"
+        return (
+            f"model({self.device}, {self.version}, {fitted}; "
+            f"expected RMSPE ~ {self.expected_error * 100:.0f}% from leave-one-family-out CV)"
+        )
+
+
+def model_path() -> str:
+    return str(resources.files("lotto.latency") / "data" / MODEL_FILE)
+
+
+@cache
+def _load_file() -> dict[str, Any]:
+    try:
+        with open(model_path()) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise LottoError(f"phone model file {model_path()} is missing or corrupt: {e}") from None
+
+
+@cache
+def load_phone_model(device: str) -> PhoneModel:
+    """The shipped model of a phone (`pixel` = `pixel1`); LottoError for anything else."""
+    name = phone_name(device)
+    if name is None:
+        raise LottoError(f"unknown phone {device!r}; choose one of pixel, {', '.join(PHONES)}")
+    data = _load_file()
+    entry = data["devices"][name]
+    return PhoneModel(
+        device=name,
+        coef=np.array([entry["coef"][f] for f in FEATURES], dtype=float),
+        scale=float(entry["scale"]),
+        expected_error=float(entry["expected_error"]),
+        version=str(data["version"]),
+        n_rows=int(entry["n_rows"]),
+        n_scale_rows=int(entry.get("n_scale_rows", 0)),
+        info={"cv": entry.get("cv", {}), "data_sha256": data["data"]["sha256"]},
+    )

@@ -1,0 +1,176 @@
+"""Spec -> nn.Module: parity with torchvision, exact counts, per-unit building, registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from lotto.arch import PRESETS, adapt_to_resolution, preset
+from lotto.arch.build import (
+    build_block,
+    build_network,
+    load_pretrained,
+    load_torchvision_state_dict,
+)
+from lotto.errors import LottoError
+from lotto.models import build_model
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
+    # non-trivial running statistics, so that BN eps and folding order matter in the comparison
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+TORCHVISION = {
+    "mobilenet_v3_large": lambda m: torchvision.models.mobilenet_v3_large(weights=None,
+                                                                          width_mult=m),
+    "mobilenet_v3_small": lambda m: torchvision.models.mobilenet_v3_small(weights=None,
+                                                                          width_mult=m),
+    "mobilenet_v2": lambda m: torchvision.models.mobilenet_v2(weights=None, width_mult=m),
+    "mnasnet_b1": lambda m: torchvision.models.MNASNet(m),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "mult", "resolution"),
+    [
+        ("mobilenet_v3_large", 1.0, 224),
+        ("mobilenet_v3_small", 1.0, 224),
+        ("mobilenet_v3_large", 0.75, 96),
+        ("mobilenet_v3_small", 0.5, 96),
+        ("mobilenet_v2", 1.0, 64),
+        ("mnasnet_b1", 1.0, 64),
+    ],
+)
+def test_torchvision_weights_load_and_logits_match(name: str, mult: float, resolution: int) -> None:
+    torch.manual_seed(0)
+    ref = TORCHVISION[name](mult)
+    _randomise_bn(ref)
+    ours = build_network(preset(name, mult))
+    assert _n_params(ours) == _n_params(ref) == preset(name, mult).params()
+    load_torchvision_state_dict(ours, ref.state_dict())
+    ref.eval()
+    ours.eval()
+    x = torch.randn(2, 3, resolution, resolution)
+    with torch.no_grad():
+        a, b = ref(x), ours(x)
+    assert a.abs().max() > 1e-3  # the comparison is not between zeros
+    assert torch.allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_pretrained_file_loads_torchvision_or_our_state_dicts(tmp_path) -> None:
+    torch.manual_seed(1)
+    ref = torchvision.models.mobilenet_v3_small(weights=None)
+    _randomise_bn(ref)
+    path = tmp_path / "tv.pth"
+    torch.save(ref.state_dict(), path)
+    model = build_model("mobilenet_v3_small", 3, 1000, 224, pretrained=str(path), adapt=False)
+    ours = tmp_path / "ours.pth"
+    torch.save(model.state_dict(), ours)
+    again = build_network(preset("mobilenet_v3_small"))
+    load_pretrained(again, ours)
+    x = torch.randn(1, 3, 64, 64)
+    for m in (ref, model, again):
+        m.eval()
+    with torch.no_grad():
+        assert torch.allclose(ref(x), model(x), atol=1e-5, rtol=0)
+        assert torch.equal(model(x), again(x))
+
+
+def test_pretrained_errors_are_one_line(tmp_path) -> None:
+    model = build_network(preset("mobilenet_v3_small"))
+    with pytest.raises(LottoError, match="not found"):
+        load_pretrained(model, tmp_path / "missing.pth")
+    wrong = tmp_path / "wrong.pth"
+    torch.save(torchvision.models.mobilenet_v3_large(weights=None).state_dict(), wrong)
+    with pytest.raises(LottoError, match="not the same architecture"):
+        load_pretrained(model, wrong)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(LottoError, match="cannot read"):
+        load_pretrained(model, junk)
+
+
+def _hooked_macs(model: nn.Module, x: torch.Tensor) -> int:
+    total = 0
+
+    def hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+            total += out[0].numel() * k
+        else:
+            total += m.in_features * m.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in handles:
+        h.remove()
+    return total
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_small_and_counts_exactly(name: str) -> None:
+    spec = adapt_to_resolution(preset(name, num_classes=10, in_channels=1), 32)
+    model = build_network(spec)
+    assert _n_params(model) == spec.params()
+    x = torch.randn(2, 1, 32, 32)
+    assert _hooked_macs(model, x[:1]) == spec.macs()
+    modules = dict(model.named_modules())
+    assert all(layer.name in modules for layer in spec.layers())
+    model.train()
+    out = model(x)
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_block_units_chain_to_the_whole_network() -> None:
+    spec = preset("mobilenet_v3_small", resolution=64)
+    model = build_network(spec).eval()
+    state = model.state_dict()
+    x = torch.randn(1, 3, 64, 64)
+    y = x
+    for ctx in spec.block_contexts():
+        unit = build_block(spec, ctx).eval()
+        assert tuple(y.shape[1:]) == (ctx.in_shape[2], ctx.in_shape[0], ctx.in_shape[1])
+        assert _n_params(unit) == ctx.params
+        # copy the whole model's weights in, so the chain must reproduce its output exactly
+        prefix = ctx.name + "."
+        if ctx.name == "classifier":
+            sub = {k: v for k, v in state.items() if k.split(".")[0] in ("hidden", "classifier")}
+            unit.load_state_dict(dict(zip(unit.state_dict(), sub.values(), strict=True)))
+        else:
+            unit.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                  if k.startswith(prefix)})
+        with torch.no_grad():
+            y = unit(y)
+    with torch.no_grad():
+        assert torch.allclose(y, model(x), atol=1e-6)
+    with pytest.raises(LottoError, match="no unit"):
+        build_block(spec, "blocks.99")
+
+
+def test_registry_builds_adapted_networks() -> None:
+    model = build_model("mobilenet_v3_large", 1, 10, 28)
+    assert model.spec.stem.stride == 1 and model.spec.output_size() == 4
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    half = build_model("mnasnet_a1", 3, 100, 32, width_mult=0.5, dropout=0.0)
+    assert half.spec.head.dropout == 0.0 and half.spec.stem.channels == 16
+    with pytest.raises(LottoError, match="unknown model"):
+        build_model("mobilenet_v9", 3, 10, 32)

@@ -1,0 +1,156 @@
+"""Run directories: names, atomic writes, resume checks, tensors and the metrics tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from lotto.config import config_hash
+from lotto.errors import LottoError
+from lotto.runs import MetricsLog, RunDir, atomic_write, validate_name, write_text
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("name", ["a", "run-1", "my_run.v2", "A0"])
+def test_valid_names(name: str) -> None:
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["a/b", "..", "../x", "a..b", "", ".hidden", "a b", "/abs", "x" * 101]
+)
+def test_invalid_names(name: str) -> None:
+    with pytest.raises(LottoError, match="run name"):
+        validate_name(name)
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "f.txt"
+    write_text(target, "one")
+    write_text(target, "two")
+    assert target.read_text() == "two"
+    assert temp_files(tmp_path) == []
+
+
+def test_failed_write_keeps_old_file_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "f.txt"
+    write_text(target, "good")
+
+    def boom(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, boom)
+    assert target.read_text() == "good"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_open_creates_hash_named_dir_with_config(
+    lottery_cfg: Callable[..., DictConfig], runs_dir: Path
+) -> None:
+    cfg = lottery_cfg()
+    run = RunDir.open(cfg, "lottery")
+    assert run.path == (runs_dir / "lottery" / config_hash(cfg, "lottery")).resolve()
+    assert (run.path / "config.yaml").exists()
+    assert temp_files(runs_dir) == []
+    named = RunDir.open(lottery_cfg("run.name=mine"), "lottery")
+    assert named.path.name == "mine"
+
+
+def test_open_resumes_same_config_and_refuses_different(
+    lottery_cfg: Callable[..., DictConfig],
+) -> None:
+    run = RunDir.open(lottery_cfg("run.name=x"), "lottery")
+    run.write_json("marker.json", {"a": 1})
+    again = RunDir.open(lottery_cfg("run.name=x"), "lottery")
+    assert again.has("marker.json")
+    with pytest.raises(LottoError, match="different config"):
+        RunDir.open(lottery_cfg("run.name=x", "train.lr=0.5"), "lottery")
+    fresh = RunDir.open(lottery_cfg("run.name=x", "train.lr=0.5"), "lottery", force=True)
+    assert not fresh.has("marker.json")
+    assert "lr: 0.5" in fresh.file("config.yaml").read_text()
+
+
+def test_open_refuses_bad_name(lottery_cfg: Callable[..., DictConfig], runs_dir: Path) -> None:
+    for name in ("a/b", ".."):
+        with pytest.raises(LottoError, match="run name"):
+            RunDir.open(lottery_cfg(f"run.name='{name}'"), "lottery")
+    assert not (runs_dir / "lottery").exists() or list((runs_dir / "lottery").iterdir()) == []
+
+
+def test_unreadable_saved_config(lottery_cfg: Callable[..., DictConfig]) -> None:
+    run = RunDir.open(lottery_cfg("run.name=x"), "lottery")
+    run.file("config.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(LottoError, match="unreadable"):
+        RunDir.open(lottery_cfg("run.name=x"), "lottery")
+
+
+def test_tensors_round_trip_and_corruption(lottery_cfg: Callable[..., DictConfig]) -> None:
+    run = RunDir.open(lottery_cfg(), "lottery")
+    tensors = {"w": torch.randn(3, 4), "m": torch.ones(5, dtype=torch.bool)}
+    run.save_tensors("seed0/a.safetensors", tensors)
+    back = run.load_tensors("seed0/a.safetensors")
+    assert set(back) == {"w", "m"}
+    assert torch.equal(back["w"], tensors["w"]) and back["m"].dtype == torch.bool
+    assert temp_files(run.path) == []
+    path = run.file("seed0/a.safetensors")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(LottoError, match=r"seed0/a\.safetensors is missing or corrupt"):
+        run.load_tensors("seed0/a.safetensors")
+    with pytest.raises(LottoError, match="missing or corrupt"):
+        run.load_tensors("seed0/absent.safetensors")
+
+
+def test_metrics_log_round_trip_and_find(lottery_cfg: Callable[..., DictConfig]) -> None:
+    run = RunDir.open(lottery_cfg(), "lottery")
+    log = MetricsLog(run)
+    log.append({"round": 0, "variant": "ticket", "seed": 0, "acc": 0.5, "note": None})
+    log.append(
+        [
+            {"round": 1, "variant": "ticket", "seed": 0, "acc": 0.75, "note": "x"},
+            {"round": 1, "variant": "reinit", "seed": 0, "acc": 0.25, "note": "y"},
+        ]
+    )
+    csv = pd.read_csv(run.file("metrics.csv"))
+    parquet = pd.read_parquet(run.file("metrics.parquet"))
+    assert len(csv) == len(parquet) == 3
+    assert list(csv.columns) == list(parquet.columns) == ["round", "variant", "seed", "acc", "note"]
+    assert csv.acc.tolist() == parquet.acc.tolist() == [0.5, 0.75, 0.25]
+    assert temp_files(run.path) == []
+
+    back = MetricsLog(run)  # reads the CSV back
+    assert len(back.rows) == 3
+    assert len(back.find(round=1)) == 2
+    assert back.find(round=1, variant="reinit")[0]["acc"] == 0.25
+    assert back.find(round=1.0, variant="ticket")[0]["acc"] == 0.75
+    assert back.find(round=2) == []
+    assert len(back.find(round=0, note=None)) == 1  # NaN read back matches None
+    back.append({"round": 2, "variant": "ticket", "seed": 0, "acc": 1.0, "note": "z"})
+    assert len(pd.read_csv(run.file("metrics.csv"))) == 4
+
+    other = MetricsLog(run, "curves")
+    assert other.csv.name == "curves.csv" and other.rows == []
+
+
+def test_corrupt_metrics_csv(lottery_cfg: Callable[..., DictConfig]) -> None:
+    run = RunDir.open(lottery_cfg(), "lottery")
+    run.file("metrics.csv").write_bytes(b'\x00\xff\x00garbage\n"unclosed')
+    with pytest.raises(LottoError, match="metrics.csv is corrupt"):
+        MetricsLog(run)
+
+
+def test_write_json(lottery_cfg: Callable[..., DictConfig]) -> None:
+    import json
+
+    run = RunDir.open(lottery_cfg(), "lottery")
+    run.write_json("summary.json", {"b": 1, "a": torch.tensor(0.5).item()})
+    assert json.loads(run.file("summary.json").read_text()) == {"a": 0.5, "b": 1}

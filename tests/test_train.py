@@ -1,0 +1,313 @@
+"""The trainer: step parsing, schedules, early-stop bookkeeping, masks, hooks, devices."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import lotto.train as train_mod
+from lotto.config import load_config
+from lotto.data import Data, load_data
+from lotto.errors import LottoError
+from lotto.models import build_model
+from lotto.pruning import layer_rates, magnitude_prune, ones_masks, prunable
+from lotto.train import (
+    TrainingDiverged,
+    evaluate,
+    lr_factor,
+    parse_step,
+    resolve_device,
+    train,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits() -> Data:
+    return load_data(load_config("lottery", overrides=["data.name=digits"]).data)
+
+
+def train_cfg(*overrides: str) -> DictConfig:
+    base = ["train.iterations=30it", "train.eval_every=10it"]
+    return load_config("lottery", overrides=base + [f"train.{o}" for o in overrides]).train
+
+
+def model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("lenet_300_100", 1, 10, 8)
+
+
+def state(m: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "value,per_epoch,expected",
+    [
+        ("500it", 7, 500),
+        ("2ep", 7, 14),
+        (500, 7, 500),
+        ("500", 7, 500),
+        (" 3 ep ", 10, 30),
+        ("0it", 7, 0),
+        (0, 3, 0),
+    ],
+)
+def test_parse_step(value: str | int, per_epoch: int, expected: int) -> None:
+    assert parse_step(value, per_epoch) == expected
+
+
+@pytest.mark.parametrize("value", ["abc", "5 it s", "-1it", "1.5ep", "ep", "", "10 epochs", True])
+def test_parse_step_rejects(value: str) -> None:
+    with pytest.raises(LottoError, match="step count"):
+        parse_step(value, 10)
+
+
+def schedule_cfg(**kw: object) -> DictConfig:
+    base = {"schedule": "constant", "milestones": [], "gamma": 0.1}
+    return OmegaConf.create({**base, **kw})
+
+
+def test_step_schedule_drops_at_fractions() -> None:
+    f = lr_factor(schedule_cfg(schedule="step", milestones=[0.5, 0.75]), total=100, warmup=0)
+    assert [f(i) for i in (0, 49)] == [1.0, 1.0]
+    assert f(50) == pytest.approx(0.1) and f(74) == pytest.approx(0.1)
+    assert f(75) == pytest.approx(0.01) and f(99) == pytest.approx(0.01)
+
+
+def test_warmup_is_linear_then_schedule() -> None:
+    f = lr_factor(schedule_cfg(), total=100, warmup=10)
+    assert [f(i) for i in range(10)] == pytest.approx([(i + 1) / 10 for i in range(10)])
+    assert f(10) == 1.0 and f(99) == 1.0
+
+
+def test_cosine_decays_to_near_zero() -> None:
+    f = lr_factor(schedule_cfg(schedule="cosine"), total=100, warmup=0)
+    values = [f(i) for i in range(100)]
+    assert values[0] == 1.0
+    assert values[50] == pytest.approx(0.5)
+    assert values[-1] < 1e-3
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    g = lr_factor(schedule_cfg(schedule="cosine"), total=100, warmup=20)
+    assert g(19) == 1.0 and g(20) == 1.0 and g(99) < 1e-3
+
+
+def test_constant_schedule() -> None:
+    f = lr_factor(schedule_cfg(), total=10, warmup=0)
+    assert {f(i) for i in range(10)} == {1.0}
+
+
+def test_trainer_applies_schedule(digits: Data) -> None:
+    cfg = train_cfg(
+        "iterations=20it", "eval_every=5it", "schedule=step", "milestones=[0.5]", "lr=0.01"
+    )
+    result = train(model(), digits, cfg, seed=0, device=CPU)
+    lr = {row["iteration"]: row["lr"] for row in result.history}
+    assert lr[5] == pytest.approx(0.01) and lr[10] == pytest.approx(0.001)
+    assert lr[20] == pytest.approx(0.001)
+
+
+def test_budget_and_history(digits: Data) -> None:
+    result = train(model(), digits, train_cfg("iterations=25it"), seed=0, device=CPU)
+    assert result.iterations == 25
+    assert [r["iteration"] for r in result.history] == [0, 10, 20, 25]
+    assert math.isnan(result.history[0]["train_loss"])  # nothing trained before iteration 0
+    assert result.test_accuracy == result.history[-1]["test_accuracy"]
+    assert result.val_loss == result.history[-1]["val_loss"]
+    assert result.test_accuracy > 0.5  # it learns
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+
+
+def test_epoch_budget(digits: Data) -> None:
+    per_epoch = len(digits.train_x) // 60
+    result = train(
+        model(), digits, train_cfg("iterations=2ep", "eval_every=1ep"), seed=0, device=CPU
+    )
+    assert result.iterations == 2 * per_epoch
+    assert result.epochs == 2.0
+    assert [r["iteration"] for r in result.history] == [0, per_epoch, 2 * per_epoch]
+
+
+def test_early_stop_bookkeeping(digits: Data, monkeypatch: pytest.MonkeyPatch) -> None:
+    # scripted evaluations: val loss is lowest (first) at iteration 20, not at the end
+    val = iter([(3.0, 0.1), (2.0, 0.2), (1.0, 0.3), (1.0, 0.35), (1.5, 0.4)])
+    test = iter([(9.0, 0.11), (9.0, 0.22), (9.0, 0.33), (9.0, 0.44), (9.0, 0.55)])
+    calls = iter(range(100))
+
+    def fake(m: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000):
+        return next(val) if next(calls) % 2 == 0 else next(test)
+
+    monkeypatch.setattr(train_mod, "evaluate", fake)
+    result = train(model(), digits, train_cfg("iterations=40it"), seed=0, device=CPU)
+    assert result.early_stop_iteration == 20  # the first minimum wins a tie
+    assert result.early_stop_val_loss == 1.0
+    assert result.early_stop_test_accuracy == 0.33
+    assert result.test_accuracy == 0.55 and result.val_loss == 1.5
+
+
+def test_early_stop_is_argmin_of_history(digits: Data) -> None:
+    result = train(model(), digits, train_cfg("iterations=60it", "lr=0.02"), seed=0, device=CPU)
+    best = min(result.history, key=lambda r: r["val_loss"])
+    assert result.early_stop_iteration == best["iteration"]
+    assert result.early_stop_val_loss == best["val_loss"]
+    assert result.early_stop_test_accuracy == best["test_accuracy"]
+
+
+def test_masked_weights_stay_exactly_zero(digits: Data) -> None:
+    m = model()
+    gen = torch.Generator().manual_seed(0)
+    weights = {k: torch.randn(p.shape, generator=gen) for k, p in prunable(m).items()}
+    masks = magnitude_prune(weights, ones_masks(m), layer_rates(m, 0.5))
+    # weight decay and momentum would move a zero weight back if the mask were not re-applied
+    cfg = train_cfg("optimizer=sgd", "momentum=0.9", "weight_decay=0.01", "lr=0.05")
+    train(m, digits, cfg, seed=0, device=CPU, masks=masks)
+    for k, p in prunable(m).items():
+        assert torch.count_nonzero(p[masks[k] == 0]) == 0
+        assert torch.count_nonzero(p[masks[k] == 1]) == int(masks[k].sum())
+
+
+def test_masks_with_adam(digits: Data) -> None:
+    m = model()
+    masks = {k: (torch.rand(p.shape) > 0.7).float() for k, p in prunable(m).items()}
+    train(m, digits, train_cfg(), seed=0, device=CPU, masks=masks)
+    assert all(torch.count_nonzero(p[masks[k] == 0]) == 0 for k, p in prunable(m).items())
+
+
+def test_after_backward_sees_gradients_every_iteration(digits: Data) -> None:
+    seen: list[float] = []
+
+    def hook(m: nn.Module) -> None:
+        seen.append(sum(p.grad.abs().sum().item() for p in m.parameters()))
+
+    train(model(), digits, train_cfg("iterations=13it"), seed=0, device=CPU, after_backward=hook)
+    assert len(seen) == 13 and all(g > 0 for g in seen)
+
+
+def test_after_backward_can_change_the_update(digits: Data) -> None:
+    def freeze(m: nn.Module) -> None:
+        for p in m.parameters():
+            p.grad.zero_()
+
+    m = model()
+    before = state(m)
+    train(
+        m,
+        digits,
+        train_cfg("optimizer=sgd", "momentum=0.0"),
+        seed=0,
+        device=CPU,
+        after_backward=freeze,
+    )
+    assert all(torch.equal(before[k], v) for k, v in state(m).items())
+
+
+def test_checkpoints_called_at_iteration_k(digits: Data) -> None:
+    snaps: dict[int, dict] = {}
+    hooks = {k: (lambda m, k=k: snaps.__setitem__(k, state(m))) for k in (0, 7, 30)}
+    m = model()
+    init = state(m)
+    train(m, digits, train_cfg(), seed=3, device=CPU, checkpoints=hooks)
+    assert set(snaps) == {0, 7, 30}
+    assert all(torch.equal(snaps[0][k], init[k]) for k in init)
+    assert all(torch.equal(snaps[30][k], v) for k, v in state(m).items())
+    # the iteration-7 snapshot is the state after exactly 7 steps of the same run
+    short = model()
+    train(short, digits, train_cfg("iterations=7it"), seed=3, device=CPU)
+    assert all(torch.equal(snaps[7][k], v) for k, v in state(short).items())
+    assert not torch.equal(snaps[7]["1.weight"], init["1.weight"])
+
+
+def test_deterministic_on_cpu(digits: Data) -> None:
+    a, b, c = model(), model(), model()
+    ra = train(a, digits, train_cfg("lr=0.01"), seed=1, device=CPU)
+    rb = train(b, digits, train_cfg("lr=0.01"), seed=1, device=CPU)
+    rc = train(c, digits, train_cfg("lr=0.01"), seed=2, device=CPU)
+    assert all(torch.equal(v, state(b)[k]) for k, v in state(a).items())
+
+    def rows(history: list[dict]) -> list[dict]:  # NaN != NaN: compare their text
+        return [{k: repr(v) for k, v in r.items() if k != "seconds"} for r in history]
+
+    assert rows(ra.history) == rows(rb.history)
+    assert not torch.equal(state(a)["1.weight"], state(c)["1.weight"])  # seed = data order
+    assert ra.val_loss != rc.val_loss
+
+
+def test_dropout_is_seeded(digits: Data) -> None:
+    def run(seed: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        m = build_model("lenet_300_100", 1, 10, 8, dropout=0.5)
+        train(m, digits, train_cfg("iterations=10it"), seed=seed, device=CPU)
+        return m[1].weight.detach().clone()
+
+    assert torch.equal(run(4), run(4))
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.05), ("rmsprop", 1e-3), ("adam", 1e-3)])
+def test_optimizers(digits: Data, optimizer: str, lr: float) -> None:
+    result = train(
+        model(), digits, train_cfg(f"optimizer={optimizer}", f"lr={lr}"), seed=0, device=CPU
+    )
+    assert result.val_loss < result.history[0]["val_loss"]
+
+
+def test_augment_keeps_shapes(digits: Data) -> None:
+    import dataclasses
+
+    augmented = dataclasses.replace(digits, augment=True)
+    result = train(model(), augmented, train_cfg("iterations=5it"), seed=0, device=CPU)
+    assert result.iterations == 5
+
+
+def test_divergence_raises(digits: Data) -> None:
+    with pytest.raises(TrainingDiverged) as err:
+        train(model(), digits, train_cfg("lr=1e30"), seed=0, device=CPU)
+    assert isinstance(err.value, LottoError)
+    assert err.value.iteration == 10
+    assert "iteration 10" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("optimizer=lbfgs", "train.optimizer"),
+        ("schedule=wavy", "train.schedule"),
+        ("lr=0", "train.lr"),
+        ("batch_size=0", "train.batch_size"),
+        ("milestones=[1.5]", "train.milestones"),
+        ("iterations=lots", "train.iterations"),
+        ("eval_every=often", "train.eval_every"),
+        ("warmup=-3", "train.warmup"),
+    ],
+)
+def test_bad_train_config(digits: Data, override: str, key: str) -> None:
+    with pytest.raises(LottoError, match=key):
+        train(model(), digits, train_cfg(override), seed=0, device=CPU)
+
+
+def test_evaluate_restores_training_mode(digits: Data) -> None:
+    m = model().train()
+    loss, acc = evaluate(m, digits.val_x, digits.val_y, batch_size=50)
+    assert m.training and 0.0 <= acc <= 1.0 and loss > 0
+    m.eval()
+    loss2, acc2 = evaluate(m, digits.val_x, digits.val_y)
+    assert not m.training and loss2 == pytest.approx(loss, rel=1e-5) and acc2 == acc
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(LottoError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU")
+def test_cuda_without_gpu_is_a_user_error() -> None:
+    with pytest.raises(LottoError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(LottoError, match="no CUDA GPU"):
+        resolve_device("cuda:1")
