@@ -110,15 +110,17 @@ def lut_speed(lut, specs) -> None:
 
 
 def host(device: str, space_arg: str | None, runs_dir: Path, networks: int, threads: int,
-         core: int | None, unit_time: float, net_time: float) -> None:
+         core: int | None, unit_time: float, net_time: float, clock: str, method: str) -> None:
     from lotto.config import defaults_path
     from lotto.latency.lut import build_entries, calibrate_offset, lut_path, open_lut, validate
     from lotto.latency.space import load_space
 
     space = load_space(space_arg or defaults_path("search"))
-    path = lut_path(runs_dir, device, threads)
-    lut = open_lut(path, device, threads, warn=lambda m: print("warning:", m))
-    print(f"\n== Host lookup table: {device}, {threads} thread(s), space {space.source} "
+    path = lut_path(runs_dir, device, threads, clock=clock, method=method)
+    lut = open_lut(path, device, threads, warn=lambda m: print("warning:", m), clock=clock,
+                   method=method)
+    print(f"\n== Host lookup table: {device}, {threads} thread(s), {clock} clock, {method} units, "
+          f"space {space.source} "
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
           f"{'' if core is None else f', pinned to CPU {core}'})")
     start = time.perf_counter()
@@ -144,7 +146,34 @@ def host(device: str, space_arg: str | None, runs_dir: Path, networks: int, thre
     print(f"offset {s['offset_ms']:.3f} ms = median(measured - table sum), applied leave-one-out; "
           f"without it RMSPE {s['rmspe_no_offset'] * 100:.1f}% "
           f"(bias {s['bias_no_offset'] * 100:+.1f}%)")
+    netadapt_check(lut, specs[:6], net_time, core)
     lut_speed(lut, space.sample(500, seed=11))
+
+
+def netadapt_check(lut, specs, net_time: float, core: int | None) -> None:
+    """Channel counts the table never measured: NetAdapt-style shrinks of expansion widths."""
+    import dataclasses
+    import random
+
+    from lotto.latency.lut import validate
+
+    rng = random.Random(5)
+    shrunk = []
+    for spec in specs:
+        blocks = list(spec.blocks)
+        for i in rng.sample(range(1, len(blocks)), 3):
+            b = blocks[i]
+            if b.exp and b.exp > 16:
+                exp = max(8, int(b.exp * rng.uniform(0.6, 0.95)) // 8 * 8)
+                blocks[i] = dataclasses.replace(b, exp=exp)
+        shrunk.append(spec.replace(name=f"{spec.name}_na", blocks=tuple(blocks)).validate())
+    res = validate(lut, shrunk, min_run_time=net_time, core=core,
+                   offset=float(lut.meta["offset_ms"]), record=False)
+    s = res["summary"]
+    misses = sum(r.misses for r in res["rows"])
+    print(f"NetAdapt-style check: {len(shrunk)} networks with 3 expansion widths shrunk to "
+          f"unmeasured values ({misses} interpolated units): RMSPE {s['rmspe'] * 100:.1f}%, "
+          f"max |error| {s['max_abs_error'] * 100:.1f}% (table offset applied)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,16 +185,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--networks", type=int, default=12)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pin-core", type=int, default=None)
-    parser.add_argument("--unit-time", type=float, default=0.3, help="seconds per table unit")
+    parser.add_argument("--unit-time", type=float, default=0.3,
+                        help="seconds of timed runs per table network (insitu) or unit")
     parser.add_argument("--net-time", type=float, default=1.0, help="seconds per network")
+    parser.add_argument("--clock", default="wall", choices=("wall", "thread"),
+                        help="thread: CPU time of the timing thread (cpu, 1 thread; shared hosts)")
+    parser.add_argument("--method", default="insitu", choices=("insitu", "isolated"),
+                        help="units timed inside networks (insitu) or alone (isolated)")
+    parser.add_argument("--skip-phones", action="store_true", help="host table only")
     parser.add_argument("--skip-host", action="store_true", help="phones and speed only")
     args = parser.parse_args(argv)
     np.set_printoptions(precision=3)
-    phones()
-    speed()
+    if not args.skip_phones:
+        phones()
+        speed()
     if not args.skip_host:
         host(args.device, args.space, args.runs_dir, args.networks, args.threads, args.pin_core,
-             args.unit_time, args.net_time)
+             args.unit_time, args.net_time, args.clock, args.method)
     return 0
 
 

@@ -105,6 +105,7 @@ def test_stage_strings_expand_repeats_and_ratios() -> None:
         ("ir_t6_c24", "needs the input width"),
         ("ir_r2_e6_c24", "repeat"),
         ("ir_k3.5_e16_c16", "integer"),
+        ("ir_k1e3_e16_c16", "integer"),
     ],
 )
 def test_bad_block_strings_raise(text: str, message: str) -> None:

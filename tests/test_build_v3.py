@@ -8,10 +8,12 @@ from pathlib import Path
 import onnx
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import lotto.experiments.build_v3 as bv3
 from lotto.arch import preset
+from lotto.arch.build import build_network
 from lotto.cli import app
 from lotto.config import load_config
 from lotto.errors import LottoError
@@ -132,6 +134,12 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["build-v3", "--pretrained", str(tmp_path / "x.pth"),
                                       "--runs-dir", str(tmp_path), *FAST])
     assert result.exit_code == 2 and "not found" in result.stderr
+    wrong = tmp_path / "large.pth"
+    torch.save(build_network(preset("mobilenet_v3_large")).state_dict(), wrong)
+    result = CliRunner().invoke(app, ["build-v3", "--variant", "small", "--pretrained", str(wrong),
+                                      "--runs-dir", str(tmp_path), *FAST])
+    assert result.exit_code == 2 and "not the same architecture" in result.stderr
+    assert not (tmp_path / "build-v3").exists()
 
 
 def test_train_reports_accuracy(tmp_path: Path) -> None:

@@ -134,3 +134,13 @@ def test_fingerprint_fields():
     fp = fingerprint("cpu", 1)
     assert fp["device"] == "cpu" and fp["threads"] == 1 and fp["torch"] == torch.__version__
     assert fp["cpu"]
+
+
+def test_thread_clock_is_for_one_cpu_thread(small):
+    spec, _ = small
+    lat = predict(spec, "cpu", min_run_time=0.02, warmup=1, clock="thread")
+    assert lat.detail["clock"] == "thread" and lat.ms > 0
+    with pytest.raises(LottoError, match="1 thread"):
+        predict(spec, "cpu", threads=2, min_run_time=0.02, clock="thread")
+    with pytest.raises(LottoError, match="clock"):
+        predict(spec, "cpu", min_run_time=0.02, clock="sundial")

@@ -21,14 +21,19 @@ from lotto.cli import app
 from lotto.config import load_config
 from lotto.errors import LottoError
 from lotto.experiments.lottery import run_lottery
-from lotto.experiments.rethink import RethinkResult, run_rethink, scratch_b_iterations
+from lotto.experiments.rethink import (
+    RethinkResult,
+    finetune_lr,
+    run_rethink,
+    scratch_b_iterations,
+)
 from lotto.models import build_model
 from lotto.structured import slice_state
 
 TINY = [
     "data.name=digits", "data.val_size=100", "model.width=0.0625", "train.iterations=6it",
     "train.batch_size=32", "finetune.iterations=2it", "grid.seeds=1", "grid.lrs=[0.1]",
-    "device=cpu",
+    "pruning.unstructured.modes=[finetune,scratch_e,ticket,reinit]", "device=cpu",
 ]
 COLUMNS = [
     "pruning", "method", "ratio", "mode", "lr", "seed", "params", "params_pct", "flops",
@@ -111,7 +116,7 @@ def test_grid_rows_columns_and_files(tiny: DictConfig) -> None:
     assert u.params.iloc[0] < 0.2 * base.params
     assert u.flops.iloc[0] < 0.2 * base.flops
     ft = frame[frame["mode"] == "finetune"]
-    assert (ft.iterations == 2).all() and (ft.train_lr.round(12) == 0.001).all()  # 0.1 * 0.1^2
+    assert (ft.iterations == 2).all() and (ft.train_lr.round(12) == 0.01).all()  # 0.1 x 0.1
     assert set(frame.source) == {"trained"}
     assert result.summary["comparisons"][0]["pruning"] == "structured"
     assert "ticket_minus_reinit" in result.summary["comparisons"][0]
@@ -136,6 +141,13 @@ def test_scratch_b_rules() -> None:
     assert scratch_b_iterations(160, 3.0, 2.0, "flops") == (240, 1.5)
     with pytest.raises(LottoError):
         scratch_b_iterations(100, 4e6, 1e6, "double")
+
+
+def test_finetune_lr() -> None:
+    assert finetune_lr(load_config("rethink"), 0.1) == pytest.approx(0.01)
+    assert finetune_lr(load_config("rethink", overrides=["finetune.lr=0.003"]), 0.1) == 0.003
+    paper = load_config("rethink", Path("configs/rethink-cifar10-paper.yaml"))
+    assert finetune_lr(paper, 0.1) == pytest.approx(0.001)  # Li et al.
 
 
 def test_scratch_b_rule_is_a_config_field(tmp_path: Path) -> None:
@@ -294,7 +306,7 @@ def test_from_lottery_run_trains_other_lrs_from_its_init(
 
 
 def cli(runs_dir: Path, *args: str) -> object:
-    return CliRunner().invoke(app, ["rethink", "--runs-dir", str(runs_dir), *args, *TINY[:-1]])
+    return CliRunner().invoke(app, ["rethink", "--runs-dir", str(runs_dir), *args, *TINY])
 
 
 @pytest.mark.parametrize("args,message", [
@@ -308,6 +320,7 @@ def cli(runs_dir: Path, *args: str) -> object:
     (["--lrs", "0.1,fast"], "not a list of numbers"),
     (["--lrs", "0.1,,0.01"], "comma-separated"),
     (["--lrs", "0,0.1"], "not a positive learning rate"),
+    (["--lrs", "0.1,0.1"], "repeats an entry"),
     (["--modes", "finetune,longer"], "unknown mode 'longer'"),
     (["--pruning", "structured", "model.name=lenet_300_100"], "no prunable channels"),
     (["--method", "imp"], "imp reuses a lottery run"),

@@ -105,7 +105,7 @@ class BlockSpec:
             parts.append(f"e{self.exp}")
         parts.append(f"c{self.out}")
         if self.se:
-            parts.append(f"se{self.se:g}")
+            parts.append(f"se{float(self.se)!r}")  # repr: the shortest exact round trip
         parts.append(_ACT_TOKEN.get(self.act, self.act))
         if self.skip is not None:
             parts.append("skip" if self.skip else "noskip")
@@ -422,7 +422,7 @@ def _check_size(size: int, stride: int, where: str, spec: ArchSpec) -> None:
 # --------------------------------------------------------------------------------------------
 # Parsing
 
-_NUM = r"(\d+(?:\.\d*)?|\.\d+)"
+_NUM = r"((?:\d+(?:\.\d*)?|\.\d+)(?:e-?\d+)?)"
 _OPTION = re.compile(rf"^(k|s|e|t|c|r|se)({_NUM})?$")
 
 
@@ -527,7 +527,7 @@ def _parse(text: str, in_channels: int | None, allow_repeat: bool) -> list[Block
 def _number(raw: str, key: str, text: str) -> int | float:
     if key in ("t", "se"):
         return float(raw)
-    if "." in raw:
+    if not raw.isdigit():
         raise LottoError(f"block {text!r}: option {key!r} must be an integer, got {raw}")
     return int(raw)
 

@@ -43,7 +43,8 @@ def _root(
         torch.set_num_threads(threads)
 
 
-console = Console()
+# Tables are wide: when output goes to a file or a CI log (no terminal), don't crop at 80.
+console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 
 

@@ -144,7 +144,8 @@ def _show_layers(rows: list[dict[str, Any]]) -> None:
            "lut": "lookup-table units", "model": "phone model terms"}[source]
     table = Table(title=f"Run order ({how})")
     for col in ("#", "layer", "op", "input", "output", "MACs (M)", "ms", "%", "cdf%"):
-        table.add_column(col, justify="left" if col in ("layer", "op") else "right")
+        table.add_column(col, justify="left" if col in ("layer", "op") else "right",
+                         no_wrap=col == "layer")
     if source == "lut":
         table.add_column("status")
     for r in rows:
@@ -185,7 +186,8 @@ def _show_host_validation(result: BenchResult) -> None:
     table = Table(title="Lookup-table sum vs measured end to end")
     for col in ("network", "MACs (M)", "measured ms", "IQR/med %", "table ms", "error %",
                 "no offset %", "misses"):
-        table.add_column(col, justify="left" if col == "network" else "right")
+        table.add_column(col, justify="left" if col == "network" else "right",
+                         no_wrap=col == "network")
     for r in result.rows:
         iqr = (r["p75_ms"] - r["p25_ms"]) / r["measured_ms"] * 100
         table.add_row(str(r["network"]), f"{r['macs'] / 1e6:.0f}", f"{r['measured_ms']:.3f}",

@@ -43,7 +43,8 @@ def build_v3(
         str | None, typer.Option(help="onnx: write the final network to final.onnx.")
     ] = None,
     pretrained: Annotated[
-        str | None, typer.Option(help="State dict (ours or torchvision's) for the exported net.")
+        str | None, typer.Option(help="State dict (ours or torchvision's) loaded into the final "
+                                  "network before --export.")
     ] = None,
     resolution: Annotated[
         int | None, typer.Option(help="Input size each step is priced at.")

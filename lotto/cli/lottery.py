@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from lotto.cli.app import (
@@ -70,13 +71,17 @@ def _cell(row: object, col: str, pct: bool = True) -> str:
 def show(result: LotteryResult) -> None:
     table = result.table
     variants = [v for v in ("ticket", "reinit", "random_mask") if v in set(table.variant)]
-    out = Table(title="lottery: test accuracy (%) at the end and at early stop (ES)")
+    out = Table(
+        title="lottery: test accuracy (%) at the end, at early stop (ES), ES iteration",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+    )
     out.add_column("round", justify="right")
-    out.add_column("weights %", justify="right")
+    out.add_column("weights\n%", justify="right")
     for v in variants:
-        for head in ("acc", "ES acc", "ES iter"):
-            out.add_column(f"{v} {head}", justify="right")
-    out.add_column("time s", justify="right")
+        for head in ("acc", "ES acc", "ES it"):
+            out.add_column(f"{v}\n{head}", justify="right", no_wrap=True)
+    out.add_column("time\ns", justify="right")
     for rnd, rows in table.groupby("round"):
         by = {r.variant: r for r in rows.itertuples()}
         ticket = by["ticket"]

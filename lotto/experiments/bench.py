@@ -98,7 +98,7 @@ def resolve_spec(cfg: DictConfig) -> ArchSpec:
             changes["num_classes"] = int(cfg.num_classes)
         return spec.replace(**changes).validate() if changes else spec.validate()
     return preset(str(cfg.model), float(cfg.width_mult), int(cfg.resolution or 224),
-                  int(cfg.num_classes or 1000))
+                  int(cfg.num_classes or 1000), rule=str(cfg.width_rule))
 
 
 def resolve_space(cfg: DictConfig) -> Space:
@@ -115,7 +115,13 @@ def check_bench_config(cfg: DictConfig, device: str) -> None:
     check(cfg.source is None or cfg.source in SOURCES, "source",
           f"must be one of {', '.join(SOURCES)}")
     check(cfg.measure.min_run_time > 0, "measure.min_run_time", "must be > 0")
+    from lotto.latency.measure import CLOCKS
+
+    check(cfg.measure.clock in CLOCKS, "measure.clock", f"must be one of {', '.join(CLOCKS)}")
     check(cfg.lut.min_run_time > 0, "lut.min_run_time", "must be > 0")
+    from lotto.latency.lut import METHODS
+
+    check(cfg.lut.method in METHODS, "lut.method", f"must be one of {', '.join(METHODS)}")
     check(cfg.validation.networks >= 2, "validation.networks", "must be >= 2")
     if is_phone(device):
         check(cfg.source in (None, "model"), "source",
@@ -163,9 +169,10 @@ def run_bench(cfg: DictConfig, *, force: bool = False, progress: Progress | None
 
 
 def _table(cfg: DictConfig, device: str, warn: Callable[[str], None] | None) -> Lut:
+    clock, method = str(cfg.measure.clock), str(cfg.lut.method)
     path = Path(str(cfg.lut.file)) if cfg.lut.file else lut_path(
-        cfg.run.runs_dir, device, int(cfg.threads), str(cfg.dtype))
-    return open_lut(path, device, int(cfg.threads), str(cfg.dtype), warn)
+        cfg.run.runs_dir, device, int(cfg.threads), str(cfg.dtype), clock, method)
+    return open_lut(path, device, int(cfg.threads), str(cfg.dtype), warn, clock, method)
 
 
 def _row(kind: str, spec: ArchSpec, lat: Latency, cfg: DictConfig, seconds: float,
@@ -216,7 +223,8 @@ def _price(cfg: DictConfig, run: RunDir, device: str, spec: ArchSpec,
         start = time.perf_counter()
         lat = predict(spec, device, source=source, threads=int(cfg.threads), lut=lut,
                       min_run_time=float(cfg.measure.min_run_time),
-                      warmup=int(cfg.measure.warmup), dtype=str(cfg.dtype), core=cfg.pin_core)
+                      warmup=int(cfg.measure.warmup), dtype=str(cfg.dtype), core=cfg.pin_core,
+                      clock=str(cfg.measure.clock))
         log.append(_row("bench", spec, lat, cfg, time.perf_counter() - start))
         row = log.rows[-1]
     layers: list[dict[str, Any]] = []

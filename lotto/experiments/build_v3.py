@@ -224,10 +224,14 @@ def _train(spec: ArchSpec, cfg: DictConfig, data: Any, device: torch.device, run
 
 def run_build_v3(cfg: DictConfig, *, force: bool = False,
                  progress: Progress | None = None) -> BuildResult:
-    steps = construct(cfg)  # bad specs fail before a run directory exists
-    pretrained = cfg.pretrained
-    if pretrained is not None and not Path(pretrained).expanduser().exists():
-        raise LottoError(f"config key pretrained: {pretrained} not found")
+    steps = construct(cfg)  # bad specs and weights fail before a run directory exists
+    final = steps[-1].spec
+    exported = None
+    if cfg.export == "onnx" or cfg.pretrained is not None:
+        torch.manual_seed(cfg.seed)
+        exported = build_network(final)
+        if cfg.pretrained is not None:
+            load_pretrained(exported, Path(cfg.pretrained).expanduser())
     run = RunDir.open(cfg, COMMAND, force=force)
     metrics = MetricsLog(run)
     data = device = None
@@ -269,15 +273,11 @@ def run_build_v3(cfg: DictConfig, *, force: bool = False,
     if task is not None:
         progress.remove_task(task)
 
-    final = steps[-1].spec
     final.save(run.file("final.yaml"))
     files = ["final.yaml", "metrics.csv", "metrics.parquet", "summary.json"]
     if cfg.export == "onnx":
-        model = build_network(final)
-        torch.manual_seed(cfg.seed)
-        if pretrained is not None:
-            load_pretrained(model, pretrained)
-        export_onnx(model, final, run.file("final.onnx"))
+        assert exported is not None
+        export_onnx(exported, final, run.file("final.onnx"))
         files.append("final.onnx")
     frame = metrics.frame()
     target = VARIANTS[cfg.variant].target

@@ -330,6 +330,7 @@ def plot(table: pd.DataFrame, metrics: pd.DataFrame, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     dense = table[table["round"] == 0]
@@ -359,6 +360,10 @@ def plot(table: pd.DataFrame, metrics: pd.DataFrame, path: Path) -> None:
             ax.fill_between(x, spread[lo] * scale, spread[hi] * scale, alpha=0.2)
     for ax, label in zip(axes, ("test accuracy at early stop (%)", "early-stop iteration")):
         ax.set_xscale("log")
+        lowest = float(table.weights_remaining_pct.min())
+        ax.set_xticks([t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1) if t >= lowest * 0.9])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.invert_xaxis()
         ax.set_xlabel("weights remaining (%)")
         ax.set_ylabel(label)

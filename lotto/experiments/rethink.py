@@ -125,6 +125,12 @@ def validate(cfg: DictConfig) -> None:
     kinds = list(p.kinds)
     check(bool(kinds) and set(kinds) <= set(KINDS), "pruning.kinds",
           f"{kinds} must be a non-empty list of structured, unstructured")
+    for key in ("pruning.kinds", *(f"pruning.{k}.{f}" for k in KINDS
+                                   for f in ("methods", "ratios", "modes")), "grid.lrs"):
+        values = OmegaConf.select(cfg, key)
+        if OmegaConf.is_list(values):  # a repeated entry would make two cells with one key
+            items = [str(v) for v in values]
+            check(len(set(items)) == len(items), key, f"{items} repeats an entry")
     for kind in kinds:
         sec = p[kind]
         for method in sec.methods:
@@ -158,6 +164,7 @@ def validate(cfg: DictConfig) -> None:
     if ft.lr is not None:
         ok = isinstance(ft.lr, (int, float)) and not isinstance(ft.lr, bool)
         check(ok and ft.lr > 0, "finetune.lr", f"{ft.lr!r} must be a positive number or null")
+    check(0 < ft.lr_scale <= 1, "finetune.lr_scale", f"{ft.lr_scale} must be in (0, 1]")
     check(ft.schedule in ("constant", "step", "cosine"), "finetune.schedule",
           "constant, step or cosine")
     try:
@@ -176,12 +183,10 @@ def validate(cfg: DictConfig) -> None:
 
 
 def finetune_lr(cfg: DictConfig, lr: float) -> float:
-    """The fine-tuning learning rate: given, or the baseline's final one (Li et al.'s choice)."""
+    """The fine-tuning learning rate: `finetune.lr`, or the cell's lr x `finetune.lr_scale`."""
     if cfg.finetune.lr is not None:
         return float(cfg.finetune.lr)
-    if cfg.train.schedule == "step":
-        return lr * cfg.train.gamma ** len(cfg.train.milestones)
-    return lr * 0.01  # constant or cosine schedules: two decades below the peak
+    return lr * float(cfg.finetune.lr_scale)
 
 
 def scratch_b_iterations(
@@ -265,10 +270,8 @@ class LotterySource:
         except (KeyError, TypeError, ValueError):
             raise LottoError(f"--from {self.path}: incompatible run (config is missing keys)") \
                 from None
-        available = int(lot["lottery"].get("seeds", 1))
-        if cfg.grid.seeds > available:
-            raise LottoError(f"--from {self.path}: the lottery run has {available} seed(s); "
-                             f"ask for at most that many with --seeds")
+        # the grid's replicates are the lottery's seeds: at most as many as it ran
+        out["grid"]["seeds"] = min(int(cfg.grid.seeds), int(lot["lottery"].get("seeds", 1)))
         return OmegaConf.create(out)
 
     @property

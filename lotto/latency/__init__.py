@@ -57,7 +57,8 @@ class Latency:
             per = d.get("number_per_run") or 1
             runs = f"{d.get('n')} runs" if per == 1 else f"{d.get('n')} blocks of {per} runs"
             return (f"source=measured({self.device}, median of {runs}, "
-                    f"threads={d.get('threads')}, IQR/median={self.expected_error * 100:.1f}%)")
+                    f"threads={d.get('threads')}, clock={d.get('clock', 'wall')}, "
+                    f"IQR/median={self.expected_error * 100:.1f}%)")
         if self.source == "lut":
             return (f"source=lut({self.device}, {d.get('hits')} hits, {d.get('interpolated')} "
                     f"interpolated, {d.get('modelled')} modelled, offset "
@@ -103,12 +104,15 @@ def predict(
     warmup: int = 10,
     dtype: str = "float32",
     core: int | None = None,
+    clock: str = "wall",
 ) -> Latency:
     """Latency of `arch` (spec, module, preset name or spec file) on `device`.
 
     source: None = `measure` on hosts, `model` on phones; `lut` (hosts) sums `lut`; `model`
     on a host uses `lut`'s fitted fallback model. Phones accept only `model`.
     input_shape: for a module without a spec (default (1, 3, 224, 224)).
+    clock: wall (default) or thread (CPU time of the timing thread; cpu at 1 thread, for
+    machines shared with other work).
     Fast path: a phone model or table prices a spec from per-unit caches (> 10^4 per second
     when units repeat, as in search loops).
     """
@@ -125,7 +129,8 @@ def predict(
         return _predict_phone(spec, module, dev, input_shape)
     check_host_device(dev)
     if src == "measure":
-        return _measure(spec, module, dev, threads, input_shape, min_run_time, warmup, dtype, core)
+        return _measure(spec, module, dev, threads, input_shape, min_run_time, warmup, dtype, core,
+                        clock)
     if spec is None:
         raise LottoError("a lookup table prices architecture specs, not arbitrary modules; "
                          "use --source measure")
@@ -141,8 +146,7 @@ def predict(
     # host "model": the table's additive fallback model over every unit
     from lotto.latency.lut import MODEL_ERROR
 
-    total = sum(lut._model_ms(info) for _, info in lut._infos.units(spec))
-    ms = total + float(lut.meta.get("offset_ms") or 0.0)
+    ms = lut.model_spec(spec)
     detail = {"provenance": f"model(host additive model fitted on {len(lut.entries)} "
                             f"{dev} table entries)", "lut": str(lut.path) if lut.path else None}
     return Latency(ms, "model", MODEL_ERROR, dev, detail)
@@ -163,7 +167,7 @@ def _predict_phone(spec: ArchSpec | None, module: nn.Module | None, dev: str,
 
 def _measure(spec: ArchSpec | None, module: nn.Module | None, dev: str, threads: int,
              input_shape: tuple[int, ...] | None, min_run_time: float, warmup: int,
-             dtype: str, core: int | None) -> Latency:
+             dtype: str, core: int | None, clock: str) -> Latency:
     from lotto.latency.measure import fingerprint
 
     if module is None:
@@ -176,7 +180,7 @@ def _measure(spec: ArchSpec | None, module: nn.Module | None, dev: str, threads:
                        if spec is not None else (1, 3, 224, 224))
     timing, info = measure_module(module, input_shape, dev, threads=threads,
                                   min_run_time=min_run_time, warmup=warmup, dtype=dtype,
-                                  core=core)
+                                  core=core, clock=clock)
     detail = {**timing.summary(), **info, "fingerprint": fingerprint(dev, threads)}
     return Latency(timing.median_ms, "measured", timing.iqr_rel, dev, detail)
 

@@ -3,16 +3,19 @@
 Schema (ProxylessNAS / OFA style, docs/LATENCY.md section 4). One JSON file per host device,
 thread count and dtype, cached under the runs directory (`runs/bench/lut/cpu_t1_float32.json`):
 
-    {"meta": {schema, device, fingerprint (cpu model, torch, threads, ...), dtype,
-              channels_last, bn_folded, batch, created, updated, min_run_time,
+    {"meta": {schema, device, fingerprint (cpu model, torch, threads, ...), threads, dtype,
+              clock, method, channels_last, bn_folded, batch, created, updated,
               offset_ms, offset_basis, validation},
      "entries": {key: {median, p25, p75, mean, std, n, macs, params, part, sig, features}}}
 
 Keys are one per unit (stem, block, head conv, classifier), e.g.
 ``ir_k5_s1_e960_c160_se0.25_hs|in=7x7x160|out=7x7x160|skip=1|se_exp_hsigmoid``: op, kernel,
 stride, expansion width, output width, SE, activation, input and output HxWxC and the residual.
-A unit is timed alone (`lotto.arch.build.build_block`), BN folded, channels_last, at the
-table's thread count, so intra-unit fusion and per-op overhead are inside the entry.
+Units are timed BN folded, channels_last, at the table's thread count, so intra-unit fusion
+and per-op overhead are inside the entry. Method `insitu` (default) times every unit inside a
+whole network of the space with forward hooks (the cache state of real inference, like
+TFLite's op profiling); `isolated` builds each unit alone (`lotto.arch.build.build_block`) and
+times it in a loop, where its weights stay in cache and it runs faster than in a network.
 
 Misses (NetAdapt's arbitrary channel counts, unseen widths) are priced, in order, by
 1. linear interpolation in MACs between the nearest measured "siblings" below and above: units
@@ -29,7 +32,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import statistics
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.optimize import nnls
 
 from lotto.arch import ArchSpec, BlockContext
@@ -52,6 +58,7 @@ MATCH_FIELDS = ("device", "cpu", "torch", "threads", "gpu", "cuda")
 UNVALIDATED_ERROR = 0.10  # expected error quoted before `--validate` has measured one
 INTERP_ERROR = 0.10  # extra relative error of an interpolated unit
 MODEL_ERROR = 0.25  # extra relative error of a unit priced by the fallback model
+METHODS = ("insitu", "isolated")
 
 
 def lut_key(ctx: BlockContext) -> str:
@@ -74,8 +81,8 @@ def sibling_signature(ctx: BlockContext) -> str:
         extra = ctx.key.partition("+")[2]
         return f"{b.type}_k{b.kernel}_s{b.stride}_se{b.se:g}_{b.act}|in={h}x{w}|skip={skip}|{extra}"
     base = ctx.key.partition("@")[0]
-    if ctx.part == "stem":
-        return f"{base}|in={h}x{w}x{ctx.in_shape[2]}"  # stem_k3_s2_c16_hs: its width varies
+    if ctx.part == "stem":  # stem_k3_s2_c16_hs: drop the width, keep the input channels
+        return f"{re.sub(r'_c[0-9]+', '', base)}|in={h}x{w}x{ctx.in_shape[2]}"
     if ctx.part == "head":
         return f"head_{base.rsplit('_', 1)[-1]}|in={h}x{w}"
     return f"classifier|hidden={int('_h' in base)}|in={h}x{w}"
@@ -123,7 +130,9 @@ class Lut:
 
     @classmethod
     def empty(cls, device: str, threads: int, dtype: str = "float32",
-              path: Path | None = None) -> Lut:
+              path: Path | None = None, clock: str = "wall", method: str = "insitu") -> Lut:
+        if method not in METHODS:
+            raise LottoError(f"unknown table method {method!r}; choose one of {METHODS}")
         now = _now()
         meta = {
             "schema": SCHEMA,
@@ -131,6 +140,8 @@ class Lut:
             "fingerprint": fingerprint(device, threads),
             "threads": threads,
             "dtype": dtype,
+            "clock": clock,
+            "method": method,
             "channels_last": True,
             "bn_folded": True,
             "batch": 1,
@@ -160,12 +171,17 @@ class Lut:
         write_text(path, json.dumps({"meta": self.meta, "entries": self.entries}, indent=1,
                                     sort_keys=True) + "\n")
 
-    def mismatch(self, device: str, threads: int, dtype: str) -> str | None:
-        """Why this table cannot serve (device, threads, dtype) on this machine, or None."""
+    def mismatch(self, device: str, threads: int, dtype: str, clock: str = "wall",
+                 method: str = "insitu") -> str | None:
+        """Why this table cannot serve (device, threads, dtype, clock, method) here, or None."""
+        if self.meta.get("method", "insitu") != method:
+            return f"method {self.meta.get('method')} != {method}"
         if self.meta.get("schema") != SCHEMA:
             return f"schema {self.meta.get('schema')} != {SCHEMA}"
         if self.meta.get("dtype") != dtype:
             return f"dtype {self.meta.get('dtype')} != {dtype}"
+        if self.meta.get("clock", "wall") != clock:
+            return f"clock {self.meta.get('clock', 'wall')} != {clock}"
         now = fingerprint(device, threads)
         old = self.meta.get("fingerprint", {})
         for field in MATCH_FIELDS:
@@ -264,6 +280,11 @@ class Lut:
                   "miss_error": (err2**0.5) / ms if ms > 0 else 0.0}
         return ms, detail
 
+    def model_spec(self, spec: ArchSpec) -> float:
+        """The fallback additive model over every unit of `spec`, plus the offset (ms)."""
+        units = sum(self._model_ms(info) for _, info in self._infos.units(spec))
+        return units + float(self.meta.get("offset_ms") or 0.0)
+
     def unit_rows(self, spec: ArchSpec) -> list[dict[str, Any]]:
         """One row per unit: name, key, part, shapes, MACs, ms and status."""
         rows = []
@@ -297,25 +318,35 @@ def _now() -> str:
 # Building, caching, calibrating
 
 
-def lut_path(runs_dir: str | Path, device: str, threads: int, dtype: str = "float32") -> Path:
-    return Path(runs_dir).expanduser() / "bench" / "lut" / f"{device}_t{threads}_{dtype}.json"
+def lut_path(runs_dir: str | Path, device: str, threads: int, dtype: str = "float32",
+             clock: str = "wall", method: str = "insitu") -> Path:
+    suffix = ("" if clock == "wall" else f"_{clock}") + ("" if method == "insitu" else f"_{method}")
+    return (Path(runs_dir).expanduser() / "bench" / "lut"
+            / f"{device}_t{threads}_{dtype}{suffix}.json")
 
 
 def open_lut(path: Path, device: str, threads: int, dtype: str = "float32",
-             warn: Callable[[str], None] | None = None) -> Lut:
+             warn: Callable[[str], None] | None = None, clock: str = "wall",
+             method: str = "insitu") -> Lut:
     """The cached table at `path`, or an empty one; a foreign table is warned about and dropped."""
     if path.exists():
         lut = Lut.load(path)
-        why = lut.mismatch(device, threads, dtype)
+        why = lut.mismatch(device, threads, dtype, clock, method)
         if why is None:
             return lut
         message = f"lookup table {path} was built for another setup ({why}); rebuilding it"
         (warn or (lambda m: warnings.warn(m, stacklevel=2)))(message)
-    return Lut.empty(device, threads, dtype, path)
+    return Lut.empty(device, threads, dtype, path, clock, method)
+
+
+def _setup(lut: Lut) -> tuple[str, int, str, str]:
+    m = lut.meta
+    return m["device"], int(m["threads"]), m["dtype"], m.get("clock", "wall")
 
 
 def time_unit(spec: ArchSpec, info: UnitInfo, device: str, threads: int, min_run_time: float,
-              dtype: str = "float32", core: int | None = None) -> dict[str, Any]:
+              dtype: str = "float32", core: int | None = None,
+              clock: str = "wall") -> dict[str, Any]:
     """Build one unit alone and time it (same preparation as a whole network)."""
     from lotto.arch.build import build_block
 
@@ -323,9 +354,78 @@ def time_unit(spec: ArchSpec, info: UnitInfo, device: str, threads: int, min_run
     h, w, c = info.in_shape
     prepared = prepare(module, (1, c, h, w), device, dtype=dtype)
     t = time_callable(prepared, device, threads=threads, min_run_time=min_run_time, warmup=5,
-                      core=core)
+                      core=core, clock=clock)
     return {"median": t.median_ms, "p25": t.p25_ms, "p75": t.p75_ms, "mean": t.mean_ms,
             "std": t.std_ms, "n": t.n, "number_per_run": t.number_per_run}
+
+
+def time_units_in_situ(spec: ArchSpec, device: str, threads: int, min_run_time: float,
+                       dtype: str = "float32", core: int | None = None,
+                       clock: str = "wall") -> dict[str, dict[str, Any]]:
+    """Time every unit of `spec` inside the whole network (forward hooks on the unit modules).
+
+    In situ, a unit sees the cache state it has in real inference (its input just written by
+    the previous unit, its weights evicted by the other units since the last call), which a
+    unit timed alone in a loop does not: alone, its weights stay in L1/L2 and it runs faster.
+    Same preparation as a whole-network measurement; per-unit median over the runs.
+    """
+    from lotto.arch.build import build_network
+    from lotto.latency.measure import check_host_device, clock_fn, pinned_threads
+
+    dev = check_host_device(device)
+    now = clock_fn(clock, dev, threads)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    shape = (1, spec.in_channels, spec.resolution, spec.resolution)
+    prepared = prepare(build_network(spec), shape, device, dtype=dtype)
+    modules = dict(prepared.module.named_modules())
+    units: dict[str, list[str]] = {}
+    for ctx in spec.block_contexts():
+        if ctx.name == "classifier":  # pool -> flatten -> [hidden] -> dropout -> FC
+            units[ctx.name] = [n for n in ("pool", "hidden", "dropout", "classifier")
+                               if modules.get(n) is not None]
+        else:
+            units[ctx.name] = [ctx.name]
+    current: dict[str, float] = {}
+    starts: dict[int, float] = {}
+
+    def hooks(unit: str) -> tuple[Callable, Callable]:
+        def pre(mod: Any, args: Any) -> None:
+            sync()
+            starts[id(mod)] = now()
+
+        def post(mod: Any, args: Any, out: Any) -> None:
+            sync()
+            current[unit] = current.get(unit, 0.0) + now() - starts.pop(id(mod))
+
+        return pre, post
+
+    handles = []
+    for unit, names in units.items():
+        pre, post = hooks(unit)
+        for name in names:
+            handles.append(modules[name].register_forward_pre_hook(pre))
+            handles.append(modules[name].register_forward_hook(post))
+    runs: list[dict[str, float]] = []
+    try:
+        with pinned_threads(threads, core), torch.inference_mode():
+            for _ in range(5):
+                prepared()
+            begin = time.perf_counter()
+            while time.perf_counter() - begin < min_run_time or len(runs) < 10:
+                current.clear()
+                prepared()
+                runs.append(dict(current))
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for unit in units:
+        ms = sorted(r[unit] * 1e3 for r in runs)
+        q = statistics.quantiles(ms, n=4, method="inclusive")
+        out[unit] = {"median": statistics.median(ms), "p25": q[0], "p75": q[2],
+                     "mean": statistics.fmean(ms), "std": statistics.stdev(ms), "n": len(ms),
+                     "number_per_run": 1, "context": spec.name}
+    return out
 
 
 def build_entries(
@@ -337,16 +437,40 @@ def build_entries(
     progress: Callable[[int, int, str], None] | None = None,
     save_every: int = 20,
 ) -> int:
-    """Measure every missing unit of `specs` into `lut` (saved as it goes); returns the count."""
-    device, threads, dtype = lut.meta["device"], int(lut.meta["threads"]), lut.meta["dtype"]
+    """Measure every missing unit of `specs` into `lut` (saved as it goes); returns the count.
+
+    Method `lut.meta["method"]`: insitu (default) times all units of a network that has any
+    missing unit inside that network, keeping the first measurement of each key; isolated
+    builds and times each missing unit alone (`build_block`).
+    """
+    device, threads, dtype, clock = _setup(lut)
     todo = lut.missing(specs)
-    for i, (key, (spec, info)) in enumerate(todo.items()):
+    if lut.meta.get("method", "insitu") == "isolated":
+        for i, (key, (spec, info)) in enumerate(todo.items()):
+            if progress:
+                progress(i, len(todo), key)
+            timing = time_unit(spec, info, device, threads, min_run_time, dtype, core, clock)
+            lut.add(key, info, timing)
+            if lut.path is not None and (i + 1) % save_every == 0:
+                lut.save()  # a killed build keeps what it measured
+    else:
+        networks: dict[str, ArchSpec] = {}
+        for spec, _ in todo.values():  # the networks that first brought each missing unit
+            networks.setdefault(id(spec), spec)  # type: ignore[call-overload]
+        for i, spec in enumerate(networks.values()):
+            if progress:
+                progress(i, len(networks), spec.name)
+            infos = dict(lut._infos.units(spec))
+            timings = time_units_in_situ(spec, device, threads, min_run_time, dtype, core,
+                                         clock)
+            for name, info in infos.items():
+                if info.key not in lut.entries:
+                    lut.add(info.key, info, timings[name])
+            if lut.path is not None and (i + 1) % save_every == 0:
+                lut.save()
         if progress:
-            progress(i, len(todo), key)
-        lut.add(key, info, time_unit(spec, info, device, threads, min_run_time, dtype, core))
-        if lut.path is not None and (i + 1) % save_every == 0:
-            lut.save()  # a killed build keeps what it measured
-    if progress:
+            progress(len(networks), len(networks), "")
+    if progress and lut.meta.get("method", "insitu") == "isolated":
         progress(len(todo), len(todo), "")
     if lut.path is not None:
         lut.save()
@@ -354,22 +478,22 @@ def build_entries(
 
 
 def measure_spec(spec: ArchSpec, device: str, threads: int, min_run_time: float,
-                 dtype: str = "float32", core: int | None = None) -> Any:
+                 dtype: str = "float32", core: int | None = None, clock: str = "wall") -> Any:
     from lotto.arch.build import build_network
 
     shape = (1, spec.in_channels, spec.resolution, spec.resolution)
     timing, _ = measure_module(build_network(spec), shape, device, threads=threads,
-                               min_run_time=min_run_time, dtype=dtype, core=core)
+                               min_run_time=min_run_time, dtype=dtype, core=core, clock=clock)
     return timing
 
 
 def calibrate_offset(lut: Lut, specs: list[ArchSpec], *, min_run_time: float = 0.5,
                      core: int | None = None) -> float:
     """Set `offset_ms` = median(measured - table sum) over reference networks (never < 0)."""
-    device, threads, dtype = lut.meta["device"], int(lut.meta["threads"]), lut.meta["dtype"]
+    device, threads, dtype, clock = _setup(lut)
     gaps = []
     for spec in specs:
-        t = measure_spec(spec, device, threads, min_run_time, dtype, core)
+        t = measure_spec(spec, device, threads, min_run_time, dtype, core, clock)
         units = lut.predict_spec(spec)[1]["units_ms"]
         gaps.append(t.median_ms - units)
     offset = max(0.0, statistics.median(gaps)) if gaps else 0.0
@@ -401,19 +525,21 @@ class ValidationRow:
 
 def validate(lut: Lut, specs: list[ArchSpec], *, min_run_time: float = 1.0,
              core: int | None = None,
-             progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[int, int, str], None] | None = None,
+             offset: float | None = None, record: bool = True) -> dict[str, Any]:
     """Table sum vs measured end to end over `specs`.
 
     The offset applied to each network is the median gap of the *other* networks (leave one
-    out), so no network is priced with its own measurement. Afterwards the table keeps the
-    median gap over all of them and the RMSPE as its expected error.
+    out), so no network is priced with its own measurement; or `offset` when given (e.g. the
+    table's own, to check networks the table misses units of). With `record`, the table keeps
+    the median gap over all of them as its offset and the RMSPE as its expected error.
     """
-    device, threads, dtype = lut.meta["device"], int(lut.meta["threads"]), lut.meta["dtype"]
+    device, threads, dtype, clock = _setup(lut)
     measured, sums, details = [], [], []
     for i, spec in enumerate(specs):
         if progress:
             progress(i, len(specs), spec.name)
-        measured.append(measure_spec(spec, device, threads, min_run_time, dtype, core))
+        measured.append(measure_spec(spec, device, threads, min_run_time, dtype, core, clock))
         ms, detail = lut.predict_spec(spec)
         sums.append(detail["units_ms"])
         details.append(detail)
@@ -423,8 +549,9 @@ def validate(lut: Lut, specs: list[ArchSpec], *, min_run_time: float = 1.0,
     rows = []
     for i, (spec, t, s, d) in enumerate(zip(specs, measured, sums, details)):
         others = gaps[:i] + gaps[i + 1:]
-        offset = max(0.0, statistics.median(others)) if others else 0.0
-        pred = s + offset
+        applied = offset if offset is not None else (
+            max(0.0, statistics.median(others)) if others else 0.0)
+        pred = s + applied
         rows.append(ValidationRow(
             spec.name, spec.macs(), spec.params(), t.median_ms, t.p25_ms, t.p75_ms, t.iqr_rel,
             t.n, s, pred, (pred - t.median_ms) / t.median_ms, (s - t.median_ms) / t.median_ms,
@@ -445,10 +572,11 @@ def validate(lut: Lut, specs: list[ArchSpec], *, min_run_time: float = 1.0,
         "min_run_time": min_run_time,
         "date": _now(),
     }
-    lut.meta["offset_ms"] = summary["offset_ms"]
-    lut.meta["offset_basis"] = {"networks": [s.name for s in specs], "gaps_ms": gaps,
-                                "rule": "median(measured - sum of units) over validation nets"}
-    lut.meta["validation"] = summary
-    if lut.path is not None:
-        lut.save()
+    if record:
+        lut.meta["offset_ms"] = summary["offset_ms"]
+        lut.meta["offset_basis"] = {"networks": [s.name for s in specs], "gaps_ms": gaps,
+                                    "rule": "median(measured - sum of units) over validation nets"}
+        lut.meta["validation"] = summary
+        if lut.path is not None:
+            lut.save()
     return {"summary": summary, "rows": rows}

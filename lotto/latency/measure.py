@@ -258,6 +258,20 @@ def _stats(times_s: list[float], number: int, threads: int, device: str) -> Timi
 
 
 PER_CALL_MIN_S = 1e-3  # calls this long are timed one by one (timer overhead < 0.1%)
+CLOCKS = ("wall", "thread")
+
+
+def clock_fn(clock: str, dev: torch.device, threads: int) -> Callable[[], float]:
+    """wall: perf_counter (the protocol). thread: CPU time of the calling thread, which leaves
+    out time spent descheduled, for shared machines; valid for cpu at one thread only (then
+    every op runs inline in this thread)."""
+    if clock == "wall":
+        return time.perf_counter
+    if clock == "thread":
+        if dev.type != "cpu" or threads != 1:
+            raise LottoError("clock 'thread' measures cpu at 1 thread only; use clock 'wall'")
+        return time.thread_time
+    raise LottoError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
 
 
 def time_callable(
@@ -269,6 +283,7 @@ def time_callable(
     warmup: int = 10,
     min_runs: int = 10,
     core: int | None = None,
+    clock: str = "wall",
 ) -> Timing:
     """Median-centred timing of `fn()` under `torch.inference_mode`.
 
@@ -276,10 +291,12 @@ def time_callable(
     1 ms or more are then timed one by one (synchronised on CUDA) for at least `min_run_time`
     seconds and `min_runs` calls, which gives honest per-call quantiles; shorter calls go
     through `torch.utils.benchmark.Timer.blocked_autorange`, whose blocks amortise the timer.
+    `clock`: see `clock_fn` (the run-time budget is always wall time).
     """
     from torch.utils import benchmark
 
     dev = check_host_device(device)
+    now = clock_fn(clock, dev, threads)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     old_cudnn = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = dev.type == "cuda"
@@ -297,12 +314,14 @@ def time_callable(
                 times: list[float] = []
                 begin = time.perf_counter()
                 while time.perf_counter() - begin < min_run_time or len(times) < min_runs:
-                    t0 = time.perf_counter()
+                    t0 = now()
                     fn()
                     sync()
-                    times.append(time.perf_counter() - t0)
+                    times.append(now() - t0)
                 return _stats(times, 1, threads, device)
-            timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+            extra = {} if clock == "wall" else {"timer": now}  # default: synchronising timer
+            timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads,
+                                    **extra)
             m = timer.blocked_autorange(min_run_time=min_run_time)
     finally:
         torch.backends.cudnn.benchmark = old_cudnn
@@ -321,15 +340,17 @@ def measure_module(
     fold: bool = True,
     channels_last: bool = True,
     core: int | None = None,
+    clock: str = "wall",
 ) -> tuple[Timing, dict[str, Any]]:
     """Time `module` end to end on a host device; returns (timing, preparation info)."""
     prepared = prepare(
         module, input_shape, device, fold=fold, channels_last=channels_last, dtype=dtype
     )
     timing = time_callable(
-        prepared, device, threads=threads, min_run_time=min_run_time, warmup=warmup, core=core
+        prepared, device, threads=threads, min_run_time=min_run_time, warmup=warmup, core=core,
+        clock=clock,
     )
-    return timing, prepared.info
+    return timing, {**prepared.info, "clock": clock}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,10 +1,9 @@
 """The networks behind the calibration CSV rows, built from the presets by spec edits.
 
 - Width multipliers of MobileNetV3 follow the TF-slim rule that the published checkpoints (and
-  their latencies and MAdds) use: an expansion width is its 1.0x *ratio* times the scaled input
-  width, and the last 1280/1024 layer is not scaled below 1.0x. The torchvision rule used by
-  `lotto.arch.presets` undercounts V3-Large 0.75 (140M MAdds against the published 155M). Asked
-  of the arch owner in notes/requests-latency-to-arch.md; `tf_width` is the stopgap.
+  their latencies and MAdds) use (`preset(..., rule="tf")`): an expansion width is its 1.0x
+  *ratio* times the scaled input width, and the last 1280/1024 layer is not scaled below 1.0x.
+  The torchvision rule undercounts V3-Large 0.75 (140M MAdds against the published 155M).
 - Bracketed variants (paper Table 5, h-swish placement on V3-Large 1.0) and the README's
   "minimalistic" networks (no SE, no h-swish, 3x3 kernels) are edits of the presets.
 """
@@ -14,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from lotto.arch import ArchSpec, make_divisible, preset
+from lotto.arch import ArchSpec, preset
 from lotto.errors import LottoError
 
 _V3 = ("mobilenet_v3_large", "mobilenet_v3_small")
@@ -22,26 +21,9 @@ _VARIANT = re.compile(r"^\s*([a-z0-9_]+)\s*(?:\[(.+)\])?\s*$")
 
 
 def tf_width(name: str, width_mult: float, resolution: int = 224) -> ArchSpec:
-    """A MobileNetV3 preset at `width_mult` under the TF-slim multiplier rule (see module doc)."""
-    base = preset(name, 1.0, resolution)
-    if name not in _V3 or width_mult == 1.0:
-        return preset(name, width_mult, resolution)
-
-    def scale(c: int) -> int:
-        return make_divisible(c * width_mult, 8)
-
-    stem = dataclasses.replace(base.stem, channels=scale(base.stem.channels))
-    blocks, c = [], stem.channels
-    for block, cin in zip(base.blocks, base.block_inputs()):
-        ratio = block.exp / cin  # type: ignore[operator]
-        out = scale(block.out)
-        blocks.append(dataclasses.replace(block, exp=make_divisible(ratio * c, 8), out=out))
-        c = out
-    hidden = scale(base.head.hidden) if width_mult > 1 else base.head.hidden
-    head = dataclasses.replace(base.head, conv=scale(base.head.conv), hidden=hidden)
-    return base.replace(
-        stem=stem, blocks=tuple(blocks), head=head, width_mult=width_mult
-    ).validate()
+    """A preset at `width_mult` under the TF-slim multiplier rule (`preset(..., rule="tf")`):
+    the rule of the published MobileNetV3 checkpoints, MAdds and Pixel latencies."""
+    return preset(name, width_mult, resolution, rule="tf")
 
 
 def with_activations(spec: ArchSpec, first_hswish: int | None) -> ArchSpec:
