@@ -211,7 +211,9 @@ def train(
     optimizer = make_optimizer(list(model.parameters()), cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total, warmup))
     seed_everything(seed)  # dropout and anything else drawing from the global generator
-    gen = torch.Generator(device=device).manual_seed(seed)
+    # batch order drawn on the CPU: the same seed gives the same batches on every device
+    order_gen = torch.Generator().manual_seed(seed)
+    augment_gen = torch.Generator(device=device).manual_seed(seed)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
 
     history: list[dict] = []
@@ -252,14 +254,14 @@ def train(
         checkpoints.pop(0)(model)
     record(0)
     while it < total:
-        order = torch.randperm(n, generator=gen, device=device)
+        order = torch.randperm(n, generator=order_gen).to(device)
         for b in range(per_epoch):
             if it >= total:
                 break
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             x, y = data.train_x[idx], data.train_y[idx]
             if data.augment:
-                x = _augment(x, gen)
+                x = _augment(x, augment_gen)
             if cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 import lotto.experiments.build_v3 as bv3
-from lotto.arch import preset
+from lotto.arch import load_spec, preset
 from lotto.arch.build import build_network
 from lotto.cli import app
 from lotto.config import load_config
@@ -151,3 +151,6 @@ def test_train_reports_accuracy(tmp_path: Path) -> None:
     assert 0 <= final.test_accuracy <= 1 and final.trained_params > 0
     assert pd.isna(result.metrics.iloc[0].test_accuracy)  # only the final network trains
     assert (result.run.path / "trained_04_efficient_last_stage.safetensors").exists()
+    trained = load_spec(result.run.path / "trained_04_efficient_last_stage.yaml")
+    assert trained.bn_momentum == 0.1 and trained.in_channels == 1 and trained.num_classes == 10
+    assert trained.resolution == 8 and trained.output_size() >= 4  # strides cut for 8x8 digits

@@ -93,6 +93,7 @@ def validate(cfg: DictConfig) -> None:
     check(not bad, "latency.phones", f"unknown {bad}; choose from {', '.join(PHONES)}")
     check(cfg.export in (None, "onnx"), "export", f"{cfg.export!r}: onnx or null")
     check(cfg.train_steps in ("none", "final", "all"), "train_steps", "none, final or all")
+    check(0 <= cfg.train_bn_momentum <= 1, "train_bn_momentum", "must be in [0, 1]")
 
 
 def construct(cfg: DictConfig) -> list[Step]:
@@ -201,7 +202,8 @@ def _train(spec: ArchSpec, cfg: DictConfig, data: Any, device: torch.device, run
     from lotto.train import seed_everything, train
 
     small = adapt_to_resolution(
-        spec.replace(in_channels=data.in_channels, num_classes=data.num_classes),
+        spec.replace(in_channels=data.in_channels, num_classes=data.num_classes,
+                     bn_momentum=cfg.train_bn_momentum),
         data.image_size,
     )
     seed_everything(cfg.seed)
