@@ -116,6 +116,13 @@ def random_masks_like(masks: Mapping[str, torch.Tensor], generator: torch.Genera
     return out
 
 
+def masked_state(
+    state: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A copy of a state dict with the masked weights zeroed (theta_0 under a ticket's mask)."""
+    return {k: v * masks[k] if k in masks else v.clone() for k, v in state.items()}
+
+
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())

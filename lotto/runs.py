@@ -146,6 +146,14 @@ class MetricsLog:
         return [r for r in self.rows if all(_same(r.get(k), v) for k, v in key.items())]
 
 
+def mean_std(frame: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds (`<col>_std`, 0 for one seed) and `seeds`, per `keys`."""
+    grouped = frame.groupby(keys, sort=False)[cols]
+    table = grouped.mean().join(grouped.std().fillna(0.0).add_suffix("_std"))
+    table["seeds"] = grouped.size()
+    return table.reset_index()
+
+
 def _same(a: Any, b: Any) -> bool:
     # CSV round-trips turn ints into floats and None into NaN
     if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):

@@ -105,11 +105,14 @@ def main() -> None:
     root = torchvision_root()
     runs = {"a": [], "b0": [], "b2": [], "c": []}
     try:
-        for _ in range(args.repeats):  # interleaved, so load changes hit every variant alike
+        # interleaved, so load changes hit every variant alike; (a) and (c) run back to back,
+        # before the loader's worker processes of (b') exist
+        for _ in range(args.repeats):
             runs["a"].append(lotto_trainer(args.iterations, sparse=False))
+            runs["c"].append(lotto_trainer(args.iterations, sparse=True))
             runs["b0"].append(plain_loop(args.iterations, 0, root))
             runs["b2"].append(plain_loop(args.iterations, 2, root))
-            runs["c"].append(lotto_trainer(args.iterations, sparse=True))
+            time.sleep(2)  # let the worker processes exit
     finally:
         shutil.rmtree(root)
     best = {k: max(v) for k, v in runs.items()}

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import lotto.experiments.rethink as rethink_mod
 from lotto.cli import app
+from lotto.cli.rethink import pruning_options
 from lotto.config import load_config
 from lotto.errors import LottoError
 from lotto.experiments.lottery import run_lottery
@@ -370,3 +371,17 @@ def test_cli_runs_and_prints_the_tables(tmp_path: Path) -> None:
     assert "unpruned" in out.output and "S-L1 0.5" in out.output
     frame = pd.read_csv(next((tmp_path / "runs" / "rethink").glob("*/metrics.csv")))
     assert list(frame["mode"]) == ["baseline", "finetune", "scratch_b", "ticket"]
+
+
+def test_method_names_pick_their_kind() -> None:
+    opts = pruning_options(None, ["l1-filter", "magnitude", "random"], [0.3], None)
+    assert opts["pruning.kinds"] == ["structured", "unstructured"]
+    assert opts["pruning.structured.methods"] == ["l1-filter", "random"]
+    assert opts["pruning.unstructured.methods"] == ["magnitude", "random"]
+    assert opts["pruning.unstructured.ratios"] == [0.3]
+    opts = pruning_options(None, ["slimming"], None, None)
+    assert opts["pruning.kinds"] == ["structured"]
+    opts = pruning_options("unstructured", ["random"], None, ["ticket"])
+    assert opts["pruning.kinds"] == ["unstructured"]
+    assert "pruning.structured.methods" not in opts
+    assert pruning_options(None, None, None, None)["pruning.kinds"] is None  # the YAML decides

@@ -55,15 +55,19 @@ def pruning_options(
     if pruning is not None and pruning not in (*KINDS, "both"):
         raise LottoError(f"--pruning {pruning!r}: choose structured, unstructured or both")
     kinds = list(KINDS) if pruning in (None, "both") else [pruning]
+    per_kind = {k: methods for k in kinds}
     if methods is not None and pruning is None:
-        # a method name says which kind it belongs to (random exists in both)
-        kinds = [k for k in KINDS if all(m in METHODS[k] for m in methods)]
-        if not kinds:
+        # each method name says which kind it belongs to (random exists in both)
+        unknown = [m for m in methods if not any(m in METHODS[k] for k in KINDS)]
+        if unknown:
             known = "; ".join(f"{k}: {', '.join(METHODS[k])}" for k in KINDS)
-            raise LottoError(f"--method {','.join(methods)}: unknown method ({known})")
+            raise LottoError(f"--method {','.join(unknown)}: unknown method ({known})")
+        per_kind = {k: [m for m in methods if m in METHODS[k]] for k in KINDS}
+        per_kind = {k: v for k, v in per_kind.items() if v}
+        kinds = list(per_kind)
     out: dict = {"pruning.kinds": kinds if pruning is not None or methods is not None else None}
     for kind in kinds:
-        out[f"pruning.{kind}.methods"] = methods
+        out[f"pruning.{kind}.methods"] = per_kind[kind]
         out[f"pruning.{kind}.ratios"] = ratios
         out[f"pruning.{kind}.modes"] = modes
     return out

@@ -27,16 +27,17 @@ from torch import nn
 from lotto.config import check
 from lotto.data import Data, load_data
 from lotto.errors import LottoError
-from lotto.models import build_model
+from lotto.models import build_model, copy_state, load_state
 from lotto.pruning import (
     Masks,
     density,
     layer_rates,
     magnitude_prune,
+    masked_state,
     ones_masks,
     random_masks_like,
 )
-from lotto.runs import MetricsLog, RunDir
+from lotto.runs import MetricsLog, RunDir, mean_std
 from lotto.train import TrainingDiverged, check_train_config, parse_step, resolve_device, train
 
 VARIANTS = ("ticket", "reinit", "random_mask")
@@ -83,23 +84,6 @@ def check_rewind(cfg: DictConfig, data: Data) -> None:
     )
 
 
-def _masked(state: dict[str, torch.Tensor], masks: Masks) -> dict[str, torch.Tensor]:
-    return {k: v * masks[k] if k in masks else v.clone() for k, v in state.items()}
-
-
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-def _load(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        raise LottoError(
-            f"{where} does not fit model the config builds; use --force to start afresh"
-        ) from None
-
-
 class _Seed:
     """One replicate: the chain of rounds for one seed."""
 
@@ -141,8 +125,8 @@ class _Seed:
     def run_rounds(self) -> None:
         lot = self.cfg.lottery
         template = self.model(self.seed)
-        theta_0 = self.tensors("init.safetensors", lambda: _state(template))
-        _load(template, theta_0, f"{self.run.path / self.dir / 'init.safetensors'}")
+        theta_0 = self.tensors("init.safetensors", lambda: copy_state(template))
+        load_state(template, theta_0, f"{self.run.path / self.dir / 'init.safetensors'}")
         per_epoch = max(1, len(self.data.train_x) // self.cfg.train.batch_size)
         rewind_it = parse_step(lot.rewind, per_epoch)
         conv_factor = 1.0 if lot.ranking == "global" else lot.conv_rate_factor
@@ -168,7 +152,7 @@ class _Seed:
 
                     def keep(model: nn.Module) -> None:
                         nonlocal theta_k
-                        theta_k = _state(model)
+                        theta_k = copy_state(model)
                         self.run.save_tensors(f"{self.dir}/rewind.safetensors", theta_k)
 
                     capture[rewind_it] = keep
@@ -194,7 +178,7 @@ class _Seed:
                         f"{self.run.path}"
                     ) from None
                 if variant == "ticket":
-                    trained = _state(model)
+                    trained = copy_state(model)
                     if rnd == 0:
                         self.run.save_tensors(
                             f"{self.dir}/round0/mask.safetensors",
@@ -227,13 +211,12 @@ class _Seed:
         model = self.model(self.seed)
         if variant == "reinit":
             fresh = self.model(self.seed * 1000 + rnd + _REINIT_STREAM)
-            state = {k: v.detach().clone() for k, v in fresh.state_dict().items()}
-            _load(model, _masked(state, masks), "reinit")
+            load_state(model, masked_state(copy_state(fresh), masks), "reinit")
             return model, masks
         if variant == "random_mask":
             gen = torch.Generator().manual_seed(self.seed * 1000 + rnd + _MASK_STREAM)
             masks = random_masks_like(masks, gen)
-        _load(model, _masked(start, masks), f"{self.run.path / self.dir}")
+        load_state(model, masked_state(start, masks), f"{self.run.path / self.dir}")
         return model, masks
 
     def record(self, rnd: int, variant: str, masks: Masks, result: object) -> None:
@@ -261,17 +244,9 @@ class _Seed:
 
 def round_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (round, variant)."""
-    cols = [
-        "weights_remaining_pct",
-        "test_accuracy",
-        "early_stop_test_accuracy",
-        "early_stop_iteration",
-        "seconds",
-    ]
-    grouped = metrics.groupby(["round", "variant"], sort=True)[cols]
-    table = grouped.mean().join(grouped.std().fillna(0.0).add_suffix("_std"))
-    table["seeds"] = grouped.size()
-    return table.reset_index()
+    cols = ["weights_remaining_pct", "test_accuracy", "early_stop_test_accuracy",
+            "early_stop_iteration", "seconds"]
+    return mean_std(metrics, ["round", "variant"], cols).sort_values(["round", "variant"])
 
 
 def smallest_within(table: pd.DataFrame, variant: str, dense: float, tol: float = 0.01) -> dict:

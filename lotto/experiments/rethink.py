@@ -40,16 +40,17 @@ from lotto.config import check
 from lotto.data import Data, load_data
 from lotto.errors import LottoError
 from lotto.flops import count_macs, count_params
-from lotto.models import build_model
+from lotto.models import build_model, copy_state, load_state
 from lotto.pruning import (
     Masks,
     layer_kinds,
     magnitude_prune,
+    masked_state,
     ones_masks,
     prunable,
     random_masks_like,
 )
-from lotto.runs import MetricsLog, RunDir
+from lotto.runs import MetricsLog, RunDir, mean_std
 from lotto.structured import METHODS as STRUCTURED_METHODS
 from lotto.structured import (
     Keep,
@@ -317,22 +318,6 @@ class LotterySource:
 # ----------------------------------------------------------------------------- the grid
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-def _load(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        raise LottoError(f"{where} does not fit the model the config builds "
-                         "(incompatible run; use --force to start afresh)") from None
-
-
-def _masked(state: dict[str, torch.Tensor], masks: Masks) -> dict[str, torch.Tensor]:
-    return {k: v * masks[k].to(v.dtype) if k in masks else v.clone() for k, v in state.items()}
-
-
 class _Grid:
     """Runs the cells of the grid in order, skipping finished ones."""
 
@@ -427,7 +412,7 @@ class _Grid:
         rel = f"seed{seed}/init.safetensors"
         if self.lottery is not None:
             return self.tensors(rel, lambda: self.lottery.init(seed))
-        return self.tensors(rel, lambda: _state(self.dense(seed)))
+        return self.tensors(rel, lambda: copy_state(self.dense(seed)))
 
     def baseline(self, cell: Cell, theta0: dict) -> dict[str, torch.Tensor]:
         slimming = cell.method == "slimming"
@@ -439,7 +424,7 @@ class _Grid:
         if (self.lottery is not None and not slimming
                 and math.isclose(cell.lr, self.lottery.lr, rel_tol=1e-9)):
             state, row = self.lottery.baseline(cell.seed)
-            _load(model, state, f"--from {self.lottery.path}")
+            load_state(model, state, f"--from {self.lottery.path}")
             self.run.save_tensors(rel, state)
             self.record(cell, model, None, {
                 "train_lr": cell.lr, "iterations": int(row["iteration"]),
@@ -449,10 +434,10 @@ class _Grid:
             })
             self.progress.advance(self.overall)
             return state
-        _load(model, theta0, f"{self.run.path}/seed{cell.seed}/init.safetensors")
+        load_state(model, theta0, f"{self.run.path}/seed{cell.seed}/init.safetensors")
         cfg = self.train_cfg(cell.lr, self.base_iterations)
         result = self.fit(cell, model, cfg, slimming=slimming)
-        state = _state(model)
+        state = copy_state(model)
         self.run.save_tensors(rel, state)
         self.record(cell, model, None, self.outcome(cell.lr, result, 1.0))
         self.progress.advance(self.overall)
@@ -463,7 +448,7 @@ class _Grid:
         """The kept channels (structured) or the mask (unstructured), chosen from `parent`."""
         rel = f"seed{seed}/lr{lr:g}/{kind}-{method}-{ratio:g}/selection.safetensors"
         model = self.dense(seed)
-        _load(model, parent, "the trained baseline")
+        load_state(model, parent, "the trained baseline")
         gen = torch.Generator().manual_seed(seed * 1000 + _RANDOM_STREAM)
         if kind == "structured":
             def make() -> dict:
@@ -502,7 +487,7 @@ class _Grid:
     def pruned(self, cell: Cell, sel: Keep | Masks, parent: dict, theta0: dict) -> None:
         lr_ft = finetune_lr(self.cfg, cell.lr)
         full = self.dense(cell.seed)
-        _load(full, parent, "the trained baseline")
+        load_state(full, parent, "the trained baseline")
         masks: Masks | None = None
         if cell.pruning == "structured":
             keep: Keep = sel
@@ -511,7 +496,7 @@ class _Grid:
             elif cell.mode == "ticket":
                 model = prune_channels(full, keep, state=theta0)
             elif cell.mode == "reinit":
-                other = _state(self.dense(cell.seed * 1000 + _REINIT_STREAM))
+                other = copy_state(self.dense(cell.seed * 1000 + _REINIT_STREAM))
                 model = prune_channels(full, keep, state=other)
             else:  # scratch: the pruned architecture's own fresh init
                 torch.manual_seed(cell.seed * 1000 + _FRESH_STREAM)
@@ -520,13 +505,13 @@ class _Grid:
             masks = sel
             model = full
             if cell.mode == "ticket":
-                _load(model, theta0, "theta_0")
+                load_state(model, theta0, "theta_0")
             elif cell.mode == "reinit":
                 model = self.dense(cell.seed * 1000 + _REINIT_STREAM)
             elif cell.mode in ("scratch_e", "scratch_b"):
                 model = self.dense(cell.seed * 1000 + _FRESH_STREAM)
                 rescale_to_fan(model, masks)
-            _load(model, _masked(_state(model), masks), "the pruned network")
+            load_state(model, masked_state(copy_state(model), masks), "the pruned network")
         factor = 1.0
         if cell.mode == "finetune":
             cfg = self.train_cfg(lr_ft, self.ft_iterations, self.cfg.finetune.schedule)
@@ -586,10 +571,7 @@ def grid_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (pruning, method, ratio, lr, mode)."""
     keys = ["pruning", "method", "ratio", "lr", "mode"]
     cols = ["test_accuracy", "params_pct", "flops_pct", "epochs", "budget_factor", "seconds"]
-    grouped = metrics.groupby(keys, sort=False)[cols]
-    table = grouped.mean().join(grouped.std().fillna(0.0), rsuffix="_std")
-    table["seeds"] = grouped.size()
-    return table.reset_index()
+    return mean_std(metrics, keys, cols)
 
 
 def summarize(table: pd.DataFrame) -> dict:
@@ -637,7 +619,7 @@ def run_rethink(cfg: DictConfig, *, force: bool = False, progress: Progress) -> 
     if "structured" in cfg.pruning.kinds:
         as_channel_model(model, cfg.model.name)
     if lottery is not None:
-        _load(model, lottery.init(cfg.seed), f"--from {lottery.path}: seed{cfg.seed}/init")
+        load_state(model, lottery.init(cfg.seed), f"--from {lottery.path}: seed{cfg.seed}/init")
     run = RunDir.open(cfg, "rethink", force=force)
     metrics = MetricsLog(run)
     _Grid(cfg, data, run, device, metrics, progress, lottery).run_all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from lotto.errors import LottoError
@@ -35,6 +36,22 @@ def build_model(
         return MODELS[name](in_channels, num_classes, image_size, **options)
     except (TypeError, ValueError) as e:  # an unknown option, or one that does not fit the data
         raise LottoError(f"model {name}: {e}") from None
+
+
+def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the model's state dict (initial, rewound or trained weights)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load `state`; a mismatch (a run made with another model) is a user error naming `where`."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise LottoError(
+            f"{where} does not fit the model the config builds "
+            "(incompatible run; use --force to start afresh)"
+        ) from None
 
 
 def _load_families() -> None:
