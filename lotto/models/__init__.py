@@ -59,11 +59,7 @@ def _load_families() -> None:
     import importlib
 
     for module in FAMILIES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if not module.startswith(e.name or "?"):
-                raise
+        importlib.import_module(module)
 
 
 FAMILIES = ("lotto.models.lth", "lotto.models.cifar", "lotto.arch.build")
