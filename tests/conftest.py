@@ -81,3 +81,22 @@ def fake_fashion_mnist(tmp_path: Path) -> Path:
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images.astype(np.uint8))
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+# The documented per-round columns of the lottery metrics table (README).
+METRICS_COLUMNS = [
+    "round",
+    "variant",
+    "seed",
+    "density",
+    "weights_remaining_pct",
+    "iteration",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "test_accuracy",
+    "early_stop_iteration",
+    "early_stop_val_loss",
+    "early_stop_test_accuracy",
+    "seconds",
+]

@@ -8,28 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import METRICS_COLUMNS
 from typer.testing import CliRunner
 
 import lotto.experiments.lottery as lottery_mod
 from lotto.cli import app
 from lotto.train import TrainingDiverged
-
-METRICS_COLUMNS = [
-    "round",
-    "variant",
-    "seed",
-    "density",
-    "weights_remaining_pct",
-    "iteration",
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "test_accuracy",
-    "early_stop_iteration",
-    "early_stop_val_loss",
-    "early_stop_test_accuracy",
-    "seconds",
-]
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import METRICS_COLUMNS
 from omegaconf import DictConfig
 from rich.progress import Progress
 from safetensors.torch import load_file
@@ -26,22 +27,6 @@ from lotto.train import TrainingDiverged
 from lotto.train import train as real_train  # the spy replaces lottery's name for it
 
 MakeCfg = Callable[..., DictConfig]
-METRICS_COLUMNS = [
-    "round",
-    "variant",
-    "seed",
-    "density",
-    "weights_remaining_pct",
-    "iteration",
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "test_accuracy",
-    "early_stop_iteration",
-    "early_stop_val_loss",
-    "early_stop_test_accuracy",
-    "seconds",
-]
 RESULTS = [c for c in METRICS_COLUMNS if c != "seconds"]  # everything but the wall clock
 HIDDEN, OUTPUT = ["1.weight", "3.weight"], "5.weight"  # LeNet-300-100's Linear layers
 SIZES = {"1.weight": 64 * 300, "3.weight": 300 * 100, "5.weight": 100 * 10}  # on 8x8 digits

@@ -19,7 +19,7 @@ from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 from lotto.arch.presets import PRESETS, preset
 from lotto.arch.spec import ArchSpec, BlockContext, adapt_to_resolution
 from lotto.errors import LottoError
-from lotto.models import register
+from lotto.models import he_init, register
 
 _ACT: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hswish": nn.Hardswish}
 _GATE: dict[str, type[nn.Module]] = {"hsigmoid": nn.Hardsigmoid, "sigmoid": nn.Sigmoid}
@@ -84,7 +84,7 @@ class MobileNet(nn.Module):
         self.dropout = nn.Dropout(spec.head.dropout)
         self.classifier = nn.Linear(spec.features if not spec.head.hidden else spec.head.hidden,
                                     spec.num_classes)
-        _init_weights(self)
+        he_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.blocks(self.stem(x))
@@ -120,21 +120,6 @@ def _hidden(spec: ArchSpec) -> nn.Module | None:
     return nn.Sequential(nn.Linear(spec.features, spec.head.hidden), _ACT[spec.head.act]())
 
 
-def _init_weights(model: nn.Module) -> None:
-    # torchvision's MobileNet initialisation
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
-
-
 def build_network(spec: ArchSpec) -> MobileNet:
     """The nn.Module of a spec (training mode, torchvision initialisation)."""
     return MobileNet(spec)
@@ -167,7 +152,7 @@ def build_block(spec: ArchSpec, context: BlockContext | str) -> nn.Module:
         )
     else:
         raise LottoError(f"spec {spec.name!r} has no unit {name!r}")
-    _init_weights(module)
+    he_init(module)
     return module
 
 

@@ -38,6 +38,23 @@ def build_model(
         raise LottoError(f"model {name}: {e}") from None
 
 
+def he_init(model: nn.Module) -> nn.Module:
+    """He (fan-out) convs, BatchNorm at identity, small normal FC: the torchvision MobileNet and
+    CIFAR ResNet/VGG reference initialisation."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+    return model
+
+
 def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the model's state dict (initial, rewound or trained weights)."""
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

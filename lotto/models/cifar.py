@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lotto.errors import LottoError
-from lotto.models import register
+from lotto.models import he_init, register
 
 # "M" marks a max-pool; the numbers are conv widths at width multiplier 1.
 VGG_LAYOUTS: dict[int, list[int | str]] = {
@@ -47,19 +47,6 @@ def _check_channels(channels: Sequence[int], expected: int, model: str) -> list[
     if min(channels) < 1:
         raise LottoError(f"{model}: every layer needs at least one channel, got {channels}")
     return channels
-
-
-def _init(model: nn.Module) -> None:
-    # He init for convs (fan-out, as in the CIFAR reference code), BN at identity, small FC
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 class ChannelModel(nn.Module):
@@ -126,7 +113,7 @@ class VGG(ChannelModel):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(dropout)
         self.classifier = nn.Linear(prev, num_classes)
-        _init(self)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.drop(torch.flatten(self.pool(self.features(x)), 1)))
@@ -202,7 +189,7 @@ class ResNetCifar(ChannelModel):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(inplanes, num_classes)
-        _init(self)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
