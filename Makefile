@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,onnx]'
+	$(BIN)/pip install --quiet -e '.[dev,onnx,ray]'
 	touch $(STAMP)
 
 data:

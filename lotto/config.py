@@ -22,9 +22,21 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lotto.errors import LottoError
 
-# Keys that say where a run goes, not what it computes: left out of the run hash and of the
-# "same config?" check on resume.
-PLACEMENT_KEYS = ("run",)
+# Keys that say where a run goes or how fast, not what it computes: left out of the run hash and
+# of the "same config?" check on resume (dotted for a key inside a section).
+PLACEMENT_KEYS = ("run", "data.workers")
+
+# Keys whose default is null ("automatic") but whose value, when given, has one type: the schema
+# alone would take anything for them.
+NULLABLE_TYPES: dict[str, type] = {
+    "data.root": str,
+    "data.val_size": int,
+    "data.image_size": int,
+    "data.subset": int,
+    "data.augment": bool,
+    "data.stream": bool,
+    "data.workers": int,
+}
 
 
 class _Loader(yaml.SafeLoader):
@@ -97,6 +109,8 @@ def _set_dotted(target: dict, key: str, value: Any) -> None:
 def _check_against(schema: Any, value: Any, key: str) -> None:
     """Raise if `value` does not fit the type of the default `schema` (recursively)."""
     if schema is None:
+        if key in NULLABLE_TYPES and value is not None:
+            _check_against(NULLABLE_TYPES[key](), value, key)
         return
     if isinstance(schema, dict):
         if not isinstance(value, dict):
@@ -174,7 +188,12 @@ def identity(cfg: DictConfig) -> dict:
     """The part of a config that decides the results (placement keys removed)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in PLACEMENT_KEYS:
-        data.pop(key, None)
+        *sections, last = key.split(".")
+        node = data
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
     return data
 
 

@@ -1,9 +1,14 @@
-"""Parameter and FLOP counts, dense or under unstructured masks.
+"""Parameter and multiply-add counts of modules, dense or under unstructured masks.
 
-Convention: `macs` are multiply-accumulates of the convolutions and linear layers for one input
-image (what the pruning papers call FLOPs, and MobileNet papers "MAdds").
-`torch.utils.flop_counter.FlopCounterMode` counts 2 FLOPs per multiply-add, so we halve it; like
-the papers it ignores BatchNorm, activations, pooling, bias adds and residual additions.
+The project counts multiply-adds two ways, and tests that they agree (tests/test_flops.py):
+`ArchSpec.macs()` analytically for architecture specs, and this module for any `nn.Module`,
+by running one forward under `torch.utils.flop_counter.FlopCounterMode`.
+
+Convention: `macs` are the multiply-accumulates of the convolutions and linear layers for one
+input image (what the pruning papers call FLOPs, and MobileNet papers "MAdds").
+FlopCounterMode counts 2 FLOPs per multiply-add (convolution, mm/addmm), so we halve it; like
+the papers it ignores BatchNorm, activations, pooling, bias adds, residual additions and the
+SE gate's multiply (elementwise ops are not counted by FlopCounterMode).
 Under a mask a layer's MACs scale with the fraction of its weights that survive (the weight-level
 FLOPs of Liu et al.'s Scratch-B rule); parameters count every element minus the masked zeros.
 """
@@ -25,6 +30,29 @@ def count_params(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = No
 
 
 @torch.no_grad()
+def macs_by_module(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Multiply-adds of one forward on `example`, per module name ("" = the whole model).
+
+    A parent's count includes its children's; a module called twice counts twice. The model
+    runs in eval mode (a train-mode forward would move BatchNorm statistics) and is restored.
+    """
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            model(example)
+    finally:
+        model.train(was_training)
+    root = type(model).__name__
+    out: dict[str, int] = {}
+    for name, counts in counter.get_flop_counts().items():
+        if name == root or name.startswith(root + "."):
+            out[name[len(root) + 1:]] = int(sum(counts.values())) // 2
+    out.setdefault("", int(counter.get_total_flops()) // 2)
+    return out
+
+
 def count_macs(
     model: nn.Module,
     in_channels: int,
@@ -34,20 +62,10 @@ def count_macs(
     """Multiply-accumulates of one forward pass on one `in_channels` x `image_size`^2 image."""
     device = next(model.parameters()).device
     x = torch.zeros(1, in_channels, image_size, image_size, device=device)
-    was_training = model.training
-    model.eval()  # a forward in train mode would move the BatchNorm running statistics
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter:
-            model(x)
-    finally:
-        model.train(was_training)
-    flops = counter.get_total_flops()
-    per_module = counter.get_flop_counts()
-    root = type(model).__name__
+    per_module = macs_by_module(model, x)
+    macs = float(per_module[""])
     for name, mask in (masks or {}).items():
         module = name.rsplit(".", 1)[0] if "." in name else ""
-        counts = per_module.get(f"{root}.{module}" if module else root, {})
         kept = float(mask.float().mean().item())
-        flops -= sum(counts.values()) * (1.0 - kept)
-    return int(round(flops / 2))
+        macs -= per_module.get(module, 0) * (1.0 - kept)
+    return int(round(macs))

@@ -47,6 +47,15 @@ def layer_rates(
     return {name: rate * factor[kind] for name, kind in layer_kinds(model).items()}
 
 
+def global_groups(model: nn.Module) -> dict[str, str]:
+    """The pools of global ranking: 'hidden' (every conv and hidden FC layer) and 'output'.
+
+    OpenLTH's `sparse_global`: one ranking over all hidden layers, whatever their kind; the
+    output layer is ranked on its own, at its own rate.
+    """
+    return {k: "output" if kind == "output" else "hidden" for k, kind in layer_kinds(model).items()}
+
+
 def ones_masks(model: nn.Module) -> Masks:
     return {k: torch.ones_like(p, dtype=torch.float32) for k, p in prunable(model).items()}
 
@@ -56,36 +65,36 @@ def magnitude_prune(
     masks: Mapping[str, torch.Tensor],
     rates: Mapping[str, float],
     ranking: str = "layerwise",
+    *,
+    groups: Mapping[str, str] | None = None,
+    min_weights: int = 1,
 ) -> Masks:
     """Prune `rates[name]` of each layer's surviving weights, smallest magnitudes first.
 
-    `global` pools the layers that share a rate and prunes that fraction of their pooled
-    survivors (the paper's global pruning: all hidden layers at one rate, the output layer at
-    its own).
+    `global` ranks the layers of each pool in `groups` (layer name -> pool label, e.g. from
+    `global_groups`) together and prunes `round(rate x pooled survivors)` of them; the layers of
+    a pool must share one rate. Without `groups`, global ranking pools all layers.
+
+    No layer is left with fewer than `min_weights` survivors (its largest ones are spared; a
+    layer that already has fewer keeps them all): `round(rate x alive)` would otherwise empty a
+    small layer and cut the network in two. A global pool then takes the count from its other
+    layers; 0 allows empty layers.
     """
     if ranking not in ("layerwise", "global"):
         raise LottoError(f"unknown ranking {ranking!r}; choose layerwise or global")
     new = {k: m.clone().float() for k, m in masks.items()}
-    groups: list[list[str]] = [[k] for k in rates]
-    if ranking == "global":
-        by_rate: dict[float, list[str]] = {}
-        for k, r in rates.items():
-            by_rate.setdefault(r, []).append(k)
-        groups = list(by_rate.values())
-    for names in groups:
+    pools: dict[str, list[str]] = {}
+    for k in rates:
+        label = k if ranking == "layerwise" else (groups or {}).get(k, "all")
+        pools.setdefault(label, []).append(k)
+    for label, names in pools.items():
         rate = rates[names[0]]
-        scores = torch.cat(
-            [
-                torch.where(
-                    masks[k].bool(),
-                    weights[k].detach().abs().float().cpu(),
-                    torch.tensor(float("inf")),
-                ).flatten()
-                for k in names
-            ]
-        )
+        if any(rates[k] != rate for k in names):
+            raise LottoError(f"global ranking: the layers of pool {label!r} need one rate, got "
+                             f"{sorted({rates[k] for k in names})}")
+        scores = torch.cat([_scores(weights[k], masks[k], min_weights) for k in names])
         alive = int(sum(masks[k].sum().item() for k in names))
-        count = round(rate * alive)
+        count = min(round(rate * alive), int(torch.isfinite(scores).sum()))
         if count == 0:
             continue
         # stable sort: ties broken by position, so pruning is deterministic
@@ -98,6 +107,19 @@ def magnitude_prune(
             new[k] = flat[offset : offset + size].view_as(new[k]).clone()
             offset += size
     return new
+
+
+def _scores(weight: torch.Tensor, mask: torch.Tensor, spare: int) -> torch.Tensor:
+    """|w| of the survivors that may be pruned; inf for the pruned and the `spare` largest."""
+    alive = mask.bool().flatten()
+    scores = torch.where(alive, weight.detach().abs().float().cpu().flatten(), float("inf"))
+    keep = max(0, min(spare, int(alive.sum())))
+    if keep:
+        # the survivors a stable ascending sort puts last: those that would be pruned last
+        survivors = alive.nonzero().flatten()
+        last = torch.sort(scores[survivors], stable=True).indices[-keep:]
+        scores[survivors[last]] = float("inf")
+    return scores
 
 
 def density(masks: Mapping[str, torch.Tensor]) -> float:

@@ -1,13 +1,14 @@
 """Run directories: `runs/<command>/<name>/`, resumable, every file written atomically.
 
-A run directory holds the resolved `config.yaml`, tidy metrics tables (`<stem>.csv` and
-`<stem>.parquet`, rewritten whole and atomically after each finished unit of work), tensors
+A run directory holds the resolved `config.yaml`, tidy metrics tables (`<stem>.csv`, appended
+row by row, and `<stem>.parquet`, rewritten atomically after each finished unit of work), tensors
 (safetensors) and `summary.json`. A finished unit (round, grid cell, candidate) is recorded by its
 metrics row, written after its tensors: a unit without a row is simply recomputed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -87,6 +88,8 @@ class RunDir:
                 )
         run = cls(path, command)
         path.mkdir(parents=True, exist_ok=True)
+        for stale in path.rglob(".*.tmp"):  # left by a process killed mid-write: never trusted
+            stale.unlink(missing_ok=True)
         write_text(saved, to_yaml(cfg))
         return run
 
@@ -115,35 +118,95 @@ class RunDir:
 
 
 class MetricsLog:
-    """A tidy table written as CSV and Parquet after every append (both atomically)."""
+    """A tidy table: `<stem>.csv`, appended to, and `<stem>.parquet`, rewritten at unit ends.
+
+    An append adds its rows to the CSV in one `write()`, fsync'd, then records the CSV's committed
+    length in `.<stem>.csv.length`: a process killed mid-append leaves bytes past that length (or,
+    without the length file, a partial last line), which the next load cuts off, so a unit is
+    either wholly in the table or recomputed. The CSV is rewritten whole (atomically) only for its
+    first rows, a new column, or after `drop`. `append` also rewrites the Parquet file unless
+    `flush=False` (then call `flush()` when the unit is finished).
+    """
 
     def __init__(self, run: RunDir, stem: str = "metrics"):
         self.csv = run.file(f"{stem}.csv")
         self.parquet = run.file(f"{stem}.parquet")
+        self.length_file = run.file(f".{stem}.csv.length")
         self.rows: list[dict] = []
+        self.columns: list[str] = []  # the CSV header; empty while there is no CSV
+        self._rewrite = True  # the next append writes the CSV whole
         if self.csv.exists():
-            try:
-                self.rows = pd.read_csv(self.csv).to_dict("records")
-            except Exception:
-                raise LottoError(
-                    f"{self.csv} is corrupt; use --force to start this run afresh"
-                ) from None
+            self._load()
 
-    def append(self, rows: dict | Iterable[dict]) -> None:
-        self.rows.extend([rows] if isinstance(rows, dict) else list(rows))
+    def _load(self) -> None:
+        raw = self.csv.read_bytes()
+        committed = _read_length(self.length_file)
+        if committed is None or committed > len(raw):
+            committed = raw.rfind(b"\n") + 1  # no usable length: cut a partial last line
+        try:
+            frame = pd.read_csv(io.BytesIO(raw[:committed]))
+        except Exception:
+            raise LottoError(
+                f"{self.csv} is corrupt; use --force to start this run afresh"
+            ) from None
+        if committed < len(raw):  # an append cut short (or never committed): drop it for good
+            atomic_write(self.csv, lambda tmp: tmp.write_bytes(raw[:committed]))
+        self.rows = frame.to_dict("records")
+        self.columns = list(frame.columns)
+        self._rewrite = False
+
+    def append(self, rows: dict | Iterable[dict], flush: bool = True) -> None:
+        new = [rows] if isinstance(rows, dict) else list(rows)
+        self.rows.extend(new)
+        if not new:
+            return
+        if self._rewrite or any(k not in self.columns for r in new for k in r):
+            self._write_whole()
+        else:
+            text = pd.DataFrame(new, columns=self.columns).to_csv(header=False, index=False)
+            block = text.encode()
+            # one write of whole lines, on disk before its length is committed
+            with open(self.csv, "ab") as f:
+                f.write(block)
+                f.flush()
+                os.fsync(f.fileno())
+                length = f.tell()
+            write_text(self.length_file, f"{length}\n")
+        if flush:
+            self.flush()
+
+    def _write_whole(self) -> None:
         frame = self.frame()
+        # a stale length must not cut the new file: remove it first, record the new one after
+        self.length_file.unlink(missing_ok=True)
         atomic_write(self.csv, lambda tmp: frame.to_csv(tmp, index=False))
+        self.columns = list(frame.columns)
+        self._rewrite = False
+        write_text(self.length_file, f"{self.csv.stat().st_size}\n")
+
+    def flush(self) -> None:
+        """Rewrite the Parquet copy of the table (at the end of a finished unit)."""
+        frame = self.frame()
         atomic_write(self.parquet, lambda tmp: frame.to_parquet(tmp, index=False))
 
     def drop(self, **key: Any) -> None:
         """Forget rows matching `key` (a unit to recompute); takes effect at the next append."""
-        self.rows = [r for r in self.rows if not all(_same(r.get(k), v) for k, v in key.items())]
+        kept = [r for r in self.rows if not all(_same(r.get(k), v) for k, v in key.items())]
+        if len(kept) < len(self.rows):
+            self.rows, self._rewrite = kept, True
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
 
     def find(self, **key: Any) -> list[dict]:
         return [r for r in self.rows if all(_same(r.get(k), v) for k, v in key.items())]
+
+
+def _read_length(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def mean_std(frame: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:

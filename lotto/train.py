@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from rich.progress import Progress
 from torch import nn
 
-from lotto.data import Data
+from lotto.data import Data, ImageStream, eval_batches
 from lotto.errors import LottoError
 
 _STEP = re.compile(r"^\s*(\d+)\s*(it|ep)?\s*$")
@@ -80,23 +80,24 @@ class TrainResult:
     early_stop_test_accuracy: float
     seconds: float
     history: list[dict] = field(default_factory=list)
+    start_iteration: int = 0  # the first step trained (k when resumed from theta_k)
 
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000
+    model: nn.Module, x: torch.Tensor | ImageStream, y: torch.Tensor, batch_size: int = 2000
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `model` on (x, y), in eval mode."""
     was_training = model.training
     model.eval()
-    loss = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    for i in range(0, len(x), batch_size):
-        out = model(x[i : i + batch_size]).float()
-        loss += F.cross_entropy(out, y[i : i + batch_size], reduction="sum")
-        correct += (out.argmax(1) == y[i : i + batch_size]).sum()
+    loss = torch.zeros((), device=y.device)
+    correct = torch.zeros((), device=y.device, dtype=torch.int64)
+    for xb, yb in eval_batches(x, y, batch_size):  # x: a tensor, or a split streamed from disk
+        out = model(xb).float()
+        loss += F.cross_entropy(out, yb, reduction="sum")
+        correct += (out.argmax(1) == yb).sum()
     model.train(was_training)
-    return loss.item() / len(x), correct.item() / len(x)
+    return loss.item() / len(y), correct.item() / len(y)
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: DictConfig) -> torch.optim.Optimizer:
@@ -157,13 +158,19 @@ def check_train_config(cfg: DictConfig) -> None:
             raise LottoError(f"config key train.{key}: {e}") from None
 
 
+def _augment_draws(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random numbers `_augment` draws for a batch of `n` (also replayed to skip batches)."""
+    flip = torch.rand(n, generator=gen, device=gen.device) < 0.5
+    shift = torch.randint(0, 9, (2, n, 1, 1, 1), generator=gen, device=gen.device)
+    return flip, shift
+
+
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Per-example random horizontal flip and 4-pixel pad-and-crop, on the whole batch at once."""
     n, c, h, w = x.shape
-    flip = torch.rand(n, generator=gen, device=gen.device) < 0.5
+    flip, (dy, dx) = _augment_draws(n, gen)
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
     padded = F.pad(x, (4, 4, 4, 4))
-    dy, dx = torch.randint(0, 9, (2, n, 1, 1, 1), generator=gen, device=gen.device)
     rows = dy + torch.arange(h, device=x.device).view(1, 1, h, 1)
     cols = dx + torch.arange(w, device=x.device).view(1, 1, 1, w)
     batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
@@ -183,12 +190,24 @@ def train(
     checkpoints: Mapping[int, Callable[[nn.Module], None]] | None = None,
     progress: Progress | None = None,
     desc: str = "train",
+    start_iteration: int = 0,
 ) -> TrainResult:
-    """Train `model` in place on `data` for the budget in `cfg` (the `train` config section)."""
+    """Train `model` in place on `data` for the budget in `cfg` (the `train` config section).
+
+    `start_iteration` k resumes a run at step k (late rewinding: the survivors rewound to
+    theta_k): it trains steps k..T only, with the warm-up and schedule at absolute steps, the
+    batches the same seed gives from step k on (the skipped epochs and batches are drawn and
+    dropped; dropout is not replayed), evaluation at absolute multiples of `eval_every` and
+    absolute iterations in the history, the early stop and `checkpoints`. The optimizer starts
+    fresh (no momentum or Adam moments from before k), as in OpenLTH.
+    """
     check_train_config(cfg)
     n = len(data.train_x)
     per_epoch = max(1, n // cfg.batch_size)
     total = parse_step(cfg.iterations, per_epoch)
+    start_at = int(start_iteration)
+    if not 0 <= start_at < total:
+        raise LottoError(f"start iteration {start_at} is not within the budget of {total}")
     eval_every = max(1, parse_step(cfg.eval_every, per_epoch))
     warmup = parse_step(cfg.warmup, per_epoch)
     checkpoints = dict(checkpoints or {})
@@ -209,7 +228,9 @@ def train(
 
     apply_masks()
     optimizer = make_optimizer(list(model.parameters()), cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total, warmup))
+    factor = lr_factor(cfg, total, warmup)
+    # LambdaLR counts the steps taken here; the schedule is a function of the absolute step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: factor(i + start_at))
     seed_everything(seed)  # dropout and anything else drawing from the global generator
     # batch order drawn on the CPU: the same seed gives the same batches on every device
     order_gen = torch.Generator().manual_seed(seed)
@@ -221,7 +242,9 @@ def train(
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
     start = time.perf_counter()
-    task = progress.add_task(desc, total=total) if progress is not None else None
+    task = None
+    if progress is not None:
+        task = progress.add_task(desc, total=total, completed=start_at)
 
     def record(it: int) -> dict:
         nonlocal best, loss_sum, loss_count
@@ -250,16 +273,23 @@ def train(
         return row
 
     it = 0
-    if 0 in checkpoints:
-        checkpoints.pop(0)(model)
-    record(0)
+    if start_at in checkpoints:
+        checkpoints.pop(start_at)(model)
+    record(start_at)
     while it < total:
-        order = torch.randperm(n, generator=order_gen).to(device)
+        order = torch.randperm(n, generator=order_gen)
+        batches = None  # this epoch's batches from the first one trained, in memory or streamed
         for b in range(per_epoch):
             if it >= total:
                 break
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x, y = data.train_x[idx], data.train_y[idx]
+            if it < start_at:  # fast-forward to step k: draw what the step would, train nothing
+                if data.augment:
+                    _augment_draws(min(cfg.batch_size, n), augment_gen)
+                it += 1
+                continue
+            if batches is None:
+                batches = data.batches(order, cfg.batch_size, first=b, count=total - it)
+            x, y = next(batches)
             if data.augment:
                 x = _augment(x, augment_gen)
             if cfg.channels_last and x.dim() == 4:
@@ -295,4 +325,5 @@ def train(
         early_stop_test_accuracy=best["test_accuracy"],
         seconds=time.perf_counter() - start,
         history=history,
+        start_iteration=start_at,
     )

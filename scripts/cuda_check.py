@@ -8,7 +8,8 @@
    the two must agree (a missing synchronisation shows up as a far too small number).
 2. Per-layer hooks on CUDA (synchronised per layer): sum of layers vs end to end.
 3. A small lookup table on CUDA and its validation: at batch 1 a GPU is launch-bound, so the
-   additive table is expected to do worse than on a CPU (LATENCY.md 1.8); the number is printed.
+   additive table is expected to do worse than on a CPU (docs/latency.md, additivity and
+   fusion); the number is printed.
 4. `lotto bench --device cuda --json` through the CLI.
 """
 

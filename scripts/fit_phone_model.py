@@ -39,14 +39,15 @@ def report(result: dict) -> str:
     lines.append("pixel1 coefficients: " + ", ".join(f"{f}={p1['coef'][f]:.4g}" for f in FEATURES))
     for phone, entry in result["devices"].items():
         base = entry["baseline"]["expected_error"]
-        lines.append(f"{phone}: scale {entry['scale']:.4f}  expected error (LOFO RMSPE) "
+        lines.append(f"{phone}: scale {entry['scale']:.4f}  expected error (strict LOFO RMSPE) "
                      f"{entry['expected_error'] * 100:.1f}%  baseline {base * 100:.1f}%")
     for name, cv in result["cv"].items():
         lines.append(f"\n{name}")
         lines.append(f"  {'device':8s} {'held out':20s} {'n':>3s} {'RMSPE':>7s} {'<=10%':>6s} "
                      f"{'max':>6s} {'bias':>6s} {'Spearman':>8s}")
         for phone, entry in cv["devices"].items():
-            for fam, m in [*entry["families"].items(), ("(pooled)", entry["pooled"])]:
+            extra = [("(seen sources)", entry["seen_sources"])] if "seen_sources" in entry else []
+            for fam, m in [*entry["families"].items(), ("(pooled)", entry["pooled"]), *extra]:
                 rho = f"{m['spearman']:.3f}" if "spearman" in m else "-"
                 lines.append(
                     f"  {phone:8s} {fam:20s} {m['n']:3d} {m['rmspe'] * 100:6.1f}% "

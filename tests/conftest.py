@@ -100,3 +100,36 @@ METRICS_COLUMNS = [
     "early_stop_test_accuracy",
     "seconds",
 ]
+
+
+def write_image_folder(
+    root: Path,
+    size: tuple[int, int] = (28, 28),
+    mode: str = "L",
+    per_class: tuple[int, int] = (12, 4),
+    splits: tuple[str, ...] = ("train", "test"),
+) -> Path:
+    """An ImageFolder of PNGs: `root/<split>/<class>/*.png`, 3 classes, each a bright band at a
+    class-dependent row on noise (learnable), `per_class` (train, other splits) images each."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    w, h = size
+    for split in splits:
+        count = per_class[0] if split == "train" else per_class[1]
+        for c in range(3):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 120, size=(h, w, 3), dtype=np.uint8)
+                band = c * h // 3
+                pixels[band : band + h // 4] += 120
+                img = Image.fromarray(pixels, "RGB").convert(mode)
+                img.save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """28x28 grayscale PNGs: 36 train and 12 test images in 3 classes."""
+    return write_image_folder(tmp_path / "images")

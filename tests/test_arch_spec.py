@@ -19,7 +19,7 @@ from lotto.arch import (
 )
 from lotto.errors import LottoError
 
-# PAPERS.md "Counted" values (params exact; MAdds in millions, to 0.1M as printed there)
+# docs/papers.md "Counted" values (params exact; MAdds in millions, to 0.1M as printed there)
 COUNTED = {
     "mobilenet_v2": (3_504_872, 300.8),
     "mobilenet_v3_large": (5_483_032, 216.6),
@@ -276,7 +276,7 @@ def test_tf_multiplier_rule_reproduces_the_published_v3_counts() -> None:
     assert abs(large.macs() / 155e6 - 1) < 0.02 and round(large.params() / 1e6, 1) == 4.0
     assert abs(small.macs() / 44e6 - 1) < 0.02 and round(small.params() / 1e6, 1) == 2.0
     assert large.head.hidden == 1280 and large.blocks[1].exp == 4 * large.blocks[0].out
-    # the torchvision rule undercounts (PAPERS.md / LATENCY.md warn about 140M vs 155M)
+    # the torchvision rule undercounts (docs/papers.md / docs/latency.md warn about 140M vs 155M)
     assert preset("mobilenet_v3_large", 0.75).macs() < 0.92 * large.macs()
     for name in ("mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v2", "mnasnet_a1"):
         assert preset(name, rule="tf") == preset(name)

@@ -77,7 +77,7 @@ def test_switches_and_custom_seed(tmp_path: Path) -> None:
         (["variant=medium"], "variant"),
         (["from=no_such_net"], "neither a preset"),
         (["changes.se_blocks=[0,99]"], "blocks 0..15"),
-        (["changes.hswish_from=4096"], "no block"),
+        (["changes.hswish_from=4096"], "no layer"),
         (["from=mobilenet_v3_small"], "already pools"),  # efficient last stage twice
         (["latency.phones=[iphone]"], "latency.phones"),
         (["export=tflite"], "export"),
@@ -154,3 +154,14 @@ def test_train_reports_accuracy(tmp_path: Path) -> None:
     trained = load_spec(result.run.path / "trained_04_efficient_last_stage.yaml")
     assert trained.bn_momentum == 0.1 and trained.in_channels == 1 and trained.num_classes == 10
     assert trained.resolution == 8 and trained.output_size() >= 4  # strides cut for 8x8 digits
+
+
+def test_pixel_alias_is_a_phone(tmp_path: Path) -> None:
+    c = cfg("variant=small", "latency.host=none", "latency.phones=[pixel, pixel1, pixel3]",
+            f"run.runs_dir={tmp_path}")
+    bv3.validate(c)  # the project's one device list: `pixel` = pixel1
+    frame = bv3.run_build_v3(c).metrics
+    assert "latency_ms_pixel1" in frame.columns and "latency_ms_pixel" not in frame.columns
+    assert "latency_ms_pixel3" in frame.columns and (frame.latency_ms_pixel1 > 0).all()
+    assert (frame.pixel1_source == "model").all()
+

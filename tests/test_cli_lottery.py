@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -345,3 +349,53 @@ def test_keyboard_interrupt_keeps_finished_rows_and_exits_130(
     resumed = invoke(cli, *args)
     assert resumed.exit_code == 0, resumed.output
     assert len(pd.read_csv(run_dir(runs_dir) / "metrics.csv")) == 5
+
+
+def test_resume_after_a_real_sigkill_mid_round(cli: CliRunner, tmp_path: Path) -> None:
+    """A real `lotto lottery` process killed with SIGKILL while training round 1, re-run to the
+    end, gives the numbers of a run never interrupted, and leaves no temp file behind."""
+    args = [
+        "data.name=digits",
+        "train.iterations=200it",  # a round lasts long enough to be killed in
+        "train.eval_every=50it",
+        "lottery.rounds=2",
+        "lottery.controls=[]",
+        "device=cpu",
+        "--name",
+        "k",
+    ]
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    run = killed_dir / "lottery" / "k"
+    lotto = Path(sys.executable).parent / "lotto"
+    proc = subprocess.Popen(
+        [str(lotto), "--threads", "1", "lottery", *args, "--runs-dir", str(killed_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 240  # importing torch is slow on a loaded machine
+        # round 1's mask is written just before round 1 trains
+        while not (run / "seed0" / "round1" / "mask.safetensors").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "round 1 never started"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()  # a no-op when it is already dead
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    # killed mid-round: round 0 recorded, round 1 not
+    assert pd.read_csv(run / "metrics.csv")["round"].tolist() == [0]
+    assert not (run / "seed0" / "round1" / "trained.safetensors").exists()
+
+    resumed = invoke(cli, *args, "--runs-dir", str(killed_dir))
+    assert resumed.exit_code == 0, (resumed.output, resumed.exception)
+    clean = invoke(cli, *args, "--runs-dir", str(clean_dir))
+    assert clean.exit_code == 0, (clean.output, clean.exception)
+    for table in ("metrics", "curves"):
+        a, b = (pd.read_csv(d / "lottery" / "k" / f"{table}.csv") for d in (killed_dir, clean_dir))
+        a, b = (f.drop(columns=[c for c in f.columns if "seconds" in c]) for f in (a, b))
+        assert len(a) == (3 if table == "metrics" else 3 * 5)
+        pd.testing.assert_frame_equal(a, b)
+    assert list(run.rglob("*.tmp")) == []

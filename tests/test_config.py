@@ -203,3 +203,40 @@ def test_check_names_key() -> None:
     check(True, "a.b", "fine")
     with pytest.raises(LottoError, match="config key a.b: must be odd"):
         check(False, "a.b", "must be odd")
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("data.val_size=abc", "data.val_size"),
+        ("data.val_size=0.5", "data.val_size"),
+        ("data.image_size=[1]", "data.image_size"),
+        ("data.subset=many", "data.subset"),
+        ("data.augment=3", "data.augment"),
+        ("data.stream=maybe", "data.stream"),
+        ("data.workers=two", "data.workers"),
+    ],
+)
+def test_automatic_data_keys_still_have_a_type(override: str, key: str) -> None:
+    """A null default means "automatic", not "anything": a wrong type names the key."""
+    with pytest.raises(LottoError, match=f"config key {key}: expected"):
+        load_config("lottery", overrides=[override])
+    for command in ("rethink", "build-v3"):
+        with pytest.raises(LottoError, match=f"config key {key}"):
+            load_config(command, overrides=[override])
+
+
+def test_automatic_data_keys_take_null_or_their_type() -> None:
+    cfg = load_config(
+        "lottery", overrides=["data.val_size=100", "data.stream=true", "data.augment=null"]
+    )
+    assert cfg.data.val_size == 100 and cfg.data.stream is True and cfg.data.augment is None
+
+
+def test_data_workers_is_placement() -> None:
+    """How many loader processes decode images changes no number: same run, same hash."""
+    base = load_config("lottery")
+    more = load_config("lottery", overrides=["data.workers=3"])
+    assert identity(base) == identity(more)
+    assert config_hash(base, "lottery") == config_hash(more, "lottery")
+    assert identity(base)["data"]["val_size"] is None  # only that key is left out

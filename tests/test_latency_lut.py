@@ -9,6 +9,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lotto.arch import preset
@@ -125,18 +126,83 @@ def test_foreign_table_warns_and_rebuilds(built, tmp_path):
     assert open_lut(Path(lut.path), "cpu", 2, warn=warnings.append).entries == {}  # threads
 
 
-def test_offset_and_validation_record_their_basis(built):
+def _fake_timings(monkeypatch, by_name: dict[str, float]) -> None:
+    """End-to-end 'measurements' fixed in advance, so the arithmetic can be checked by hand."""
+    import lotto.latency.lut as lut_module
+    from lotto.latency.measure import Timing
+
+    def fake(spec, *args, **kwargs):
+        ms = by_name[spec.name]
+        return Timing(ms, ms * 0.99, ms * 1.01, ms, 0.0, 5, 1, 1, "cpu", ())
+
+    monkeypatch.setattr(lut_module, "measure_spec", fake)
+
+
+def test_offset_and_validation_record_their_basis(built, monkeypatch):
     space, lut, _ = built
-    refs = space.sample(2, seed=1000)
-    offset = calibrate_offset(lut, refs, min_run_time=0.01)
-    assert offset >= 0 and lut.meta["offset_basis"]["networks"] == [s.name for s in refs]
-    result = validate(lut, space.sample(3, seed=0), min_run_time=0.01)
+    lut = Lut(json.loads(json.dumps(lut.meta)), dict(lut.entries))  # a copy, no file
+    refs = space.sample(3, seed=1000)
+    sums = [lut.predict_spec(s)[1]["units_ms"] for s in refs]
+    gaps = [0.5, 0.2, 0.9]
+    _fake_timings(monkeypatch, {s.name: u + g for s, u, g in zip(refs, sums, gaps)})
+    assert calibrate_offset(lut, refs) == pytest.approx(0.5)  # median gap
+    assert lut.meta["offset_basis"]["networks"] == [s.name for s in refs]
+    assert calibrate_offset(lut, refs[:1]) == pytest.approx(0.5)
+    _fake_timings(monkeypatch, {s.name: u - 0.1 for s, u in zip(refs, sums)})
+    assert calibrate_offset(lut, refs) == 0.0  # a table sum above end to end: no negative offset
+
+    measured = [u + g for u, g in zip(sums, gaps)]
+    _fake_timings(monkeypatch, {s.name: m for s, m in zip(refs, measured)})
+    result = validate(lut, refs)
     s = result["summary"]
-    assert s["n_networks"] == 3 and s["rmspe"] >= 0 and s["max_abs_error"] >= 0
-    assert 0 <= s["iqr_rel_median"] <= s["iqr_rel_max"]
+    # each network is priced with the median gap of the *other* two (leave one out)
+    loo = [np.median([g for j, g in enumerate(gaps) if j != i]) for i in range(3)]
+    errors = [(u + o - m) / m for u, o, m in zip(sums, loo, measured)]
+    assert [r.error for r in result["rows"]] == pytest.approx(errors)
+    assert s["rmspe"] == pytest.approx(np.sqrt(np.mean(np.square(errors))))
+    assert s["max_abs_error"] == pytest.approx(max(abs(e) for e in errors))
+    assert s["offset_ms"] == pytest.approx(0.5) and lut.meta["offset_ms"] == s["offset_ms"]
     assert lut.meta["validation"] == s and lut.expected_error == s["rmspe"]
-    row = result["rows"][0]
-    assert row.hits > 0 and row.misses == 0 and row.lut_ms >= row.units_ms
+    assert lut.expected_error_basis == "validation"
+
+
+def _synthetic(medians: list[float], macs: list[int]) -> Lut:
+    entries = {f"u{i}": {"median": y, "macs": x, "sig": "same", "features": [float(x)] * 8}
+               for i, (x, y) in enumerate(zip(macs, medians))}
+    return Lut({}, entries)
+
+
+def test_unit_errors_are_measured_by_leave_one_out():
+    lut = _synthetic([2.0, 3.0, 5.0], [1, 2, 3])
+    # leave 1 out: extrapolate (2,3),(3,5) -> 1; leave 2: between -> 3.5; leave 3: -> 4
+    errs = [(1 - 2) / 2, (3.5 - 3) / 3, (4 - 5) / 5]
+    interp = lut.unit_errors()["interp"]
+    assert interp["n"] == 3 and interp["basis"] != "guess"
+    assert interp["rmspe"] == pytest.approx(np.sqrt(np.mean(np.square(errs))))
+    # too few entries to leave one out of a 9-coefficient model: a labelled guess
+    assert lut.unit_errors()["model"] == {"rmspe": 0.25, "n": 0, "basis": "guess"}
+
+
+def test_unvalidated_tables_say_their_error_is_a_guess(built):
+    space, lut, _ = built
+    fresh = Lut({k: v for k, v in lut.meta.items() if k != "validation"}, dict(lut.entries))
+    lat = predict(space.sample(1, seed=0)[0], "cpu", source="lut", lut=fresh)
+    assert lat.detail["expected_error_basis"] == "guess"
+    assert "guess" in lat.provenance() and any("guess" in w for w in lat.detail["warnings"])
+    # the built table measured its own unit errors (interpolation, host model) and its range
+    assert lut.meta["unit_errors"]["model"]["basis"] == "leave-one-out over table entries"
+    assert lut.meta["range"]["resolution"] == [32, 32]
+
+
+def test_far_from_the_table_warns_and_widens(built):
+    _, lut, _ = built
+    spec = preset("mobilenet_v3_small", resolution=64)
+    lat = predict(spec, "cpu", source="lut", lut=lut)
+    assert any("resolution 64 is outside" in w for w in lat.detail["warnings"])
+    unwidened = np.hypot(lut.expected_error, lut.predict_spec(spec)[1]["miss_error"])
+    high = lut.meta["range"]
+    farthest = max(np.log(64 / high["resolution"][1]), np.log(spec.macs() / high["macs"][1]))
+    assert lat.expected_error == pytest.approx(unwidened + farthest)  # the documented rule
 
 
 def test_space_errors_are_one_line(tmp_path):

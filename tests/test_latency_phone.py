@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -37,7 +38,7 @@ def _close(a, b, rtol=1e-6):
     return a == b
 
 
-def test_fit_reproduces_the_shipped_parameters(cal):
+def test_shipped_file_is_current(cal):
     shipped = json.loads(open(model_path()).read())
     refit = json.loads(json.dumps(fit_all(cal)))
     assert _close(refit, shipped)
@@ -150,3 +151,38 @@ def test_bad_devices_and_sources():
         predict(spec, "cpu", source="guess")
     with pytest.raises(LottoError):
         load_phone_model("iphone")
+
+
+
+@pytest.mark.parametrize("held_out", ["mobilenet_v2", "mobilenet_v3"])
+def test_held_out_labels_do_not_move_their_predictions(cal, held_out):
+    """Strict CV: nothing estimated from the held-out family (harmonisation factors included)
+    enters the fit that predicts it, so scrambling its labels leaves its predictions alone."""
+    base = cross_validate(cal, "family2")
+    test = (cal.rows.family2 == held_out).to_numpy()
+    rows = cal.rows.copy()
+    rows.loc[test, "latency_ms"] *= np.random.default_rng(0).uniform(0.5, 2.0, test.sum())
+    moved = cross_validate(dataclasses.replace(cal, rows=rows), "family2")
+    np.testing.assert_allclose(moved["predictions"][test], base["predictions"][test], rtol=1e-12)
+    # the scrambled rows do train the other fold: the check above is not vacuous
+    assert not np.allclose(moved["predictions"][~test], base["predictions"][~test])
+
+
+def test_expected_error_is_the_strict_figure(cal):
+    strict = cross_validate(cal, "family2")["devices"]["pixel1"]["pooled"]["rmspe"]
+    leaky = cross_validate(cal, "family2", strict=False)["devices"]["pixel1"]["pooled"]["rmspe"]
+    assert load_phone_model("pixel").expected_error == pytest.approx(strict)
+    assert strict > leaky + 0.02  # the shared factors flattered the figure
+
+
+def test_far_extrapolation_warns_and_widens():
+    inside = predict(preset("mobilenet_v3_small", 1.0, 160), "pixel")
+    assert "warnings" not in inside.detail
+    assert inside.expected_error == load_phone_model("pixel1").expected_error
+    far = predict(preset("mobilenet_v3_small", 1.0, 33), "pixel")
+    assert any("resolution 33" in w for w in far.detail["warnings"])
+    # widened by the log-distance outside the range (96 px is the smallest calibration row)
+    assert far.expected_error >= inside.expected_error + math.log(96 / 33) - 1e-9
+    wide = predict(preset("mobilenet_v2", 3.0), "pixel1")
+    assert any("width_mult 3" in w for w in wide.detail["warnings"])
+

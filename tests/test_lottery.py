@@ -271,6 +271,33 @@ def test_late_rewinding_to_theta_k(lottery_cfg: MakeCfg, monkeypatch: pytest.Mon
     assert all(torch.equal(model.state_dict()[k], v) for k, v in theta_k.items())
 
 
+def test_late_rewinding_trains_the_remaining_iterations_on_the_schedule(
+    lottery_cfg: MakeCfg,
+) -> None:
+    cfg = lottery_cfg(
+        "lottery.rewind=10it",
+        "lottery.rounds=1",
+        "lottery.controls=[reinit,random_mask]",
+        "train.schedule=step",
+        "train.milestones=[0.25]",  # lr x 0.1 from step 8 of 30
+    )
+    result = run(cfg)
+    curves = pd.read_csv(result.run.path / "curves.csv")
+    dense = curves[curves["round"] == 0]
+    assert dense.iteration.tolist() == [0, 10, 20, 30]
+    assert dense.lr.iloc[0] == pytest.approx(cfg.train.lr)
+    for variant in ("ticket", "reinit", "random_mask"):  # the controls train the same k..T
+        c = curves[(curves["round"] == 1) & (curves.variant == variant)]
+        assert c.iteration.tolist() == [10, 20, 30], variant
+        assert c.lr.iloc[0] == pytest.approx(cfg.train.lr * 0.1), variant  # the lr at step 10
+    m = result.metrics.set_index(["round", "variant"])
+    assert m.start_iteration.to_dict() == {
+        (0, "ticket"): 0, (1, "ticket"): 10, (1, "reinit"): 10, (1, "random_mask"): 10
+    }
+    assert (m.iteration == 30).all()
+    assert m.loc[1].early_stop_iteration.isin([10, 20, 30]).all()
+
+
 def test_rewind_in_epochs(lottery_cfg: MakeCfg) -> None:
     cfg = lottery_cfg("lottery.rounds=1", "lottery.rewind=1ep")
     per_epoch = len(load_data(cfg.data).train_x) // cfg.train.batch_size
@@ -300,6 +327,41 @@ def test_global_vs_layerwise_ranking(lottery_cfg: MakeCfg) -> None:
     assert all(per_layer["layerwise"][k] == pytest.approx(0.64, abs=1e-3) for k in HIDDEN)
     a, b = (per_layer["global"][k] for k in HIDDEN)
     assert abs(a - b) > 0.01
+
+
+def test_global_ranking_pools_conv_and_fc_and_keeps_the_output_apart(
+    lottery_cfg: MakeCfg,
+) -> None:
+    # output at the hidden rate: a ranking that pooled equal rates would rank it with them
+    result = run(lottery_cfg("model.name=conv2", "train.iterations=20it", "lottery.rounds=1",
+                             "lottery.ranking=global", "lottery.output_rate_factor=1.0"))
+    kinds = layer_kinds(build_model("conv2", 1, 10, 8))
+    trained = tensors(result, "round0/trained.safetensors")
+    masks = tensors(result, "round1/mask.safetensors")
+    hidden = [k for k, kind in kinds.items() if kind != "output"]
+    output = [k for k, kind in kinds.items() if kind == "output"]
+    for names in (hidden, output):
+        w = torch.cat([trained[k].flatten() for k in names]).abs()
+        m = torch.cat([masks[k].flatten() for k in names]).bool()
+        assert int((~m).sum()) == round(0.2 * w.numel())  # prune_rate, conv_rate_factor unused
+        assert w[~m].max() <= w[m].min()  # the smallest of the pool
+    # one ranking across kinds: the conv layers do not all lose the same 20%
+    assert any(abs(alive(masks[k]) / masks[k].numel() - 0.8) > 0.02 for k in hidden)
+
+
+def test_min_weights_per_layer_reaches_the_pruning(
+    lottery_cfg: MakeCfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = []
+    real = lottery_mod.magnitude_prune
+
+    def spy(*args: object, **kw: object) -> object:
+        seen.append(kw.get("min_weights"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(lottery_mod, "magnitude_prune", spy)
+    run(lottery_cfg("lottery.rounds=1", "lottery.min_weights_per_layer=7"))
+    assert seen == [7]
 
 
 # --- resume and determinism ----------------------------------------------------------------------
@@ -424,6 +486,7 @@ def test_seeds_are_replicates(lottery_cfg: MakeCfg) -> None:
         ("lottery.rewind=soon", "lottery.rewind"),
         ("lottery.output_rate_factor=5", "lottery.output_rate_factor"),
         ("lottery.conv_rate_factor=-1", "lottery.conv_rate_factor"),
+        ("lottery.min_weights_per_layer=-1", "lottery.min_weights_per_layer"),
     ],
 )
 def test_validate(lottery_cfg: MakeCfg, override: str, key: str) -> None:

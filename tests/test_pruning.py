@@ -11,6 +11,7 @@ from lotto.models import build_model
 from lotto.pruning import (
     apply_masks,
     density,
+    global_groups,
     layer_kinds,
     layer_rates,
     magnitude_prune,
@@ -74,7 +75,7 @@ def iterate(model: nn.Module, rates: dict, rounds: int, ranking: str = "layerwis
     gen = torch.Generator().manual_seed(0)
     for _ in range(rounds):
         weights = {k: torch.randn(p.shape, generator=gen) for k, p in prunable(model).items()}
-        masks = magnitude_prune(weights, masks, rates, ranking)
+        masks = magnitude_prune(weights, masks, rates, ranking, groups=global_groups(model))
         history.append(masks)
     return history
 
@@ -107,7 +108,7 @@ def test_masks_only_shrink() -> None:
             assert set(after[k].unique().tolist()) <= {0.0, 1.0}
 
 
-def test_global_pools_layers_that_share_a_rate() -> None:
+def test_global_pools_the_layers_of_a_group() -> None:
     big = torch.randn(100, generator=torch.Generator().manual_seed(1)) * 10
     small = torch.randn(300, generator=torch.Generator().manual_seed(2))
     out = torch.randn(50, generator=torch.Generator().manual_seed(3))
@@ -118,7 +119,8 @@ def test_global_pools_layers_that_share_a_rate() -> None:
     layerwise = magnitude_prune(weights, masks, rates, "layerwise")
     assert [int(layerwise[k].sum()) for k in ("a", "b", "out")] == [50, 150, 38]  # 37.5 -> 38
 
-    pooled = magnitude_prune(weights, masks, rates, "global")
+    groups = {"a": "hidden", "b": "hidden", "out": "output"}
+    pooled = magnitude_prune(weights, masks, rates, "global", groups=groups)
     a, b = int(pooled["a"].sum()), int(pooled["b"].sum())
     assert a + b == 200  # the pooled density matches the rate ...
     assert a > 90 and b < 110  # ... but the small-magnitude layer loses far more
@@ -141,7 +143,7 @@ def test_global_over_rounds_keeps_the_pooled_rate() -> None:
             k: torch.randn(p.shape) * (2.0 if k == hidden[0] else 1.0)
             for k, p in prunable(model).items()
         }
-        masks = magnitude_prune(weights, masks, rates, "global")
+        masks = magnitude_prune(weights, masks, rates, "global", groups=global_groups(model))
         pooled = sum(masks[k].sum().item() for k in hidden) / sum(sizes[k] for k in hidden)
         assert pooled == pytest.approx(0.8**r, abs=r / sum(sizes[k] for k in hidden))
         d0, d1 = (masks[k].sum().item() / sizes[k] for k in hidden)
@@ -181,3 +183,62 @@ def test_apply_masks_zeroes_exactly() -> None:
     for k, p in prunable(model).items():
         assert torch.all(p[masks[k] == 0] == 0)
         assert torch.equal(p[masks[k] == 1], before[k][masks[k] == 1])
+
+
+def test_global_ranks_conv_and_fc_together_and_the_output_apart() -> None:
+    torch.manual_seed(0)
+    model = build_model("conv2", 1, 10, 8)
+    kinds = layer_kinds(model)
+    hidden = [k for k, kind in kinds.items() if kind != "output"]
+    (out,) = [k for k, kind in kinds.items() if kind == "output"]
+    weights = {k: p.detach().clone() for k, p in prunable(model).items()}
+    # survivors of an earlier round, so that only survivors count
+    gen = torch.Generator().manual_seed(1)
+    masks = {k: (torch.rand(p.shape, generator=gen) < 0.7).float() for k, p in weights.items()}
+    # the output layer at the hidden rate too: grouping by equal rates would pool it with them
+    rates = layer_rates(model, 0.2, conv_factor=1.0, output_factor=1.0)
+    new = magnitude_prune(weights, masks, rates, "global", groups=global_groups(model))
+
+    def split(names: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        before = torch.cat([masks[k].flatten() for k in names]).bool()
+        after = torch.cat([new[k].flatten() for k in names]).bool()
+        w = torch.cat([weights[k].flatten() for k in names]).abs()
+        return w[before & ~after], w[after], int(before.sum())
+
+    removed, kept, alive = split(hidden)
+    assert len(removed) == round(0.2 * alive)  # one ranking over conv and FC survivors
+    assert removed.max() <= kept.min()  # the globally smallest
+    per_layer = [new[k].sum() / masks[k].sum() for k in hidden]
+    assert max(per_layer) - min(per_layer) > 0.05  # not a per-layer (or per-kind) 20%
+    removed, kept, alive = split([out])
+    assert len(removed) == round(0.2 * alive)  # the output layer at its own rate, apart
+    assert removed.max() <= kept.min()
+
+
+def test_global_pool_needs_one_rate() -> None:
+    w = {"a": torch.randn(10), "b": torch.randn(10)}
+    masks = {k: torch.ones(10) for k in w}
+    with pytest.raises(LottoError, match="one rate"):
+        magnitude_prune(w, masks, {"a": 0.2, "b": 0.1}, "global", groups={"a": "h", "b": "h"})
+
+
+def test_a_small_layer_is_never_emptied_unless_asked() -> None:
+    w = {"big": torch.arange(1.0, 101.0), "tiny": torch.tensor([0.01, -0.02])}
+    masks = {k: torch.ones_like(v) for k, v in w.items()}
+    rates = {"big": 0.9, "tiny": 0.9}  # round(0.9 x 2) = 2 would empty the tiny layer
+    layerwise = magnitude_prune(w, masks, rates)
+    assert layerwise["tiny"].tolist() == [0.0, 1.0]  # its largest survivor stays
+    assert int(layerwise["big"].sum()) == 10
+    assert int(magnitude_prune(w, masks, rates, min_weights=0)["tiny"].sum()) == 0
+    assert magnitude_prune(w, masks, rates, min_weights=3)["tiny"].tolist() == [1.0, 1.0]
+    # a layer already below the floor keeps what it has
+    below = {"big": masks["big"], "tiny": torch.tensor([1.0, 0.0])}
+    assert magnitude_prune(w, below, rates)["tiny"].tolist() == [1.0, 0.0]
+    # global: the pool still loses round(0.9 x 102) = 92, the rest taken from the big layer
+    pooled = magnitude_prune(w, masks, rates, "global", groups={"big": "h", "tiny": "h"})
+    assert pooled["tiny"].tolist() == [0.0, 1.0]
+    assert int(pooled["big"].sum()) == 102 - 92 - 1
+    assert pooled["big"][-9:].tolist() == [1.0] * 9  # the largest 9
+    empty = magnitude_prune(w, masks, rates, "global", groups={"big": "h", "tiny": "h"},
+                            min_weights=0)
+    assert int(empty["tiny"].sum()) == 0

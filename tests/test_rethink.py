@@ -5,6 +5,7 @@ Runs use scikit-learn's digits (8x8), a VGG-11 of 4-32 channels and a handful of
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +28,7 @@ from lotto.experiments.rethink import (
     finetune_lr,
     run_rethink,
     scratch_b_iterations,
+    scratch_init,
 )
 from lotto.models import build_model
 from lotto.structured import slice_state
@@ -39,7 +41,7 @@ TINY = [
 COLUMNS = [
     "pruning", "method", "ratio", "mode", "lr", "seed", "params", "params_pct", "flops",
     "flops_pct", "channels", "train_lr", "iterations", "epochs", "budget_factor",
-    "test_accuracy", "val_accuracy", "train_loss", "seconds", "source",
+    "test_accuracy", "val_accuracy", "train_loss", "seconds", "source", "rewind_iteration",
 ]
 KEY = ["pruning", "method", "ratio", "mode", "lr", "seed"]
 
@@ -76,15 +78,19 @@ class Spy:
                 "hook": kw.get("after_backward"),
                 "iterations": cfg.iterations,
                 "lr": cfg.lr,
+                "start_iteration": kw.get("start_iteration", 0),
             })
             return real(model, data, cfg, **kw)
 
         monkeypatch.setattr(rethink_mod, "train", spy)
 
-    def start(self, mode: str, pruning: str = "") -> dict[str, torch.Tensor]:
+    def call(self, mode: str, pruning: str = "") -> dict:
         hits = [c for c in self.calls if c["desc"].endswith(f" {mode}") and pruning in c["desc"]]
         assert len(hits) == 1, [c["desc"] for c in self.calls]
-        return hits[0]["start"]
+        return hits[0]
+
+    def start(self, mode: str, pruning: str = "") -> dict[str, torch.Tensor]:
+        return self.call(mode, pruning)["start"]
 
 
 @pytest.fixture
@@ -210,6 +216,25 @@ def test_unstructured_scratch_rescales_to_the_surviving_fan(tiny: DictConfig,
     assert ratio == pytest.approx(float(density.rsqrt()), rel=0.35)
 
 
+def test_scratch_init_is_liu_et_al_he_fan_out_over_the_survivors() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 64, 3), nn.Flatten(), nn.Linear(64, 10))
+    gen = torch.Generator().manual_seed(0)
+    masks = {"0.weight": (torch.rand(64, 4, 3, 3, generator=gen) < 0.25).float(),
+             "2.weight": (torch.rand(10, 64, generator=gen) < 0.5).float()}
+    linear = model[2].weight.detach().clone()
+    scratch_init(model, masks, torch.Generator().manual_seed(1))
+    density = float(masks["0.weight"].mean())
+    fan_out, fan_in = 64 * 9, 4 * 9  # 8x apart: the test tells which one the init used
+    std = float(model[0].weight.detach().std())
+    assert std == pytest.approx(math.sqrt(2 / (density * fan_out)), rel=0.1)
+    assert std < 0.5 * math.sqrt(2 / (density * fan_in))
+    assert torch.equal(model[2].weight, linear)  # Linear layers keep the model's own init
+    again = nn.Sequential(nn.Conv2d(4, 64, 3), nn.Flatten(), nn.Linear(64, 10))
+    scratch_init(again, masks, torch.Generator().manual_seed(1))
+    assert torch.equal(again[0].weight, model[0].weight)  # reproducible from the generator
+
+
 def test_slimming_trains_its_own_baseline_with_the_l1_hook(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = make_cfg(tmp_path, "pruning.kinds=[structured]", "pruning.structured.methods=[slimming]",
@@ -301,6 +326,47 @@ def test_from_lottery_run_trains_other_lrs_from_its_init(
     assert list(frame.source) == ["trained", "trained"]
     theta0 = load_file(str(lottery_run / "seed0" / "init.safetensors"))
     assert all(torch.equal(spy.calls[0]["start"][k], theta0[k]) for k in theta0)
+
+
+@pytest.fixture(scope="module")
+def rewound_lottery_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-round lottery run of ResNet-20 on digits with late rewinding to theta_2 of 4."""
+    runs = tmp_path_factory.mktemp("lottery-rewind") / "runs"
+    cfg = load_config("lottery", overrides=[
+        "data.name=digits", "model.name=resnet20", "train.iterations=4it",
+        "train.eval_every=2it", "train.batch_size=32", "lottery.rounds=1", "lottery.controls=[]",
+        "lottery.rewind=2it", "device=cpu", f"run.runs_dir={runs}", "run.name=lt",
+    ])
+    return run_lottery(cfg, progress=Progress(disable=True)).run.path
+
+
+def test_from_a_rewinding_lottery_run_the_ticket_starts_at_theta_k(
+    rewound_lottery_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lottery_lr = load_config("lottery").train.lr
+    cfg = make_cfg(tmp_path, f"from={rewound_lottery_run}", f"grid.lrs=[{lottery_lr}]",
+                   "pruning.structured.modes=[ticket]", "pruning.unstructured.methods=[imp]",
+                   "pruning.unstructured.ratios=[0.2]",
+                   "pruning.unstructured.modes=[finetune,ticket,reinit]")
+    spy = Spy(monkeypatch)
+    frame = run(cfg).metrics
+    theta_k = load_file(str(rewound_lottery_run / "seed0" / "rewind.safetensors"))
+    theta_0 = load_file(str(rewound_lottery_run / "seed0" / "init.safetensors"))
+    mask = load_file(str(rewound_lottery_run / "seed0" / "round1" / "mask.safetensors"))
+    ticket = spy.call("ticket", "imp")
+    for k, m in mask.items():
+        assert torch.equal(ticket["start"][k], theta_k[k] * m.to(theta_k[k].dtype)), k
+    assert not torch.equal(theta_k["conv1.weight"], theta_0["conv1.weight"])
+    # the ticket and its control train iterations 2..4, as the lottery's pruned rounds do
+    starts = {c["desc"].split(" ", 4)[-1]: c["start_iteration"] for c in spy.calls}
+    assert starts == {"imp 0.2 ticket": 2, "imp 0.2 reinit": 2, "imp 0.2 finetune": 0,
+                      "l1-filter 0.5 ticket": 2}
+    rows = frame.set_index(["method", "mode"])
+    assert rows.rewind_iteration.to_dict() == {
+        ("none", "baseline"): 0, ("l1-filter", "ticket"): 2, ("imp", "finetune"): 0,
+        ("imp", "ticket"): 2, ("imp", "reinit"): 2,
+    }
+    assert rows.loc[("imp", "ticket"), "iterations"] == 4
 
 
 # --- bad input: one line, exit 2, no run directory ------------------------------------------

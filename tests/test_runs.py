@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -154,3 +155,99 @@ def test_write_json(lottery_cfg: Callable[..., DictConfig]) -> None:
     run = RunDir.open(lottery_cfg(), "lottery")
     run.write_json("summary.json", {"b": 1, "a": torch.tensor(0.5).item()})
     assert json.loads(run.file("summary.json").read_text()) == {"a": 0.5, "b": 1}
+
+
+ROW = {"round": 0, "variant": "ticket", "seed": 0, "acc": 0.5}
+
+
+def line(row: dict) -> bytes:
+    return pd.DataFrame([row]).to_csv(header=False, index=False).encode()
+
+
+def test_metrics_append_adds_lines_without_rewriting(
+    lottery_cfg: Callable[..., DictConfig],
+) -> None:
+    run = RunDir.open(lottery_cfg(), "lottery")
+    log = MetricsLog(run)
+    log.append(ROW)  # the first rows write the file (and its header) whole
+    path = run.file("metrics.csv")
+    before = path.read_bytes()
+    # a second name for this very file: a rewrite (temp + rename) would leave it behind
+    link = run.path.parent / "metrics-link.csv"
+    os.link(path, link)
+    rows = [{**ROW, "round": r, "acc": r / 8} for r in range(1, 4)]
+    for row in rows:
+        log.append(row)
+    assert path.samefile(link)
+    assert link.read_bytes() == before + b"".join(line(r) for r in rows)  # grown by the new lines
+    assert MetricsLog(run).rows[-1]["acc"] == 3 / 8
+    assert len(pd.read_parquet(run.file("metrics.parquet"))) == 4
+
+
+def test_metrics_new_column_or_drop_rewrites(lottery_cfg: Callable[..., DictConfig]) -> None:
+    run = RunDir.open(lottery_cfg(), "lottery")
+    log = MetricsLog(run)
+    log.append([ROW, {**ROW, "round": 1}])
+    log.append({**ROW, "round": 2, "extra": "x"})  # a column the header lacks: whole rewrite
+    csv = pd.read_csv(run.file("metrics.csv"))
+    assert list(csv.columns) == [*ROW, "extra"] and csv.extra.isna().tolist() == [1, 1, 0]
+    log.drop(round=1)
+    log.append({**ROW, "round": 3})
+    assert pd.read_csv(run.file("metrics.csv"))["round"].tolist() == [0, 2, 3]
+    assert [r["round"] for r in MetricsLog(run).rows] == [0, 2, 3]
+
+
+def test_metrics_parquet_waits_for_flush(lottery_cfg: Callable[..., DictConfig]) -> None:
+    run = RunDir.open(lottery_cfg(), "lottery")
+    log = MetricsLog(run)
+    log.append(ROW, flush=False)
+    log.append({**ROW, "round": 1}, flush=False)
+    assert len(pd.read_csv(run.file("metrics.csv"))) == 2
+    assert not run.file("metrics.parquet").exists()
+    log.flush()
+    assert pd.read_parquet(run.file("metrics.parquet"))["round"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("length_file", [True, False])
+def test_metrics_killed_mid_append_drops_the_partial_rows(
+    lottery_cfg: Callable[..., DictConfig], length_file: bool
+) -> None:
+    run = RunDir.open(lottery_cfg(), "lottery")
+    log = MetricsLog(run)
+    log.append([ROW, {**ROW, "round": 1}])
+    path = run.file("metrics.csv")
+    good = path.read_bytes()
+    if not length_file:  # a run directory written before the length was recorded
+        run.file(".metrics.csv.length").unlink()
+    # a kill in the middle of appending round 2: its line cut short
+    partial = line({**ROW, "round": 2, "acc": 0.123456})[:-6]
+    with open(path, "ab") as f:
+        f.write(partial)
+    back = MetricsLog(run)
+    assert [r["round"] for r in back.rows] == [0, 1]
+    assert path.read_bytes() == good  # cut from the file too, so appends line up again
+    back.append({**ROW, "round": 2, "acc": 0.25})
+    assert pd.read_csv(path)["acc"].tolist() == [0.5, 0.5, 0.25]
+
+
+def test_metrics_uncommitted_whole_lines_are_dropped(
+    lottery_cfg: Callable[..., DictConfig],
+) -> None:
+    """A multi-row append cut at a line end: its rows are not trusted, not half a unit."""
+    run = RunDir.open(lottery_cfg(), "lottery")
+    log = MetricsLog(run)
+    log.append(ROW)
+    with open(run.file("metrics.csv"), "ab") as f:
+        f.write(line({**ROW, "round": 1}))  # the first of several rows, then the kill
+    assert [r["round"] for r in MetricsLog(run).rows] == [0]
+
+
+def test_stale_temp_files_are_removed_on_open(lottery_cfg: Callable[..., DictConfig]) -> None:
+    run = RunDir.open(lottery_cfg(), "lottery")
+    stale = run.file("seed0/.trained.safetensors.abc123.tmp")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+    keep = run.file("seed0/init.safetensors")
+    keep.write_bytes(b"x")
+    RunDir.open(lottery_cfg(), "lottery")
+    assert temp_files(run.path) == [] and keep.exists()

@@ -238,13 +238,18 @@ def test_deterministic_on_cpu(digits: Data) -> None:
 
 
 def test_dropout_is_seeded(digits: Data) -> None:
-    def run(seed: int) -> torch.Tensor:
-        torch.manual_seed(0)
+    torch.manual_seed(0)
+    init = state(build_model("lenet_300_100", 1, 10, 8, dropout=0.5))
+
+    def run(seed: int, earlier_draws: int) -> torch.Tensor:
         m = build_model("lenet_300_100", 1, 10, 8, dropout=0.5)
+        m.load_state_dict(init)
+        torch.manual_seed(earlier_draws)  # whatever used the global generator before training
         train(m, digits, train_cfg("iterations=10it"), seed=seed, device=CPU)
         return m[1].weight.detach().clone()
 
-    assert torch.equal(run(4), run(4))
+    # the dropout masks come from the trainer's seed, not from the global generator's history
+    assert torch.equal(run(4, earlier_draws=1), run(4, earlier_draws=2))
 
 
 @pytest.mark.parametrize("optimizer,lr", [("sgd", 0.05), ("rmsprop", 1e-3), ("adam", 1e-3)])
@@ -259,8 +264,35 @@ def test_augment_keeps_shapes(digits: Data) -> None:
     import dataclasses
 
     augmented = dataclasses.replace(digits, augment=True)
-    result = train(model(), augmented, train_cfg("iterations=5it"), seed=0, device=CPU)
+    plain, flipped = model(), model()
+    result = train(flipped, augmented, train_cfg("iterations=5it"), seed=0, device=CPU)
     assert result.iterations == 5
+    train(plain, digits, train_cfg("iterations=5it"), seed=0, device=CPU)
+    assert not torch.equal(state(plain)["1.weight"], state(flipped)["1.weight"])  # it is used
+
+
+def test_augment_flips_and_shifts_deterministically() -> None:
+    x = torch.rand(64, 2, 8, 8, generator=torch.Generator().manual_seed(0)) + 1  # no zeros
+    a = train_mod._augment(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape
+    assert torch.equal(a, train_mod._augment(x, torch.Generator().manual_seed(0)))
+    assert not torch.equal(a, train_mod._augment(x, torch.Generator().manual_seed(1)))
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    seen = set()
+    for i in range(len(x)):
+        # each output is its own input, maybe mirrored, padded by 4 and cropped back to 8x8
+        views = {False: padded[i], True: padded[i].flip(2)}
+        found = [
+            (flip, dy, dx)
+            for flip, p in views.items()
+            for dy in range(9)
+            for dx in range(9)
+            if torch.equal(a[i], p[:, dy : dy + 8, dx : dx + 8])
+        ]
+        assert len(found) == 1, (i, found)
+        seen.add(found[0])
+    assert {f for f, _, _ in seen} == {False, True}  # some flipped, some not
+    assert len({(dy, dx) for _, dy, dx in seen}) > 20  # shifts spread over the 9x9 offsets
 
 
 def test_divergence_raises(digits: Data) -> None:
@@ -311,3 +343,45 @@ def test_cuda_without_gpu_is_a_user_error() -> None:
         resolve_device("cuda")
     with pytest.raises(LottoError, match="no CUDA GPU"):
         resolve_device("cuda:1")
+
+
+def test_start_iteration_continues_the_schedule_and_batch_order(digits: Data) -> None:
+    """Late rewinding: from theta_k at step k the trainer runs steps k..T with the lr and the
+    batches of the run that reached theta_k (plain SGD has no state: the same end weights)."""
+    import dataclasses
+
+    data = dataclasses.replace(digits, augment=True)  # the augmentation draws are replayed too
+    cfg = train_cfg(
+        "optimizer=sgd", "momentum=0.0", "lr=0.05", "schedule=step", "milestones=[0.25]"
+    )
+    factor = lr_factor(cfg, 30, 0)
+    assert factor(10) != factor(0)  # the milestone (step 8) lies before k = 10
+
+    def batches(m: nn.Module) -> list[torch.Tensor]:
+        seen: list[torch.Tensor] = []
+
+        def keep(mod: nn.Module, args: tuple) -> None:
+            if mod.training:  # evaluation runs in eval mode
+                seen.append(args[0].clone())
+
+        m.register_forward_pre_hook(keep)
+        return seen
+
+    snap: dict[str, torch.Tensor] = {}
+    dense = model()
+    dense_batches = batches(dense)
+    train(dense, data, cfg, seed=5, device=CPU, checkpoints={10: lambda m: snap.update(state(m))})
+    resumed = model()
+    resumed.load_state_dict(snap)
+    resumed_batches = batches(resumed)
+    result = train(resumed, data, cfg, seed=5, device=CPU, start_iteration=10)
+
+    assert len(dense_batches) == 30 and len(resumed_batches) == 20  # T - k steps
+    assert all(torch.equal(a, b) for a, b in zip(resumed_batches, dense_batches[10:]))
+    assert [row["iteration"] for row in result.history] == [10, 20, 30]
+    assert result.history[0]["lr"] == pytest.approx(cfg.lr * factor(10))
+    assert result.iterations == 30 and result.start_iteration == 10
+    assert result.early_stop_iteration in (10, 20, 30)
+    assert all(torch.equal(v, state(dense)[k]) for k, v in state(resumed).items())
+    with pytest.raises(LottoError, match="start iteration 30"):
+        train(model(), data, cfg, seed=5, device=CPU, start_iteration=30)

@@ -7,7 +7,7 @@ Sources:
 - mobilenet_v2: paper Table 2 = torchvision `mobilenet_v2` (hidden = round(in * t); the 1280
   head conv is not scaled below 1.0x). BN eps 1e-5, momentum 0.1 as torchvision.
 - mobilenet_v3_large / _small: paper Tables 1 and 2 as in torchvision `mobilenetv3.py` (1024
-  head for Small, no SE on its 576 conv; see PAPERS.md 3.2). Width multiplier, rule
+  head for Small, no SE on its 576 conv; see docs/papers.md, MobileNetV3). Width multiplier, rule
   "torchvision": every width, including the hidden 1280/1024, is make_divisible(c * m, 8) and
   the head conv is 6x the last block's width. Rule "tf" (TF-slim mobilenet_v3.py, the published
   checkpoints): see `preset`.

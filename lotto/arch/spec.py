@@ -41,9 +41,9 @@ pooling, then ``hidden`` = FC (bias, no BN) + act (0 = none), dropout, FC to the
 MobileNetV2/MnasNet: conv 1280, hidden 0 (pool after the last 1x1). MobileNetV3's efficient
 last stage: conv 960, hidden 1280 (the 1280 layer runs after pooling, without BN).
 
-Counting follows PAPERS.md "Counted": multiply-adds of convs and FCs only (SE FCs included;
-pooling, BN, activations, residual adds and the SE gate multiply are free); parameters include
-BN's 2 per channel and the biases of SE convs and FC layers.
+Counting follows docs/papers.md (MobileNetV3, "Counted"): multiply-adds of convs and FCs only
+(SE FCs included; pooling, BN, activations, residual adds and the SE gate multiply are free);
+parameters include BN's 2 per channel and the biases of SE convs and FC layers.
 """
 
 from __future__ import annotations

@@ -14,23 +14,32 @@ from lotto.arch.spec import ArchSpec, HeadSpec
 from lotto.errors import LottoError
 
 
-def use_hswish(spec: ArchSpec, from_channels: int, stem: bool = True) -> ArchSpec:
-    """h-swish in every block from the first whose output width is >= `from_channels` on, and
-    in the head; ReLU before it. `stem` also switches the stem (the published networks do).
+def use_hswish(spec: ArchSpec, from_channels: int | None, stem: bool = True) -> ArchSpec:
+    """h-swish from the first layer at least `from_channels` wide on; ReLU before it.
 
-    Table 5's "h-swish@N": the first layer using h-swish has N channels.
+    The one placement rule of the project (build-v3 and the calibration variants both use it).
+    Layers are taken in order: the stem (by its width), then the blocks (by output width); the
+    first that is at least `from_channels` wide starts h-swish, and every later layer and the
+    head use it. Table 5's "h-swish@N": the first layer using h-swish has N channels.
+    `stem=True` also switches the stem whatever its width (the published networks do);
+    `from_channels=None` means ReLU everywhere, head included.
     """
-    first = next((i for i, b in enumerate(spec.blocks) if b.out >= from_channels), None)
+    if from_channels is None:
+        relu = tuple(dataclasses.replace(b, act="relu") for b in spec.blocks)
+        return spec.replace(stem=dataclasses.replace(spec.stem, act="relu"), blocks=relu,
+                            head=dataclasses.replace(spec.head, act="relu")).validate()
+    widths = [spec.stem.channels, *(b.out for b in spec.blocks)]  # layer 0 is the stem
+    first = next((i for i, w in enumerate(widths) if w >= from_channels), None)
     if first is None:
         raise LottoError(
-            f"h-swish from {from_channels} channels: no block of {spec.name!r} is that wide "
-            f"(widest output {max(b.out for b in spec.blocks)})"
+            f"h-swish from {from_channels} channels: no layer of {spec.name!r} is that wide "
+            f"(widest {max(widths)})"
         )
     blocks = tuple(
-        dataclasses.replace(b, act="hswish" if i >= first else "relu")
+        dataclasses.replace(b, act="hswish" if i + 1 >= first else "relu")
         for i, b in enumerate(spec.blocks)
     )
-    st = dataclasses.replace(spec.stem, act="hswish" if stem else "relu")
+    st = dataclasses.replace(spec.stem, act="hswish" if stem or first == 0 else "relu")
     return spec.replace(stem=st, blocks=blocks,
                         head=dataclasses.replace(spec.head, act="hswish")).validate()
 

@@ -227,6 +227,9 @@ def _price(cfg: DictConfig, run: RunDir, device: str, spec: ArchSpec,
                       clock=str(cfg.measure.clock))
         log.append(_row("bench", spec, lat, cfg, time.perf_counter() - start))
         row = log.rows[-1]
+    for message in lat.detail.get("warnings", []):  # e.g. far outside the calibration range
+        if warn:
+            warn(message)
     layers: list[dict[str, Any]] = []
     if cfg.per_layer:
         layers = [r for r in layers_log.rows if r.get("network") == spec.name]
@@ -404,9 +407,9 @@ def _validate_phone(run: RunDir, device: str) -> BenchResult:
     from lotto.latency.calibrate import cross_validate, load_calibration
 
     cal = load_calibration()
-    cv = cross_validate(cal, "family2")
+    cv = cross_validate(cal, "family2")  # strict: the shipped expected error
     base = cross_validate(cal, "family2", baseline=True)
-    strict = cross_validate(cal, "family2", strict=True)
+    leaky = cross_validate(cal, "family2", strict=False)
     cv3 = cross_validate(cal, "family")
     sel = (cal.rows.device == device).to_numpy()
     rows = []
@@ -435,7 +438,7 @@ def _validate_phone(run: RunDir, device: str) -> BenchResult:
         "device": device,
         "cv_lofo_v2_v3": pick(cv),
         "cv_lofo_v2_v3large_v3small": pick(cv3),
-        "cv_lofo_v2_v3_strict": pick(strict),
+        "cv_lofo_v2_v3_shared_factors": pick(leaky),
         "baseline_lofo_v2_v3": pick(base),
         "data_sha256": cal.sha256,
         "float_rows": int(len(cal.rows)),

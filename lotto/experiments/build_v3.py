@@ -33,10 +33,10 @@ from lotto.arch.build import build_network, load_pretrained
 from lotto.arch.v3 import efficient_last_stage, replace_blocks, set_stem, use_hswish, use_v3_se
 from lotto.config import check
 from lotto.errors import LottoError
+from lotto.latency.devices import PHONES, canonical_device, is_phone
 from lotto.runs import MetricsLog, RunDir
 
 COMMAND = "build-v3"
-PHONES = ("pixel1", "pixel2", "pixel3")
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,16 @@ def validate(cfg: DictConfig) -> None:
     check(lat.host in ("none", "cpu", "cuda"), "latency.host", f"{lat.host!r}: cpu, cuda or none")
     check(lat.threads >= 1, "latency.threads", "must be at least 1")
     check(lat.min_run_time > 0, "latency.min_run_time", "must be positive")
-    bad = [p for p in lat.phones if p not in PHONES]
-    check(not bad, "latency.phones", f"unknown {bad}; choose from {', '.join(PHONES)}")
+    bad = [p for p in lat.phones if not is_phone(p)]
+    check(not bad, "latency.phones", f"unknown {bad}; choose from pixel, {', '.join(PHONES)}")
     check(cfg.export in (None, "onnx"), "export", f"{cfg.export!r}: onnx or null")
     check(cfg.train_steps in ("none", "final", "all"), "train_steps", "none, final or all")
     check(0 <= cfg.train_bn_momentum <= 1, "train_bn_momentum", "must be in [0, 1]")
+
+
+def phones(cfg: DictConfig) -> list[str]:
+    """The configured phones by canonical name (`pixel` -> `pixel1`), each once."""
+    return list(dict.fromkeys(canonical_device(p) for p in cfg.latency.phones))
 
 
 def construct(cfg: DictConfig) -> list[Step]:
@@ -155,7 +160,7 @@ def latency_ms(spec: ArchSpec, device: str, cfg: DictConfig) -> tuple[float, str
     shared latency interface: measured on a host device, predicted by the phone model."""
     from lotto.latency import predict  # imported late: it pulls in the phone models
 
-    if device in PHONES:
+    if is_phone(device):
         lat = predict(spec, device)
     else:
         lat = predict(spec, device, threads=cfg.latency.threads,
@@ -262,7 +267,7 @@ def run_build_v3(cfg: DictConfig, *, force: bool = False,
             ms, source, error = latency_ms(st.spec, cfg.latency.host, cfg)
             row.update(latency_ms_host=ms, host_device=cfg.latency.host, host_source=source,
                        host_error=error)
-        for phone in cfg.latency.phones:
+        for phone in phones(cfg):
             ms, source, error = latency_ms(st.spec, phone, cfg)
             row.update({f"latency_ms_{phone}": ms, f"{phone}_source": source,
                         f"{phone}_error": error})

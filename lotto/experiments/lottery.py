@@ -6,6 +6,11 @@ survivors to theta_0 (or theta_k), and trains again. Controls use the round's sc
 order: `reinit` (same mask, a fresh random init) and `random_mask` (a random mask with the same
 per-layer density, the ticket's init).
 
+Late rewinding (Frankle et al. 2020, OpenLTH): with `lottery.rewind` = k > 0 every pruned round,
+controls included, trains the remaining iterations k..T from its start weights, with the
+learning-rate schedule and batch order continuing from step k, and a fresh optimizer (momentum
+and Adam moments are not rewound: OpenLTH saves and restores only the weights).
+
 Files under the run directory, per seed `seed<S>/`: `init.safetensors` (theta_0),
 `rewind.safetensors` (theta_k, late rewinding only), and per round `round<R>/mask.safetensors`
 and `round<R>/trained.safetensors` (the trained ticket). A (seed, round, variant) is finished
@@ -27,10 +32,19 @@ from torch import nn
 from lotto.config import check
 from lotto.data import Data, load_data
 from lotto.errors import LottoError
+from lotto.experiments.common import (
+    RANDOM_STREAM,
+    REINIT_STREAM,
+    divergence_is_a_user_error,
+    load_or_make,
+    seeded_model,
+    stream_seed,
+)
 from lotto.models import build_model, copy_state, load_state
 from lotto.pruning import (
     Masks,
     density,
+    global_groups,
     layer_rates,
     magnitude_prune,
     masked_state,
@@ -38,11 +52,9 @@ from lotto.pruning import (
     random_masks_like,
 )
 from lotto.runs import MetricsLog, RunDir, mean_std
-from lotto.train import TrainingDiverged, check_train_config, parse_step, resolve_device, train
+from lotto.train import check_train_config, parse_step, resolve_device, train
 
 VARIANTS = ("ticket", "reinit", "random_mask")
-# offsets that give each random draw of a (seed, round) its own stream
-_REINIT_STREAM, _MASK_STREAM = 100_003, 200_003
 
 
 @dataclass
@@ -65,6 +77,7 @@ def validate(cfg: DictConfig) -> None:
             "times prune_rate must be in [0, 1)",
         )
     check(lot.ranking in ("layerwise", "global"), "lottery.ranking", "layerwise or global")
+    check(lot.min_weights_per_layer >= 0, "lottery.min_weights_per_layer", "must be at least 0")
     unknown = set(lot.controls) - set(VARIANTS[1:])
     check(not unknown, "lottery.controls", f"unknown {sorted(unknown)}; use reinit, random_mask")
     check_train_config(cfg.train)
@@ -104,33 +117,24 @@ class _Seed:
         self.dir = f"seed{seed}"
 
     def model(self, init_seed: int) -> nn.Module:
-        torch.manual_seed(init_seed)
-        return build_model(
-            self.cfg.model.name,
-            self.data.in_channels,
-            self.data.num_classes,
-            self.data.image_size,
-            dropout=self.cfg.model.dropout,
+        return seeded_model(
+            self.cfg.model.name, self.data, init_seed, dropout=self.cfg.model.dropout
         )
-
-    def tensors(self, name: str, make: Callable[[], dict]) -> dict[str, torch.Tensor]:
-        """Load `name` from the run directory, or make and save it."""
-        path = f"{self.dir}/{name}"
-        if self.run.has(path):
-            return self.run.load_tensors(path)
-        value = make()
-        self.run.save_tensors(path, value)
-        return value
 
     def run_rounds(self) -> None:
         lot = self.cfg.lottery
         template = self.model(self.seed)
-        theta_0 = self.tensors("init.safetensors", lambda: copy_state(template))
+        theta_0 = load_or_make(
+            self.run, f"{self.dir}/init.safetensors", lambda: copy_state(template)
+        )
         load_state(template, theta_0, f"{self.run.path / self.dir / 'init.safetensors'}")
         per_epoch = max(1, len(self.data.train_x) // self.cfg.train.batch_size)
         rewind_it = parse_step(lot.rewind, per_epoch)
+        # global ranking is one ranking over all hidden layers (OpenLTH's sparse_global), so
+        # conv and FC layers share prune_rate there: conv_rate_factor is a layer-wise setting
         conv_factor = 1.0 if lot.ranking == "global" else lot.conv_rate_factor
         rates = layer_rates(template, lot.prune_rate, conv_factor, lot.output_rate_factor)
+        groups = global_groups(template)
         masks: Masks = ones_masks(template)
         trained: dict[str, torch.Tensor] | None = None
         theta_k: dict[str, torch.Tensor] | None = None if rewind_it else theta_0
@@ -138,7 +142,7 @@ class _Seed:
         for rnd in range(lot.rounds + 1):
             prev = trained
             if rnd > 0:
-                masks = self.round_masks(rnd, masks, prev, rates)
+                masks = self.round_masks(rnd, masks, prev, rates, groups)
             if theta_k is None and self.done(0, "ticket"):
                 theta_k = self.run.load_tensors(f"{self.dir}/rewind.safetensors")
             variants = ["ticket"] + (list(lot.controls) if rnd > 0 else [])
@@ -158,7 +162,9 @@ class _Seed:
                     capture[rewind_it] = keep
                 start = theta_0 if rnd == 0 else theta_k
                 model, used = self.start(variant, rnd, start, masks)
-                try:
+                what = f"round {rnd} ({variant}, seed {self.seed})"
+                kept = f"{len(self.metrics.rows)} finished (round, variant) rows"
+                with divergence_is_a_user_error(what, kept, self.run):
                     result = train(
                         model,
                         self.data,
@@ -169,14 +175,9 @@ class _Seed:
                         checkpoints=capture,
                         progress=self.progress,
                         desc=f"seed {self.seed} round {rnd} {variant}",
+                        # pruned rounds resume the dense run's schedule at the rewind point
+                        start_iteration=0 if rnd == 0 else rewind_it,
                     )
-                except TrainingDiverged as e:
-                    kept = len(self.metrics.rows)
-                    raise LottoError(
-                        f"NaN/inf loss in round {rnd} ({variant}, seed {self.seed}) at iteration "
-                        f"{e.iteration}; {kept} finished (round, variant) rows are kept in "
-                        f"{self.run.path}"
-                    ) from None
                 if variant == "ticket":
                     trained = copy_state(model)
                     if rnd == 0:
@@ -188,13 +189,23 @@ class _Seed:
                 self.record(rnd, variant, used, result)
                 self.step()
 
-    def round_masks(self, rnd: int, masks: Masks, prev: dict | None, rates: dict) -> Masks:
+    def round_masks(
+        self, rnd: int, masks: Masks, prev: dict | None, rates: dict, groups: dict
+    ) -> Masks:
         """Prune the previous round's trained ticket (or reload the mask a past run saved)."""
         path = f"{self.dir}/round{rnd}/mask.safetensors"
         if self.run.has(path):
             return {k: v.float() for k, v in self.run.load_tensors(path).items()}
         weights = self.trained(rnd - 1, prev)
-        new = magnitude_prune(weights, masks, rates, self.cfg.lottery.ranking)
+        lot = self.cfg.lottery
+        new = magnitude_prune(
+            weights,
+            masks,
+            rates,
+            lot.ranking,
+            groups=groups,
+            min_weights=lot.min_weights_per_layer,
+        )
         self.run.save_tensors(path, {k: v.bool() for k, v in new.items()})
         return new
 
@@ -210,11 +221,11 @@ class _Seed:
         """The model a variant trains from, and the mask it trains under."""
         model = self.model(self.seed)
         if variant == "reinit":
-            fresh = self.model(self.seed * 1000 + rnd + _REINIT_STREAM)
+            fresh = self.model(stream_seed(self.seed, REINIT_STREAM, rnd))
             load_state(model, masked_state(copy_state(fresh), masks), "reinit")
             return model, masks
         if variant == "random_mask":
-            gen = torch.Generator().manual_seed(self.seed * 1000 + rnd + _MASK_STREAM)
+            gen = torch.Generator().manual_seed(stream_seed(self.seed, RANDOM_STREAM, rnd))
             masks = random_masks_like(masks, gen)
         load_state(model, masked_state(start, masks), f"{self.run.path / self.dir}")
         return model, masks
@@ -229,6 +240,7 @@ class _Seed:
                 **key,
                 "weights_remaining_pct": 100 * remaining,
                 "weights_remaining": int(sum(m.sum().item() for m in masks.values())),
+                "start_iteration": result.start_iteration,
                 "iteration": result.iterations,
                 "train_loss": result.train_loss,
                 "val_loss": result.val_loss,

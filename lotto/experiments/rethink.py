@@ -6,14 +6,16 @@ baseline, and every requested mode trains a pruned network:
 
 - `finetune`: the baseline's trained weights under the pruned structure/mask, the fine-tuning
   budget at a small learning rate.
-- `scratch_e`: a fresh standard init of the pruned network, the baseline's iterations.
+- `scratch_e`: a fresh init of the pruned network, the baseline's iterations.
 - `scratch_b`: the same fresh init, the baseline's compute: iterations x FLOPs(full) /
   FLOPs(pruned) under `budget.scratch_b`; the learning rate steps at the same fractions.
-- `ticket`: theta_0 restricted to the kept structure/mask (the winning-ticket init).
+- `ticket`: theta_0 restricted to the kept structure/mask (the winning-ticket init). With
+  `--from` a lottery run that rewound to theta_k, theta_k instead, trained over iterations k..T
+  as the lottery trains its pruned rounds.
 - `reinit`: a second draw theta_0' from the dense model's init, restricted the same way: the
-  ticket's control, differing only in the values (scratch_e instead uses the pruned network's own
-  init: for structured pruning He init at the pruned widths, for unstructured pruning the
-  surviving weights rescaled to the surviving fan-in as in Liu et al.'s code).
+  ticket's control, differing only in the values (and trained over the ticket's iterations).
+  scratch_e instead uses the pruned network's own init: for structured pruning He init at the
+  pruned widths, for unstructured pruning Liu et al.'s re-initialisation (`scratch_init`).
 
 The grid is a list of cells (pruning, method, ratio, mode, lr, seed); a cell is finished when its
 row is in `metrics.csv`. Tensors reused by later cells (theta_0, trained baselines, selections)
@@ -39,10 +41,20 @@ from torch import nn
 from lotto.config import check
 from lotto.data import Data, load_data
 from lotto.errors import LottoError
+from lotto.experiments.common import (
+    FRESH_STREAM,
+    RANDOM_STREAM,
+    REINIT_STREAM,
+    divergence_is_a_user_error,
+    load_or_make,
+    seeded_model,
+    stream_seed,
+)
 from lotto.flops import count_macs, count_params
 from lotto.models import build_model, copy_state, load_state
 from lotto.pruning import (
     Masks,
+    global_groups,
     layer_kinds,
     magnitude_prune,
     masked_state,
@@ -60,7 +72,6 @@ from lotto.structured import (
     slimming_penalty,
 )
 from lotto.train import (
-    TrainingDiverged,
     TrainResult,
     check_train_config,
     parse_step,
@@ -75,8 +86,6 @@ UNSTRUCTURED_METHODS = ("magnitude", "random", "imp")
 METHODS = {"structured": STRUCTURED_METHODS, "unstructured": UNSTRUCTURED_METHODS}
 SCRATCH_B_RULES = ("flops", "flops+finetune", "epochs")
 DENSE = "none"  # pruning and method of the plain baseline rows
-# offsets giving each random draw of a seed its own stream
-_REINIT_STREAM, _FRESH_STREAM, _RANDOM_STREAM = 100_003, 300_007, 200_003
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,8 @@ def validate(cfg: DictConfig) -> None:
     check(p.structured.min_channels >= 1, "pruning.structured.min_channels", "must be at least 1")
     check(p.unstructured.ranking in ("global", "layerwise"), "pruning.unstructured.ranking",
           "global or layerwise")
+    check(p.unstructured.min_weights_per_layer >= 0, "pruning.unstructured.min_weights_per_layer",
+          "must be at least 0")
     check(p.slimming_l1 >= 0, "pruning.slimming_l1", "must be non-negative")
     if cfg.grid.lrs is not None:
         lrs = cfg.grid.lrs
@@ -289,6 +300,16 @@ class LotterySource:
     def init(self, seed: int) -> dict[str, torch.Tensor]:
         return self._load(f"seed{seed}/init.safetensors", "theta_0")
 
+    def rewind_iteration(self, per_epoch: int) -> int:
+        """k of the lottery's late rewinding (0: its tickets start from theta_0)."""
+        try:
+            return parse_step(self.cfg["lottery"].get("rewind", 0), per_epoch)
+        except LottoError as e:
+            raise LottoError(f"--from {self.path}: lottery.rewind: {e}") from None
+
+    def rewind(self, seed: int) -> dict[str, torch.Tensor]:
+        return self._load(f"seed{seed}/rewind.safetensors", "theta_k, the rewind point")
+
     def baseline(self, seed: int) -> tuple[dict[str, torch.Tensor], dict]:
         """Round 0's trained dense weights and its metrics row."""
         state = self._load(f"seed{seed}/round0/trained.safetensors", "the trained dense network")
@@ -328,6 +349,8 @@ class _Grid:
         self.per_epoch = max(1, len(data.train_x) // cfg.train.batch_size)
         self.base_iterations = parse_step(cfg.train.iterations, self.per_epoch)
         self.ft_iterations = parse_step(cfg.finetune.iterations, self.per_epoch)
+        # a late-rewinding lottery's tickets start at theta_k and train iterations k..T
+        self.rewind_it = lottery.rewind_iteration(self.per_epoch) if lottery is not None else 0
         dense = self.dense(cfg.seed)
         self.dense_params = count_params(dense)
         self.dense_flops = count_macs(dense, data.in_channels, data.image_size)
@@ -351,16 +374,10 @@ class _Grid:
         return bool(self.metrics.find(**cell.key()))
 
     def dense(self, init_seed: int) -> nn.Module:
-        torch.manual_seed(init_seed)
-        return build_model(self.cfg.model.name, self.data.in_channels, self.data.num_classes,
-                           self.data.image_size, **model_options(self.cfg))
+        return seeded_model(self.cfg.model.name, self.data, init_seed, **model_options(self.cfg))
 
     def tensors(self, rel: str, make: Callable[[], dict]) -> dict[str, torch.Tensor]:
-        if self.run.has(rel):
-            return self.run.load_tensors(rel)
-        value = make()
-        self.run.save_tensors(rel, value)
-        return value
+        return load_or_make(self.run, rel, make)
 
     def train_cfg(self, lr: float, iterations: int, schedule: str | None = None) -> DictConfig:
         cfg = OmegaConf.create(OmegaConf.to_container(self.cfg.train, resolve=True))
@@ -370,23 +387,21 @@ class _Grid:
         return cfg
 
     def fit(self, cell: Cell, model: nn.Module, cfg: DictConfig, masks: Masks | None = None,
-            slimming: bool = False) -> TrainResult:
+            slimming: bool = False, start_iteration: int = 0) -> TrainResult:
         hook = slimming_penalty(model, self.cfg.pruning.slimming_l1) if slimming else None
         desc = f"seed {cell.seed} lr {cell.lr:g} {cell.method} {cell.ratio:g} {cell.mode}"
-        try:
+        with divergence_is_a_user_error(desc, f"{len(self.metrics.rows)} finished cells",
+                                        self.run):
             return train(model, self.data, cfg, seed=cell.seed, device=self.device, masks=masks,
-                         after_backward=hook, progress=self.progress, desc=desc)
-        except TrainingDiverged as e:
-            raise LottoError(
-                f"NaN/inf loss in {desc} at iteration {e.iteration}; "
-                f"{len(self.metrics.rows)} finished cells are kept in {self.run.path}"
-            ) from None
+                         after_backward=hook, progress=self.progress, desc=desc,
+                         start_iteration=start_iteration)
 
     # ------------------------------------------------------------------ per seed and lr
 
     def run_all(self) -> None:
         for seed in self.seeds():
             theta0 = self.theta0(seed)
+            ticket = self.ticket_init(seed, theta0)
             for lr in grid_lrs(self.cfg):
                 base = self.baseline(Cell(DENSE, DENSE, 0.0, "baseline", lr, seed), theta0)
                 slim = None
@@ -405,7 +420,7 @@ class _Grid:
                         continue
                     sel = self.selection(kind, method, ratio, lr, seed, parent)
                     for cell in todo:
-                        self.pruned(cell, sel, parent, theta0)
+                        self.pruned(cell, sel, parent, ticket)
                         self.progress.advance(self.overall)
 
     def theta0(self, seed: int) -> dict[str, torch.Tensor]:
@@ -413,6 +428,12 @@ class _Grid:
         if self.lottery is not None:
             return self.tensors(rel, lambda: self.lottery.init(seed))
         return self.tensors(rel, lambda: copy_state(self.dense(seed)))
+
+    def ticket_init(self, seed: int, theta0: dict) -> dict[str, torch.Tensor]:
+        """The weights a ticket starts from: theta_0, or the lottery's rewind point theta_k."""
+        if not self.rewind_it:
+            return theta0
+        return self.tensors(f"seed{seed}/rewind.safetensors", lambda: self.lottery.rewind(seed))
 
     def baseline(self, cell: Cell, theta0: dict) -> dict[str, torch.Tensor]:
         slimming = cell.method == "slimming"
@@ -431,6 +452,7 @@ class _Grid:
                 "epochs": int(row["iteration"]) / self.per_epoch, "budget_factor": 1.0,
                 "test_accuracy": row["test_accuracy"], "val_accuracy": row["val_accuracy"],
                 "train_loss": row["train_loss"], "seconds": row["seconds"], "source": "lottery",
+                "rewind_iteration": 0,
             })
             self.progress.advance(self.overall)
             return state
@@ -449,7 +471,7 @@ class _Grid:
         rel = f"seed{seed}/lr{lr:g}/{kind}-{method}-{ratio:g}/selection.safetensors"
         model = self.dense(seed)
         load_state(model, parent, "the trained baseline")
-        gen = torch.Generator().manual_seed(seed * 1000 + _RANDOM_STREAM)
+        gen = torch.Generator().manual_seed(stream_seed(seed, RANDOM_STREAM))
         if kind == "structured":
             def make() -> dict:
                 keep = select_channels(model, method, ratio, generator=gen,
@@ -466,7 +488,9 @@ class _Grid:
             rates = {n: 0.0 if kinds[n] == "output" and not u.prune_output else ratio
                      for n in prunable(model)}
             weights = {n: p.detach() for n, p in prunable(model).items()}
-            masks = magnitude_prune(weights, ones_masks(model), rates, u.ranking)
+            masks = magnitude_prune(weights, ones_masks(model), rates, u.ranking,
+                                    groups=global_groups(model),
+                                    min_weights=u.min_weights_per_layer)
             if method == "random":  # same per-layer density as magnitude pruning
                 masks = random_masks_like(masks, gen)
             return {k: v.bool() for k, v in masks.items()}
@@ -484,7 +508,8 @@ class _Grid:
 
         return min(rounds, key=gap)[1]
 
-    def pruned(self, cell: Cell, sel: Keep | Masks, parent: dict, theta0: dict) -> None:
+    def pruned(self, cell: Cell, sel: Keep | Masks, parent: dict, ticket: dict) -> None:
+        """Train one pruned cell; `ticket` is the ticket's start (theta_0 or theta_k)."""
         lr_ft = finetune_lr(self.cfg, cell.lr)
         full = self.dense(cell.seed)
         load_state(full, parent, "the trained baseline")
@@ -494,23 +519,24 @@ class _Grid:
             if cell.mode == "finetune":
                 model = prune_channels(full, keep)
             elif cell.mode == "ticket":
-                model = prune_channels(full, keep, state=theta0)
+                model = prune_channels(full, keep, state=ticket)
             elif cell.mode == "reinit":
-                other = copy_state(self.dense(cell.seed * 1000 + _REINIT_STREAM))
+                other = copy_state(self.dense(stream_seed(cell.seed, REINIT_STREAM)))
                 model = prune_channels(full, keep, state=other)
             else:  # scratch: the pruned architecture's own fresh init
-                torch.manual_seed(cell.seed * 1000 + _FRESH_STREAM)
+                torch.manual_seed(stream_seed(cell.seed, FRESH_STREAM))
                 model = as_channel_model(full).with_channels([len(k) for k in keep])
         else:
             masks = sel
             model = full
             if cell.mode == "ticket":
-                load_state(model, theta0, "theta_0")
+                load_state(model, ticket, "the ticket's init")
             elif cell.mode == "reinit":
-                model = self.dense(cell.seed * 1000 + _REINIT_STREAM)
+                model = self.dense(stream_seed(cell.seed, REINIT_STREAM))
             elif cell.mode in ("scratch_e", "scratch_b"):
-                model = self.dense(cell.seed * 1000 + _FRESH_STREAM)
-                rescale_to_fan(model, masks)
+                fresh = stream_seed(cell.seed, FRESH_STREAM)
+                model = self.dense(fresh)
+                scratch_init(model, masks, torch.Generator().manual_seed(fresh))
             load_state(model, masked_state(copy_state(model), masks), "the pruned network")
         factor = 1.0
         if cell.mode == "finetune":
@@ -523,7 +549,9 @@ class _Grid:
             cfg = self.train_cfg(cell.lr, iterations)
         else:
             cfg = self.train_cfg(cell.lr, self.base_iterations)
-        result = self.fit(cell, model, cfg, masks)
+        # the ticket and its reinit control train what the lottery's pruned rounds train
+        start = self.rewind_it if cell.mode in ("ticket", "reinit") else 0
+        result = self.fit(cell, model, cfg, masks, start_iteration=start)
         self.record(cell, model, masks, self.outcome(cfg.lr, result, factor))
 
     def outcome(self, lr: float, result: TrainResult, factor: float) -> dict:
@@ -532,6 +560,7 @@ class _Grid:
             "budget_factor": factor, "test_accuracy": result.test_accuracy,
             "val_accuracy": result.val_accuracy, "train_loss": result.train_loss,
             "seconds": result.seconds, "source": "trained",
+            "rewind_iteration": result.start_iteration,
         }
 
     def record(self, cell: Cell, model: nn.Module, masks: Masks | None, outcome: dict) -> None:
@@ -551,17 +580,25 @@ class _Grid:
 
 
 @torch.no_grad()
-def rescale_to_fan(model: nn.Module, masks: Masks) -> None:
-    """Scale each masked weight by 1/sqrt(its layer's density): He init over surviving inputs.
+def scratch_init(model: nn.Module, masks: Masks, generator: torch.Generator) -> None:
+    """Liu et al.'s re-initialisation of an unstructured-pruned network for Scratch-E/B.
 
-    Liu et al.'s weight-level Scratch-E/B code draws N(0, 2/n) with n counting only surviving
-    weights; for a dense init that is the same as this rescaling.
+    Their weight-level code (cifar/weight-level/cifar_E.py and cifar_B.py) redraws every masked
+    conv as N(0, 2/n) with n = surviving weights / in_channels: He init in fan-out mode, the
+    fan-out (out_channels x kernel area) counted over the surviving weights only. Linear layers
+    keep the model's own init: that code prunes and re-initialises convolutions only. The
+    caller applies the mask.
     """
-    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
     for name, mask in masks.items():
-        kept = float(mask.float().mean().item())
-        if 0 < kept < 1:
-            params[name].mul_(1.0 / math.sqrt(kept))
+        module = modules[name.rsplit(".", 1)[0] if "." in name else ""]
+        surviving = float(mask.sum())
+        if not isinstance(module, nn.Conv2d) or surviving == 0:
+            continue
+        weight = module.weight
+        fan_out = surviving / weight.shape[1]  # the mean surviving fan-out per input channel
+        draw = torch.randn(weight.shape, generator=generator) * math.sqrt(2.0 / fan_out)
+        weight.copy_(draw.to(weight.device, weight.dtype))
 
 
 # ----------------------------------------------------------------------------- summaries

@@ -20,11 +20,20 @@ from torch import nn
 
 from lotto.arch import ArchSpec, load_spec
 from lotto.errors import LottoError
+from lotto.latency.devices import (
+    ALIASES,
+    DEVICES,
+    PHONES,
+    canonical_device,
+    is_phone,
+    outside_range,
+    range_warnings,
+    widen,
+)
 from lotto.latency.lut import Lut
-from lotto.latency.measure import HOST_DEVICES, Timing, check_host_device, measure_module
-from lotto.latency.phone import ALIASES, PHONES, load_phone_model, module_features, phone_name
+from lotto.latency.measure import Timing, check_host_device, measure_module
+from lotto.latency.phone import FEATURES, load_phone_model, module_features
 
-DEVICES = (*HOST_DEVICES, "pixel", *PHONES)
 SOURCES = ("measure", "lut", "model")
 _SOURCE_NAME = {"measure": "measured", "lut": "lut", "model": "model"}
 
@@ -36,7 +45,10 @@ class Latency:
     source: measured (timed on this host) | lut (sum of a host lookup table) | model (a fitted
     cost model: the phone models, or a host table's fallback model).
     expected_error: relative; measured = IQR/median of the timing, lut = the table's validation
-    RMSPE (plus misses), model = the cross-validated RMSPE.
+    RMSPE (plus misses, at their leave-one-out error over table entries), model = the strict
+    cross-validated RMSPE (phones) or the host model's leave-one-out error. Outside the
+    calibration range it is widened and `detail["warnings"]` says so; `detail
+    ["expected_error_basis"]` is `guess` where nothing measured it yet.
     detail: measured -> p25_ms, p75_ms, mean_ms, std_ms, n, threads, fingerprint, ...;
     lut -> hits, interpolated, modelled, offset_ms, ...; model -> model version, n_rows, ...
     """
@@ -59,26 +71,16 @@ class Latency:
             return (f"source=measured({self.device}, median of {runs}, "
                     f"threads={d.get('threads')}, clock={d.get('clock', 'wall')}, "
                     f"IQR/median={self.expected_error * 100:.1f}%)")
+        guess = " (a guess: not measured yet)" if d.get("expected_error_basis") == "guess" else ""
         if self.source == "lut":
             return (f"source=lut({self.device}, {d.get('hits')} hits, {d.get('interpolated')} "
                     f"interpolated, {d.get('modelled')} modelled, offset "
                     f"{d.get('offset_ms', 0):.3f} ms, expected RMSPE ~ "
-                    f"{self.expected_error * 100:.0f}%)")
+                    f"{self.expected_error * 100:.0f}%{guess})")
+        if d.get("expected_error_basis") in ("guess", "measured"):  # the host model
+            return f"source={d['provenance']}, expected error ~ " \
+                   f"{self.expected_error * 100:.0f}%{guess}"
         return f"source={d.get('provenance', f'model({self.device})')}"
-
-
-def canonical_device(device: str) -> str:
-    """`pixel` -> `pixel1`; `cuda:0` kept; LottoError for an unknown device."""
-    name = str(device).strip().lower()
-    if phone_name(name):
-        return phone_name(name)  # type: ignore[return-value]
-    if name in HOST_DEVICES or name.startswith("cuda:"):
-        return name
-    raise LottoError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-
-
-def is_phone(device: str) -> bool:
-    return phone_name(str(device).strip().lower()) is not None
 
 
 def _as_spec(arch: ArchSpec | nn.Module | str) -> tuple[ArchSpec | None, nn.Module | None]:
@@ -142,14 +144,39 @@ def predict(
         err = (lut.expected_error**2 + detail["miss_error"] ** 2) ** 0.5
         detail = {**detail, "lut": str(lut.path) if lut.path else None,
                   "threads": lut.meta.get("threads")}
-        return Latency(ms, "lut", err, dev, detail)
-    # host "model": the table's additive fallback model over every unit
-    from lotto.latency.lut import MODEL_ERROR
-
+        misses = bool(detail["interpolated"] or detail["modelled"])
+        return _host_error(Latency(ms, "lut", err, dev, detail), lut, spec, misses)
+    # host "model": the table's additive fallback model over every unit; its unit error
+    # (leave-one-out over entries) on top of the table's validation error
     ms = lut.model_spec(spec)
+    err = (lut.expected_error**2 + lut.unit_errors()["model"]["rmspe"] ** 2) ** 0.5
     detail = {"provenance": f"model(host additive model fitted on {len(lut.entries)} "
                             f"{dev} table entries)", "lut": str(lut.path) if lut.path else None}
-    return Latency(ms, "model", MODEL_ERROR, dev, detail)
+    return _host_error(Latency(ms, "model", err, dev, detail), lut, spec, True)
+
+
+def _host_error(lat: Latency, lut: Lut, spec: ArchSpec, misses: bool) -> Latency:
+    """Say what the host error bar rests on, and widen it outside the table's range."""
+    basis = {"network": lut.expected_error_basis}
+    if misses:
+        basis.update({k: v["basis"] for k, v in lut.unit_errors().items()})
+    guessed = sorted(k for k, v in basis.items() if v == "guess")
+    detail = {**lat.detail, "expected_error_basis": "guess" if guessed else "measured",
+              "expected_error_parts": basis}
+    warnings = []
+    if guessed:
+        warnings.append(f"expected error for {', '.join(guessed)} is a guess: nothing measured "
+                        "it yet (run `lotto bench --validate` on this table)")
+    where = {"resolution": spec.resolution, "width_mult": spec.width_mult, "macs": spec.macs()}
+    ranges = lut.meta.get("range") or {}
+    distance = outside_range(where, ranges)
+    err = lat.expected_error
+    if distance:
+        err = widen(err, distance)
+        warnings += range_warnings("lookup table", where, ranges, distance)
+    if warnings:
+        detail["warnings"] = warnings
+    return Latency(lat.ms, lat.source, err, lat.device, detail)
 
 
 def _predict_phone(spec: ArchSpec | None, module: nn.Module | None, dev: str,
@@ -157,12 +184,26 @@ def _predict_phone(spec: ArchSpec | None, module: nn.Module | None, dev: str,
     model = load_phone_model(dev)
     if spec is not None:
         ms = model.predict_spec(spec)
+        where = {"resolution": spec.resolution, "width_mult": spec.width_mult,
+                 "macs": spec.macs()}
     else:
         assert module is not None
-        ms = model.predict_features(module_features(module, input_shape or (1, 3, 224, 224)))
+        shape = input_shape or (1, 3, 224, 224)
+        features = module_features(module, shape)
+        ms = model.predict_features(features)
+        macs = sum(features[FEATURES.index(f)] for f in ("conv_macs", "dw_macs", "fc_macs"))
+        where = {"resolution": shape[-1], "macs": macs}
+    ranges = model.info.get("calibration_range", {})
+    distance = outside_range(where, ranges)
     detail = {"provenance": model.provenance(), "model": model.version, "n_rows": model.n_rows,
-              "scale": model.scale}
-    return Latency(ms, "model", model.expected_error, dev, detail)
+              "scale": model.scale, "expected_error_basis": "cross-validation"}
+    error = model.expected_error
+    if distance:
+        error = widen(error, distance)
+        detail.update(expected_error_basis="cross-validation, widened outside the calibration "
+                      "range (a guess)", warnings=range_warnings("phone model", where, ranges,
+                                                                 distance))
+    return Latency(ms, "model", error, dev, detail)
 
 
 def _measure(spec: ArchSpec | None, module: nn.Module | None, dev: str, threads: int,

@@ -1,7 +1,8 @@
 """Host lookup tables: per-unit latencies measured on this machine, summed per network.
 
-Schema (ProxylessNAS / OFA style, docs/LATENCY.md section 4). One JSON file per host device,
-thread count and dtype, cached under the runs directory (`runs/bench/lut/cpu_t1_float32.json`):
+Schema (ProxylessNAS / OFA style; docs/latency.md, host lookup tables). One JSON file per host
+device, thread count and dtype, cached under the runs directory
+(`runs/bench/lut/cpu_t1_float32.json`):
 
     {"meta": {schema, device, fingerprint (cpu model, torch, threads, ...), threads, dtype,
               clock, method, channels_last, bn_folded, batch, created, updated,
@@ -16,6 +17,12 @@ and per-op overhead are inside the entry. Method `insitu` (default) times every 
 whole network of the space with forward hooks (the cache state of real inference, like
 TFLite's op profiling); `isolated` builds each unit alone (`lotto.arch.build.build_block`) and
 times it in a loop, where its weights stay in cache and it runs faster than in a network.
+
+Error bars come from measurement where one exists: the table's validation RMSPE (table sum vs
+end-to-end timings, kept in the header) for a network of hits; for a miss, the RMS relative error
+of the same rule on the table's own entries, each left out in turn (interpolation from its
+siblings; the additive model refitted without it), also kept in the header (`unit_errors`).
+Where nothing was measured yet the figure is a guess and says so (`expected_error_basis`).
 
 Misses (NetAdapt's arbitrary channel counts, unseen widths) are priced, in order, by
 1. linear interpolation in MACs between the nearest measured "siblings" below and above: units
@@ -55,9 +62,11 @@ from lotto.runs import write_text
 SCHEMA = 1
 # fingerprint fields that must match for a table to be reused (cores and governor may vary)
 MATCH_FIELDS = ("device", "cpu", "torch", "threads", "gpu", "cuda")
-UNVALIDATED_ERROR = 0.10  # expected error quoted before `--validate` has measured one
-INTERP_ERROR = 0.10  # extra relative error of an interpolated unit
-MODEL_ERROR = 0.25  # extra relative error of a unit priced by the fallback model
+# Guesses, quoted (and labelled `expected_error_basis: guess`) only until a measurement exists:
+UNVALIDATED_ERROR = 0.10  # a table sum before `--validate` has compared it with end-to-end runs
+INTERP_ERROR = 0.10  # an interpolated unit, before leave-one-out over entries could measure it
+MODEL_ERROR = 0.25  # a unit priced by the fallback model, likewise
+MIN_LOO = 3  # leave-one-out predictions needed before a measured unit error replaces a guess
 METHODS = ("insitu", "isolated")
 
 
@@ -200,6 +209,7 @@ class Lut:
             v.sort()
         self._memo: dict[str, tuple[float, str]] = {}
         self._host_coef: np.ndarray | None = None
+        self._unit_errors: dict[str, dict[str, Any]] | None = None
 
     def add(self, key: str, info: UnitInfo, timing: dict[str, Any]) -> None:
         self.entries[key] = {
@@ -213,12 +223,7 @@ class Lut:
         if self._host_coef is None:
             if len(self.entries) < 3:
                 raise LottoError("lookup table too small to price a missing unit; build it first")
-            X = np.array([[*e["features"], 1.0] for e in self.entries.values()])
-            y = np.array([e["median"] for e in self.entries.values()])
-            scale = np.abs(X).max(axis=0)
-            scale[scale == 0] = 1.0
-            coef, _ = nnls((X / scale) / y[:, None], np.ones(len(y)), maxiter=50 * X.shape[1])
-            self._host_coef = coef / scale
+            self._host_coef = _fit_host(*self._design())
         return self._host_coef
 
     def _model_features_ms(self, features: Iterable[float]) -> float:
@@ -242,19 +247,9 @@ class Lut:
 
     def _interpolate(self, info: UnitInfo) -> tuple[float, str]:
         sib = self._siblings.get(info.sig, [])
-        x = info.macs
-        lower = [s for s in sib if s[0] <= x]
-        upper = [s for s in sib if s[0] >= x]
-        pair = None
-        if lower and upper:
-            pair = (lower[-1], upper[0])
-        elif len(sib) >= 2:  # extrapolate along the two nearest siblings
-            pair = (sib[0], sib[1]) if upper else (sib[-2], sib[-1])
-        if pair is not None:
-            (x0, y0, _), (x1, y1, _) = pair
-            ms = y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-            if ms > 0:
-                return ms, "interp"
+        ms = _linear(sib, info.macs)
+        if ms is not None:
+            return ms, "interp"
         if len(sib) == 1:
             # one sibling: keep its measured level, scale by the fallback model's ratio
             _, y0, key = sib[0]
@@ -262,6 +257,31 @@ class Lut:
             if ref > 0:
                 return y0 * self._model_ms(info) / ref, "interp"
         return self._model_ms(info), "model"
+
+    def unit_errors(self) -> dict[str, dict[str, Any]]:
+        """Relative error of a missed unit, per pricing rule, measured by leave-one-out over the
+        table's entries: {interp|model: {rmspe, n, basis}}; basis `guess` (the constants above)
+        while fewer than MIN_LOO entries could be left out."""
+        if self._unit_errors is None:
+            interp, model = [], []
+            for sib in self._siblings.values():
+                for i, (x, y, _) in enumerate(sib):
+                    ms = _linear(sib[:i] + sib[i + 1:], x)
+                    if ms is not None and y > 0:
+                        interp.append((ms - y) / y)
+            X, y = self._design()
+            if len(y) > X.shape[1]:  # enough entries that one left out still leaves a fit
+                for i in range(len(y)):
+                    keep = np.arange(len(y)) != i
+                    model.append((X[i] @ _fit_host(X[keep], y[keep]) - y[i]) / y[i])
+            self._unit_errors = {
+                name: ({"rmspe": float(np.sqrt(np.mean(np.square(errs)))), "n": len(errs),
+                        "basis": "leave-one-out over table entries"} if len(errs) >= MIN_LOO
+                       else {"rmspe": guess, "n": len(errs), "basis": "guess"})
+                for name, errs, guess in (("interp", interp, INTERP_ERROR),
+                                          ("model", model, MODEL_ERROR))
+            }
+        return self._unit_errors
 
     def predict_spec(self, spec: ArchSpec) -> tuple[float, dict[str, Any]]:
         """(ms, detail) for a network: sum of units + offset; detail counts hits and misses."""
@@ -272,7 +292,7 @@ class Lut:
             total += ms
             counts[status] += 1
             if status != "hit":  # independent unit errors add in quadrature
-                err2 += (ms * (INTERP_ERROR if status == "interp" else MODEL_ERROR)) ** 2
+                err2 += (ms * self.unit_errors()[status]["rmspe"]) ** 2
         offset = float(self.meta.get("offset_ms") or 0.0)
         ms = total + offset
         detail = {"hits": counts["hit"], "interpolated": counts["interp"],
@@ -306,8 +326,52 @@ class Lut:
 
     @property
     def expected_error(self) -> float:
+        """The validation RMSPE (table sum vs end to end), or the UNVALIDATED_ERROR guess."""
         v = self.meta.get("validation") or {}
         return float(v.get("rmspe", UNVALIDATED_ERROR))
+
+    @property
+    def expected_error_basis(self) -> str:
+        return "validation" if (self.meta.get("validation") or {}).get("rmspe") is not None \
+            else "guess"
+
+    def record_range(self, specs: Iterable[ArchSpec]) -> None:
+        """Widen the header's calibration range (resolution, width, network MACs) to `specs`."""
+        rng = self.meta.setdefault("range", {})
+        for spec in specs:
+            for axis, v in (("resolution", spec.resolution), ("width_mult", spec.width_mult),
+                            ("macs", spec.macs())):
+                low, high = rng.get(axis, [v, v])
+                rng[axis] = [min(low, v), max(high, v)]
+
+    def _design(self) -> tuple[np.ndarray, np.ndarray]:
+        X = np.array([[*e["features"], 1.0] for e in self.entries.values()]).reshape(
+            len(self.entries), len(LAYER_FEATURES) + 1)
+        return X, np.array([float(e["median"]) for e in self.entries.values()])
+
+
+def _fit_host(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """NNLS on relative error with unit-range columns (the host model's fit)."""
+    scale = np.abs(X).max(axis=0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls((X / scale) / y[:, None], np.ones(len(y)), maxiter=50 * X.shape[1])
+    return coef / scale
+
+
+def _linear(sib: list[tuple[int, float, str]], x: int) -> float | None:
+    """Linear interpolation in MACs between the nearest siblings below and above `x`, or along
+    the two nearest when all lie on one side; None without two siblings or for ms <= 0."""
+    lower = [s for s in sib if s[0] <= x]
+    upper = [s for s in sib if s[0] >= x]
+    if lower and upper:
+        pair = (lower[-1], upper[0])
+    elif len(sib) >= 2:
+        pair = (sib[0], sib[1]) if upper else (sib[-2], sib[-1])
+    else:
+        return None
+    (x0, y0, _), (x1, y1, _) = pair
+    ms = y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ms if ms > 0 else None
 
 
 def _now() -> str:
@@ -444,6 +508,7 @@ def build_entries(
     builds and times each missing unit alone (`build_block`).
     """
     device, threads, dtype, clock = _setup(lut)
+    specs = list(specs)
     todo = lut.missing(specs)
     if lut.meta.get("method", "insitu") == "isolated":
         for i, (key, (spec, info)) in enumerate(todo.items()):
@@ -472,6 +537,9 @@ def build_entries(
             progress(len(networks), len(networks), "")
     if progress and lut.meta.get("method", "insitu") == "isolated":
         progress(len(todo), len(todo), "")
+    lut.record_range(specs)
+    if len(lut.entries) >= 3:
+        lut.meta["unit_errors"] = lut.unit_errors()  # kept with the table, next to validation
     if lut.path is not None:
         lut.save()
     return len(todo)

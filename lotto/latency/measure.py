@@ -1,10 +1,11 @@
 """Host timing (cpu, cuda): prepare a module the way a mobile runtime runs it, then time it.
 
-Protocol (docs/LATENCY.md section 2): eval mode, `torch.inference_mode`, BatchNorm folded into
-the preceding convolution, channels_last, a pinned thread count (default 1, restored
-afterwards), warm-up, then timed runs: calls of 1 ms or more one by one (per-call quantiles,
-CUDA synchronised after each), shorter ones with `torch.utils.benchmark.Timer.blocked_autorange`,
-which picks a block size that makes timer overhead negligible and synchronises around blocks.
+Protocol (docs/latency.md, host measurement): eval mode, `torch.inference_mode`, BatchNorm
+folded into the preceding convolution, channels_last, a pinned thread count (default 1,
+restored afterwards), warm-up, then timed runs: calls of 1 ms or more one by one (per-call
+quantiles, CUDA synchronised after each), shorter ones with
+`torch.utils.benchmark.Timer.blocked_autorange`, which picks a block size that makes timer
+overhead negligible and synchronises around blocks.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import torch
 from torch import nn
 
 from lotto.errors import LottoError
+from lotto.latency.devices import HOST_DEVICES
 
-HOST_DEVICES = ("cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -45,7 +46,7 @@ class Timing:
 
     @property
     def iqr_rel(self) -> float:
-        """IQR / median: the repeatability figure (LATENCY.md asks <= 3% at one thread)."""
+        """IQR / median: the repeatability figure (docs/latency.md asks <= 3% at one thread)."""
         return (self.p75_ms - self.p25_ms) / self.median_ms if self.median_ms > 0 else 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -401,20 +402,6 @@ def op_type(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, 
     return type(module).__name__.lower()
 
 
-def module_macs(module: nn.Module, out_shape: tuple[int, ...]) -> int:
-    """Multiply-adds of one call of a conv or linear leaf (0 for everything else)."""
-    if isinstance(module, nn.Conv2d) and len(out_shape) == 4:
-        kh, kw = module.kernel_size
-        per_out = module.in_channels // module.groups * kh * kw
-        return int(out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3] * per_out)
-    if isinstance(module, nn.Linear):
-        rows = 1
-        for d in out_shape[:-1]:
-            rows *= d
-        return int(rows * module.in_features * module.out_features)
-    return 0
-
-
 def _leaves(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in module.named_modules() if n and not list(m.children())]
 
@@ -456,6 +443,9 @@ def profile_layers(
 
         return post
 
+    from lotto.flops import macs_by_module
+
+    macs = macs_by_module(prepared.module, prepared.input)  # the project's one module counter
     handles = []
     for name, mod in _leaves(prepared.module):
         handles.append(mod.register_forward_pre_hook(pre))
@@ -474,5 +464,5 @@ def profile_layers(
     out = []
     for j, (name, mod, ins, outs, _) in enumerate(per_run[0]):
         ms = statistics.median(run[j][4] for run in per_run) * 1e3
-        out.append(LayerTime(name, op_type(mod, ins, outs), ins, outs, module_macs(mod, outs), ms))
+        out.append(LayerTime(name, op_type(mod, ins, outs), ins, outs, macs.get(name, 0), ms))
     return out

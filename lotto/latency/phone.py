@@ -1,6 +1,6 @@
 """Phone latency models (pixel1, pixel2, pixel3; `pixel` = pixel1): an additive per-layer cost.
 
-Form (docs/LATENCY.md 5.1), linear and non-negative in its coefficients::
+Form (docs/latency.md, phone model), linear and non-negative in its coefficients::
 
     t_layer = a_conv * MACs(regular and 1x1 convs) + a_dw * MACs(depthwise)
             + a_fc * MACs(FC layers, SE FCs included)
@@ -9,9 +9,9 @@ Form (docs/LATENCY.md 5.1), linear and non-negative in its coefficients::
     t_model = scale_device * (sum(t_layer) + t_fixed)
 
 The weight-bytes term prices weights streamed from memory on every inference (FC and late wide
-1x1 layers at 7x7 are weight-bound); it is not in LATENCY.md's list (see the fit report).
-Coefficients are fitted by `lotto.latency.calibrate` on the published Pixel-1 totals only;
-Pixel 2 and 3 are one scale each of the Pixel-1 model. Fitted values ship in
+1x1 layers at 7x7 are weight-bound); it is not in docs/latency.md's original list (see the fit
+report). Coefficients are fitted by `lotto.latency.calibrate` on the published Pixel-1 totals
+only; Pixel 2 and 3 are one scale each of the Pixel-1 model. Fitted values ship in
 `data/phone_model.json`, reproduced by `scripts/fit_phone_model.py`.
 """
 
@@ -29,10 +29,9 @@ from torch import nn
 
 from lotto.arch import ArchSpec, Layer
 from lotto.errors import LottoError
+from lotto.latency.devices import ALIASES, PHONES, phone_name  # noqa: F401 (re-exported)
 from lotto.latency.units import UnitCache
 
-PHONES = ("pixel1", "pixel2", "pixel3")
-ALIASES = {"pixel": "pixel1"}
 # per-layer features; "fixed" (one per network) is added at the model level
 LAYER_FEATURES = (
     "conv_macs", "dw_macs", "fc_macs", "act_bytes", "weight_bytes", "ops", "hswish_elems",
@@ -44,10 +43,15 @@ FLOAT_BYTES = 4
 MODEL_FILE = "phone_model.json"
 
 
-def phone_name(device: str) -> str | None:
-    """Canonical phone name, or None if `device` is not a phone."""
-    name = ALIASES.get(device, device)
-    return name if name in PHONES else None
+# Kernels a TFLite-style runtime launches per spec layer: the per-op overhead t_op is paid per
+# kernel, not per spec layer. BN and ReLU/ReLU6 fuse into the conv before them; an SE is a mean,
+# two 1x1 convs (ReLU fused), the gate and the multiply; h-swish is a kernel of its own.
+SE_KERNELS = 5
+
+
+def runtime_kernels(op: str, act: str | None) -> float:
+    """Runtime kernels of one spec layer (op as in `ArchSpec.layers()`)."""
+    return float((SE_KERNELS if op == "se" else 1) + (act == "hswish"))
 
 
 def layer_features(layer: Layer) -> np.ndarray:
@@ -62,7 +66,7 @@ def layer_features(layer: Layer) -> np.ndarray:
         f[2] = layer.macs
     f[3] = layer.bytes_in + layer.bytes_out
     f[4] = layer.bytes_weights
-    f[5] = 1.0
+    f[5] = runtime_kernels(op, layer.act)
     if layer.act == "hswish":
         f[6] = layer.out_h * layer.out_w * layer.out_c
     if op == "se":
@@ -101,41 +105,48 @@ def unit_features(spec: ArchSpec) -> dict[str, np.ndarray]:
 def module_features(module: nn.Module, input_shape: tuple[int, ...]) -> np.ndarray:
     """FEATURES of a module by tracing its leaves at batch 1 (BN and activations fused away).
 
-    Conv2d / Linear give MACs, activation and weight bytes and one op; Hardswish its elements;
-    a torchvision SqueezeExcitation its gated elements; pooling its bytes. Residual adds are
-    not modules and are not seen: a spec prices them, a module does not.
+    Conv2d / Linear give MACs (counted by `lotto.flops.macs_by_module`), activation and weight
+    bytes and one op; Hardswish its elements; a torchvision SqueezeExcitation its gated
+    elements; pooling its bytes. Residual adds are not modules and are not seen: a spec prices
+    them, a module does not.
     """
     from torchvision.ops import SqueezeExcitation
 
-    from lotto.latency.measure import module_macs, op_type
+    from lotto.flops import macs_by_module
+    from lotto.latency.measure import op_type
 
     total = np.zeros(len(FEATURES))
     total[-1] = 1.0
+    macs_column: dict[str, int] = {}  # conv / FC leaf -> which MACs feature it feeds
 
-    def hook(mod: nn.Module, args: Any, out: Any) -> None:
-        x = args[0] if args else None
-        if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
-            return
-        n_in, n_out = x.numel(), out.numel()
-        if isinstance(mod, SqueezeExcitation):
-            total[7] += n_in
-            return
-        kind = op_type(mod, tuple(x.shape), tuple(out.shape))
-        if kind in ("conv", "pw", "dw", "fc"):
-            index = {"conv": 0, "pw": 0, "dw": 1, "fc": 2}[kind]
-            total[index] += module_macs(mod, tuple(out.shape))
-            total[3] += FLOAT_BYTES * (n_in + n_out)
-            total[4] += FLOAT_BYTES * sum(p.numel() for p in mod.parameters(recurse=False))
-            total[5] += 1
-        elif kind == "pool":
-            total[3] += FLOAT_BYTES * (n_in + n_out)
-            total[5] += 1
-        elif kind == "hswish":
-            total[6] += n_out
+    def hook(name: str) -> Any:
+        def record(mod: nn.Module, args: Any, out: Any) -> None:
+            x = args[0] if args else None
+            if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
+                return
+            n_in, n_out = x.numel(), out.numel()
+            if isinstance(mod, SqueezeExcitation):
+                total[7] += n_in
+                total[5] += SE_KERNELS - 3  # gate and multiply; pool and convs are leaves
+                return
+            kind = op_type(mod, tuple(x.shape), tuple(out.shape))
+            if kind in ("conv", "pw", "dw", "fc"):
+                macs_column[name] = {"conv": 0, "pw": 0, "dw": 1, "fc": 2}[kind]
+                total[3] += FLOAT_BYTES * (n_in + n_out)
+                total[4] += FLOAT_BYTES * sum(p.numel() for p in mod.parameters(recurse=False))
+                total[5] += 1
+            elif kind == "pool":
+                total[3] += FLOAT_BYTES * (n_in + n_out)
+                total[5] += 1
+            elif kind == "hswish":
+                total[6] += n_out
+                total[5] += 1  # a kernel of its own (see runtime_kernels)
+
+        return record
 
     handles = [
-        m.register_forward_hook(hook)
-        for m in module.modules()
+        m.register_forward_hook(hook(name))
+        for name, m in module.named_modules()
         if not list(m.children()) or type(m).__name__ == "SqueezeExcitation"
     ]
     try:
@@ -147,6 +158,9 @@ def module_features(module: nn.Module, input_shape: tuple[int, ...]) -> np.ndarr
     finally:
         for h in handles:
             h.remove()
+    macs = macs_by_module(module, torch.zeros(input_shape))
+    for name, column in macs_column.items():
+        total[column] += macs.get(name, 0)
     return total
 
 
@@ -234,5 +248,6 @@ def load_phone_model(device: str) -> PhoneModel:
         version=str(data["version"]),
         n_rows=int(entry["n_rows"]),
         n_scale_rows=int(entry.get("n_scale_rows", 0)),
-        info={"cv": entry.get("cv", {}), "data_sha256": data["data"]["sha256"]},
+        info={"cv": entry.get("cv", {}), "data_sha256": data["data"]["sha256"],
+              "calibration_range": data.get("calibration_range", {})},
     )

@@ -14,6 +14,7 @@ import dataclasses
 import re
 
 from lotto.arch import ArchSpec, preset
+from lotto.arch.v3 import use_hswish
 from lotto.errors import LottoError
 
 _V3 = ("mobilenet_v3_large", "mobilenet_v3_small")
@@ -27,21 +28,9 @@ def tf_width(name: str, width_mult: float, resolution: int = 224) -> ArchSpec:
 
 
 def with_activations(spec: ArchSpec, first_hswish: int | None) -> ArchSpec:
-    """ReLU everywhere (`first_hswish=None`) or h-swish from the first layer of that width on.
-
-    Table 5's "h-swish@N": the first layer that uses h-swish has N channels (the stem counts as
-    a layer with its own width; a block by its output width); every later layer uses it too.
-    """
-    on = first_hswish is not None and spec.stem.channels == first_hswish
-    stem = dataclasses.replace(spec.stem, act="hswish" if on else "relu")
-    blocks = []
-    for b in spec.blocks:
-        on = on or (first_hswish is not None and b.out == first_hswish)
-        blocks.append(dataclasses.replace(b, act="hswish" if on else "relu"))
-    if first_hswish is not None and not on:
-        raise LottoError(f"no layer of {spec.name} has {first_hswish} channels")
-    head = dataclasses.replace(spec.head, act="hswish" if on else "relu")
-    return spec.replace(stem=stem, blocks=tuple(blocks), head=head).validate()
+    """ReLU everywhere (`first_hswish=None`) or Table 5's "h-swish@N": `lotto.arch.v3`'s one
+    placement rule, with the stem switched only when it is itself that wide."""
+    return use_hswish(spec, first_hswish, stem=False)
 
 
 def minimalistic(spec: ArchSpec) -> ArchSpec:

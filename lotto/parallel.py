@@ -1,0 +1,524 @@
+"""One way to run many independent trainings: in this process, in local worker processes, or on Ray.
+
+`run_tasks(fn, tasks, backend=...)` calls `fn(task)` for every task and returns one `TaskResult`
+per task, in the order given; a `Runner` does the same for many batches with the same workers.
+Workers only compute and return values (metrics rows, CPU tensors); the driver process alone
+writes run files, through `on_result(index, result)` as each task ends, so resume and atomic
+writes keep their meaning and Ctrl-C keeps everything already finished.
+
+A task that raises, whose worker dies (SIGKILL, out of memory, segfault) or that runs past
+`timeout` becomes a failed result with its error text; the other tasks still run. A `LottoError`
+raised by a task is a user mistake that every task would repeat: it stops the run and re-raises.
+
+Backends:
+- `serial`: `fn` runs here, one task after another (today's behaviour).
+- `process`: `workers` spawned processes, each with `threads_per_worker` torch threads (default:
+  cores // workers) and, on a GPU host, one GPU (CUDA_VISIBLE_DEVICES, by worker slot).
+- `ray`: tasks on a Ray cluster (`address`: "auto", "ray://host:10001", "host:6379"; none = a
+  local instance), at most `workers` in flight, each asking for `threads_per_worker` CPUs and
+  (where the cluster has GPUs) one GPU. Ray is an optional extra, imported only here.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import wait
+from typing import TYPE_CHECKING, Any
+
+from lotto.config import check
+from lotto.errors import LottoError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+BACKENDS = ("serial", "process", "ray")
+
+
+@dataclass
+class TaskResult:
+    status: str  # "ok" or "failed"
+    value: Any = None
+    error: str = ""  # one line, e.g. "ValueError: bad shape" or "worker died (signal 9, SIGKILL)"
+    seconds: float = 0.0
+    traceback: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """The validated `parallel:` section of a command's config."""
+
+    backend: str = "serial"
+    workers: int = 1
+    threads_per_worker: int | None = None
+    timeout: float | None = None
+    address: str | None = None
+    batch_replicas: bool = False
+
+    def run_options(self) -> dict[str, Any]:
+        """Keyword arguments for `run_tasks` (batch_replicas is the caller's business)."""
+        return {
+            "backend": self.backend,
+            "workers": self.workers,
+            "threads_per_worker": self.threads_per_worker,
+            "timeout": self.timeout,
+            "address": self.address,
+        }
+
+
+def parallel_config(section: Mapping[str, Any]) -> ParallelConfig:
+    """Validate a `parallel:` config section; a bad value is a LottoError naming its key."""
+    defaults = asdict(ParallelConfig())
+    for key in section:
+        if key not in defaults:
+            raise LottoError(f"unknown config key parallel.{key}")
+    values = {k: section.get(k, v) for k, v in defaults.items()}
+    _check_options(**{k: v for k, v in values.items() if k != "batch_replicas"})
+    batch = values["batch_replicas"]
+    check(isinstance(batch, bool), "parallel.batch_replicas", f"{batch!r} must be true or false")
+    return ParallelConfig(**values)
+
+
+def _check_options(
+    backend: Any, workers: Any, threads_per_worker: Any, timeout: Any, address: Any
+) -> None:
+    def integer(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    choices = ", ".join(BACKENDS)
+    check(backend in BACKENDS, "parallel.backend", f"{backend!r} is not one of {choices}")
+    check(integer(workers) and workers >= 1, "parallel.workers", f"{workers!r} must be at least 1")
+    check(
+        threads_per_worker is None or (integer(threads_per_worker) and threads_per_worker >= 1),
+        "parallel.threads_per_worker",
+        f"{threads_per_worker!r} must be at least 1 (or null for cores // workers)",
+    )
+    check(
+        timeout is None or ((integer(timeout) or isinstance(timeout, float)) and timeout > 0),
+        "parallel.timeout",
+        f"{timeout!r} must be a positive number of seconds (or null for none)",
+    )
+    check(address is None or isinstance(address, str), "parallel.address", "must be a string")
+    # serial runs tasks in this process: it can neither run two at once nor stop a hung one,
+    # and silently ignoring what the user asked for would be worse than saying so
+    check(
+        backend != "serial" or workers == 1,
+        "parallel.workers",
+        f"{workers} workers need parallel.backend=process or ray",
+    )
+    check(
+        backend != "serial" or timeout is None,
+        "parallel.timeout",
+        "needs parallel.backend=process or ray (serial cannot stop a hung task)",
+    )
+
+
+def run_tasks(
+    fn: Callable[[Any], Any],
+    tasks: Sequence[Any],
+    *,
+    backend: str = "serial",
+    workers: int = 1,
+    threads_per_worker: int | None = None,
+    timeout: float | None = None,
+    address: str | None = None,
+    progress: Progress | None = None,
+    description: str = "tasks",
+    on_result: Callable[[int, TaskResult], None] | None = None,
+) -> list[TaskResult]:
+    """Run `fn(task)` for every task with workers started for this call alone (see `Runner`)."""
+    _check_options(backend, workers, threads_per_worker, timeout, address)
+    workers = max(1, min(workers, len(tasks)))  # no idle workers: more threads for each
+    with Runner(backend, workers, threads_per_worker, timeout, address) as runner:
+        return runner.run(fn, tasks, progress=progress, description=description,
+                          on_result=on_result)
+
+
+class Runner:
+    """Runs batches of tasks on one backend, keeping its workers from one `run` to the next.
+
+    A command that runs many batches (a lottery round each) starts its worker processes once:
+    `with Runner(**parallel_config(cfg.parallel).run_options()) as runner: runner.run(...)`.
+    """
+
+    def __init__(
+        self,
+        backend: str = "serial",
+        workers: int = 1,
+        threads_per_worker: int | None = None,
+        timeout: float | None = None,
+        address: str | None = None,
+    ):
+        _check_options(backend, workers, threads_per_worker, timeout, address)
+        self.backend, self.workers, self.timeout, self.address = backend, workers, timeout, address
+        self.threads = threads_per_worker
+        self._slots: list[_Worker] = []  # process backend: one worker per slot, started lazily
+        if backend == "process":
+            self._ctx = mp.get_context("spawn")  # fork would copy the driver's threads and CUDA
+            self._gpus = _gpu_ids()
+            self._threads = threads_per_worker or max(1, _cores() // workers)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(
+        self,
+        fn: Callable[[Any], Any],
+        tasks: Sequence[Any],
+        *,
+        progress: Progress | None = None,
+        description: str = "tasks",
+        on_result: Callable[[int, TaskResult], None] | None = None,
+    ) -> list[TaskResult]:
+        """Run `fn(task)` for every task; one result per task, in the order of `tasks`.
+
+        `fn` must be a top-level function and the tasks picklable (except for `serial`).
+        `on_result(index, result)` runs in this process as each task ends, in finishing order.
+        `timeout` is seconds per task, counted from when a worker takes it (Ray: from submission).
+        On Ctrl-C or an error raised here, running tasks are abandoned and the workers stopped.
+        """
+        results: list[TaskResult | None] = [None] * len(tasks)
+        bar = progress.add_task(description, total=len(tasks)) if progress is not None else None
+
+        def deliver(index: int, result: TaskResult) -> None:
+            results[index] = result
+            if progress is not None:
+                progress.advance(bar)
+            if on_result is not None:
+                on_result(index, result)
+
+        if tasks:
+            if self.backend == "serial":
+                for i, task in enumerate(tasks):
+                    deliver(i, _call(fn, task))
+            elif self.backend == "process":
+                self._run_process(fn, tasks, deliver)
+            else:
+                _run_ray(fn, tasks, self.workers, self.threads, self.timeout, self.address, deliver)
+        return results  # type: ignore[return-value]  (every slot is filled by now)
+
+    def close(self) -> None:
+        """Stop the worker processes: idle ones cleanly (within seconds), others at once."""
+        for w in self._slots:
+            if w.ready and w.index is None:
+                w.conn.close()  # an idle worker exits when its pipe closes
+            else:
+                w.proc.kill()  # busy (Ctrl-C, an error) or still starting
+        deadline = time.monotonic() + 5  # one wait for all: they exit side by side
+        for w in self._slots:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            w.kill()
+        self._slots = []
+
+    def _start(self, n: int) -> None:
+        for k in range(len(self._slots), n):
+            self._slots.append(self._worker(k))
+
+    def _worker(self, slot: int) -> _Worker:
+        gpu = self._gpus[slot % len(self._gpus)] if self._gpus else None
+        return _Worker(self._ctx, slot, self._threads, gpu)
+
+    def _run_process(self, fn: Callable, tasks: Sequence[Any], deliver: Callable) -> None:
+        try:
+            pickle.dumps(fn)
+        except Exception as e:
+            raise TypeError(f"fn must be a top-level function ({_describe(e)})") from None
+        self._start(min(self.workers, len(tasks)))
+        slots, timeout = self._slots, self.timeout
+        todo = deque(range(len(tasks)))
+
+        def replace(w: _Worker, error: str | None) -> None:
+            if error is not None:  # the task it was running fails
+                index, w.index = w.index, None
+                deliver(index, TaskResult("failed", None, error, time.monotonic() - w.started))
+            w.kill()
+            slots[w.slot] = self._worker(w.slot)
+
+        try:
+            while todo or any(w.index is not None for w in slots):
+                for w in slots:
+                    while w.ready and w.index is None and todo:
+                        i = todo.popleft()
+                        try:
+                            payload = pickle.dumps((fn, tasks[i]))
+                        except Exception as e:
+                            error = f"task not picklable: {_describe(e)}"
+                            deliver(i, TaskResult("failed", None, error))
+                            continue
+                        w.conn.send_bytes(payload)
+                        w.index, w.started = i, time.monotonic()
+                busy = [w for w in slots if w.index is not None]
+                wait_s = None
+                if timeout is not None and busy:
+                    wait_s = max(0.0, min(w.started for w in busy) + timeout - time.monotonic())
+                ready = wait([w.conn for w in slots] + [w.proc.sentinel for w in slots], wait_s)
+                for w in list(slots):
+                    if w.conn in ready or w.proc.sentinel in ready:
+                        msg = w.receive() if w.conn.poll() else None
+                        if msg is None:  # the pipe is closed: the worker is gone
+                            if not w.ready:
+                                raise LottoError(f"a lotto worker process exited while starting "
+                                                 f"({w.death()}); see its error output above")
+                            replace(w, w.death() if w.index is not None else None)
+                        elif msg[0] == "ready":
+                            w.ready = True
+                        elif msg[0] == "lotto_error":
+                            raise LottoError(msg[2])
+                        else:
+                            status, value, error, tb, seconds = msg
+                            index, w.index = w.index, None
+                            deliver(index, TaskResult(status, value, error, seconds, tb))
+                    elif w.index is not None and timeout is not None:
+                        if time.monotonic() - w.started >= timeout:
+                            replace(w, f"timed out after {timeout:g} s (parallel.timeout)")
+        except BaseException:
+            self.close()  # Ctrl-C or an error: running tasks are abandoned at once
+            raise
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _call(fn: Callable[[Any], Any], task: Any) -> TaskResult:
+    """Run one task here; an exception (a LottoError excepted) becomes a failed result."""
+    start = time.perf_counter()
+    try:
+        value = fn(task)
+    except LottoError:
+        raise
+    except Exception as e:
+        return TaskResult("failed", None, _describe(e), time.perf_counter() - start,
+                          traceback.format_exc())
+    return TaskResult("ok", value, "", time.perf_counter() - start)
+
+
+# ---- process backend ---------------------------------------------------------------------------
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # respects taskset/cgroup limits, unlike cpu_count
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _gpu_ids() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # no torch or a broken driver: run on CPUs
+        return []
+
+
+def _worker_main(conn: Any, threads: int, gpu: str | None) -> None:
+    """A worker process: set up once, then run tasks sent as pickled (fn, task) until EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    if gpu is not None:  # before torch initialises CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    conn.send_bytes(pickle.dumps(("ready",)))
+    while True:
+        try:
+            payload = conn.recv_bytes()
+        except (EOFError, OSError):  # the driver closed our pipe (done, or gone)
+            # skip the interpreter's teardown (seconds with torch loaded): a worker has nothing
+            # to save, since the driver writes every file
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        start = time.perf_counter()
+        try:
+            fn, task = pickle.loads(payload)
+            reply: tuple = ("ok", fn(task), "", "")
+        except LottoError as e:
+            reply = ("lotto_error", None, str(e), "")
+        except Exception as e:
+            reply = ("failed", None, _describe(e), traceback.format_exc())
+        reply = (*reply, time.perf_counter() - start)
+        try:
+            out = pickle.dumps(reply)
+        except Exception as e:
+            out = pickle.dumps(("failed", None, f"result not picklable: {_describe(e)}", "",
+                                reply[-1]))
+        conn.send_bytes(out)
+
+
+class _Worker:
+    """One worker slot's process and its pipe; `index` is the task it is running, if any."""
+
+    def __init__(self, ctx: Any, slot: int, threads: int, gpu: str | None):
+        self.slot = slot
+        self.conn, child = ctx.Pipe()
+        # not a daemon: a task may start processes of its own (DataLoader workers)
+        self.proc = ctx.Process(target=_worker_main, args=(child, threads, gpu),
+                                name=f"lotto-worker-{slot}")
+        self.proc.start()
+        child.close()
+        self.ready = False
+        self.index: int | None = None
+        self.started = 0.0
+
+    def receive(self) -> tuple | None:
+        """The worker's next message, or None when its pipe is closed (the worker is gone)."""
+        try:
+            return pickle.loads(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            return None
+
+    def death(self) -> str:
+        self.proc.join()
+        code = self.proc.exitcode
+        if code is not None and code < 0:
+            try:
+                name = f", {signal.Signals(-code).name}"
+            except ValueError:
+                name = ""
+            hint = "; killed, or out of memory" if -code == signal.SIGKILL else ""
+            return f"worker died (signal {-code}{name}{hint})"
+        return f"worker died (exit code {code})"
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join()
+        self.conn.close()
+
+
+# ---- ray backend -------------------------------------------------------------------------------
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise LottoError(
+            "parallel.backend=ray needs Ray, which is not installed: pip install -e '.[ray]'"
+        ) from None
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """Fail within seconds, naming the address, rather than wait on Ray's long retries."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host:
+        host, port = hostport, "10001" if address.startswith("ray://") else "6379"
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise LottoError(f"Ray address {address} does not answer ({reason})") from None
+
+
+def _ray_connect(ray: Any, address: str | None) -> None:
+    # one connection per process: a local instance takes ~10 s to start, far too long per call
+    if ray.is_initialized():
+        return
+    if address and address != "auto":
+        _check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(include_dashboard=False)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+        where = f"Ray at {address}" if address else "a local Ray instance"
+        raise LottoError(f"cannot connect to {where}: {_describe(e)}") from None
+
+
+def _ray_task(fn: Callable, task: Any, threads: int) -> tuple[Any, float]:
+    import torch
+
+    torch.set_num_threads(threads)  # Ray reuses its workers: set it for every task
+    start = time.perf_counter()
+    return fn(task), time.perf_counter() - start
+
+
+def _run_ray(
+    fn: Callable,
+    tasks: Sequence[Any],
+    workers: int,
+    threads: int | None,
+    timeout: float | None,
+    address: str | None,
+    deliver: Callable,
+) -> None:
+    ray = _import_ray()
+    from ray.exceptions import RayError, RayTaskError
+
+    _ray_connect(ray, address)
+    resources = ray.cluster_resources()
+    threads = threads or max(1, int(resources.get("CPU", 1)) // workers)
+    gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+    # max_retries=0: a failed task is reported, and a re-run of the command retries exactly it
+    remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(_ray_task)
+    todo = deque(range(len(tasks)))
+    running: dict[Any, tuple[int, float]] = {}
+    try:
+        while todo or running:
+            while todo and len(running) < workers:
+                i = todo.popleft()
+                try:
+                    running[remote.remote(fn, tasks[i], threads)] = (i, time.monotonic())
+                except Exception as e:  # cloudpickle could not serialise the task
+                    deliver(i, TaskResult("failed", None, f"task not picklable: {_describe(e)}"))
+            if not running:
+                continue
+            wait_s = None
+            if timeout is not None:
+                oldest = min(start for _, start in running.values())
+                wait_s = max(0.0, oldest + timeout - time.monotonic())
+            done, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
+            for ref in done:
+                i, start = running.pop(ref)
+                try:
+                    value, seconds = ray.get(ref)
+                    result = TaskResult("ok", value, "", seconds)
+                except RayTaskError as e:  # fn raised: report its own exception
+                    cause = e.cause if e.cause is not None else e
+                    if isinstance(cause, LottoError):
+                        raise LottoError(str(cause)) from None
+                    result = TaskResult("failed", None, _describe(cause),
+                                        time.monotonic() - start, str(e))
+                except RayError as e:  # the worker or its node died, or the object was lost
+                    result = TaskResult("failed", None, f"worker died ({_describe(e)})",
+                                        time.monotonic() - start)
+                deliver(i, result)
+            if timeout is not None:
+                for ref, (i, start) in list(running.items()):
+                    if time.monotonic() - start >= timeout:
+                        ray.cancel(ref, force=True)  # kills the worker process
+                        del running[ref]
+                        deliver(i, TaskResult("failed", None,
+                                              f"timed out after {timeout:g} s (parallel.timeout)",
+                                              time.monotonic() - start))
+    finally:
+        for ref in running:  # Ctrl-C or an error: stop what still runs
+            ray.cancel(ref, force=True)

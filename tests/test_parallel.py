@@ -1,0 +1,243 @@
+"""The execution layer: same numbers on every backend, failures as results, never a hang."""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lotto.errors import LottoError
+from lotto.parallel import (
+    ParallelConfig,
+    Runner,
+    TaskResult,
+    _cores,
+    parallel_config,
+    run_tasks,
+)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+# Ray is imported only by the tests that use it: every spawned worker imports this module
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+
+
+def work(task: tuple) -> object:
+    """Every test task: ("train", seed), ("ok", x), ("raise", x), ("kill", _), ("hang", s)..."""
+    kind, arg = task
+    if kind == "train":
+        return train(arg)
+    if kind == "ok":
+        return arg, torch.get_num_threads(), os.environ.get("CUDA_VISIBLE_DEVICES")
+    if kind == "raise":
+        raise ValueError(f"bad task {arg}")
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "hang":
+        time.sleep(arg)
+    if kind == "lotto":
+        raise LottoError(f"no data at {arg}")
+    return None
+
+
+def train(seed: int) -> dict:
+    """A few SGD steps of a small MLP on random data, all seeded by `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(20):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return {"loss": loss.item(), "weights": weights}
+
+
+def assert_same_training(a: list[TaskResult], b: list[TaskResult]) -> None:
+    assert [r.status for r in a] == [r.status for r in b]
+    for ra, rb in zip(a, b):
+        assert ra.value["loss"] == rb.value["loss"]
+        assert torch.equal(ra.value["weights"], rb.value["weights"])
+
+
+def test_serial_keeps_order_reports_failures_and_progress(quiet: Progress) -> None:
+    seen: list[int] = []
+    tasks = [("ok", 0), ("raise", 1), ("ok", 2)]
+    results = run_tasks(work, tasks, progress=quiet, on_result=lambda i, r: seen.append(i))
+    assert [r.status for r in results] == ["ok", "failed", "ok"]
+    assert [r.value[0] for r in results if r.ok] == [0, 2]
+    assert results[1].error == "ValueError: bad task 1"
+    assert "bad task 1" in results[1].traceback
+    assert seen == [0, 1, 2]
+    assert quiet.tasks[0].total == 3 and quiet.tasks[0].completed == 3
+
+
+def test_lotto_error_in_a_task_stops_the_run() -> None:
+    # a user mistake (missing data) would fail every task alike: one clear line instead
+    with pytest.raises(LottoError, match="no data at /nowhere"):
+        run_tasks(work, [("lotto", "/nowhere"), ("ok", 1)])
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[Runner]:
+    """Two process workers shared by the tests below (each new worker imports torch: seconds)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CUDA_VISIBLE_DEVICES", "7,8")  # pretend to be a 2-GPU host
+        runner = Runner("process", workers=2)  # GPUs are read here
+    with runner:
+        yield runner
+
+
+def pids(runner: Runner) -> list[int]:
+    return [w.proc.pid for w in runner._slots]
+
+
+def test_same_numbers_whatever_backend_and_worker_count(pool: Runner) -> None:
+    tasks = [("train", seed) for seed in (0, 1, 2)]
+    serial = run_tasks(work, tasks)
+    assert not torch.equal(serial[0].value["weights"], serial[1].value["weights"])  # seeds matter
+    assert_same_training(serial, run_tasks(work, tasks, backend="process", workers=1))
+    assert_same_training(serial, pool.run(work, tasks))
+    before = pids(pool)
+    assert_same_training(serial, pool.run(work, tasks[::-1])[::-1])
+    assert pids(pool) == before  # a Runner keeps its workers from one batch to the next
+
+
+def test_process_faults_become_failed_results(
+    pool: Runner, quiet: Progress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool, "timeout", 5)  # more than a quick task takes on a loaded machine
+    tasks = [("ok", 0), ("raise", 1), ("kill", 2), ("hang", 120), ("ok", lambda: 4), ("ok", 5)]
+    seen: list[int] = []
+    start = time.monotonic()
+    results = pool.run(work, tasks, progress=quiet, on_result=lambda i, r: seen.append(i))
+    assert time.monotonic() - start < 60  # the hung task was ended, not waited for
+    assert [r.status for r in results] == ["ok", "failed", "failed", "failed", "failed", "ok"]
+    assert results[1].error == "ValueError: bad task 1"
+    assert results[2].error.startswith("worker died (signal 9, SIGKILL")
+    assert results[3].error == "timed out after 5 s (parallel.timeout)"
+    assert results[4].error.startswith("task not picklable")
+    assert sorted(seen) == list(range(6)) and quiet.tasks[0].completed == 6
+    assert results[5].value[0] == 5
+    for r in (results[0], results[5]):
+        value, threads, gpu = r.value
+        assert threads == max(1, _cores() // 2)  # N x threads <= cores
+        assert gpu in ("7", "8")  # one GPU per worker, not both
+    # the killed and the hung workers were replaced: the pool still has two live workers
+    assert len(pool._slots) == 2 and all(w.proc.is_alive() for w in pool._slots)
+    assert pool.run(work, [("ok", 6), ("ok", 7)])[1].value[0] == 7
+
+
+def test_ctrl_c_reaps_workers_and_keeps_finished_results(pool: Runner) -> None:
+    delivered: list[int] = []
+
+    def on_result(index: int, result: TaskResult) -> None:
+        delivered.append(index)
+        # Ctrl-C a moment later, while the driver waits on the hung task
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pool.run(work, [("hang", 120), ("ok", 1)], on_result=on_result)
+    assert time.monotonic() - start < 60  # the hanging worker was killed, not waited for
+    assert delivered == [1]
+    assert mp.active_children() == []
+
+
+def test_lotto_error_in_a_worker_stops_the_run(pool: Runner) -> None:
+    with pytest.raises(LottoError, match="no data at /nowhere"):
+        pool.run(work, [("lotto", "/nowhere")])
+    assert mp.active_children() == []  # the workers were stopped, not left behind
+    with pytest.raises(TypeError, match="top-level function"):
+        run_tasks(lambda t: t, [1], backend="process")
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"backend": "threads"}, "parallel.backend"),
+        ({"backend": "process", "workers": 0}, "parallel.workers"),
+        ({"backend": "serial", "workers": 2}, "parallel.workers"),
+        ({"backend": "process", "threads_per_worker": 0}, "parallel.threads_per_worker"),
+        ({"backend": "process", "timeout": -1}, "parallel.timeout"),
+        ({"backend": "serial", "timeout": 10}, "parallel.timeout"),
+        ({"backend": "ray", "address": 6379}, "parallel.address"),
+        ({"batch_replicas": "yes"}, "parallel.batch_replicas"),
+        ({"backend": "process", "worker": 2}, "parallel.worker"),
+    ],
+)
+def test_bad_parallel_settings_name_the_key(section: dict, key: str) -> None:
+    with pytest.raises(LottoError, match=f"config key {key}\\b"):
+        parallel_config(section)
+    if key not in ("parallel.batch_replicas", "parallel.worker"):  # not run_tasks arguments
+        with pytest.raises(LottoError, match=f"^config key {key}:"):  # checked before starting
+            run_tasks(work, [("ok", 0)], **section)
+
+
+def test_parallel_config_reads_a_section() -> None:
+    section = OmegaConf.create({"backend": "process", "workers": 2, "timeout": 30.5})
+    cfg = parallel_config(section)
+    assert cfg == ParallelConfig(backend="process", workers=2, timeout=30.5)
+    assert cfg.run_options()["workers"] == 2 and "batch_replicas" not in cfg.run_options()
+
+
+def test_ray_missing_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(LottoError, match=r"needs Ray.*pip install -e '\.\[ray\]'"):
+        run_tasks(work, [("ok", 0)], backend="ray")
+
+
+needs_ray = pytest.mark.skipif(
+    not HAVE_RAY, reason="Ray is not installed (pip install -e '.[ray]')"
+)
+
+
+@needs_ray
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("ray://127.0.0.1:1", "Ray address ray://127.0.0.1:1 does not answer"),
+        ("127.0.0.1:1", "Ray address 127.0.0.1:1 does not answer"),
+        ("auto", "cannot connect to Ray at auto: ConnectionError"),  # no cluster running here
+    ],
+)
+def test_ray_address_that_does_not_answer_fails_fast(address: str, message: str) -> None:
+    import ray
+
+    assert not ray.is_initialized()  # or the address would not even be tried
+    start = time.monotonic()
+    with pytest.raises(LottoError, match=message):
+        run_tasks(work, [("ok", 0)], backend="ray", address=address)
+    assert time.monotonic() - start < 5
+
+
+@needs_ray
+def test_ray_local_instance_same_numbers_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    # Ray's workers import this module by name: let the local instance find it
+    tests = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    tasks = [("train", 0), ("train", 1), ("raise", 2), ("kill", 3)]
+    try:
+        results = run_tasks(work, tasks, backend="ray", workers=2)
+    finally:
+        ray.shutdown()
+    assert_same_training(run_tasks(work, tasks[:2]), results[:2])
+    assert results[2].status == "failed" and results[2].error == "ValueError: bad task 2"
+    assert results[3].status == "failed" and results[3].error.startswith("worker died (")
