@@ -23,8 +23,9 @@ from omegaconf.errors import OmegaConfBaseException
 from lotto.errors import LottoError
 
 # Keys that say where a run goes or how fast, not what it computes: left out of the run hash and
-# of the "same config?" check on resume (dotted for a key inside a section).
-PLACEMENT_KEYS = ("run", "data.workers")
+# of the "same config?" check on resume (dotted for a key inside a section). `parallel` is how
+# many trainings run at once and where: a run started serial resumes with --workers 2.
+PLACEMENT_KEYS = ("run", "data.workers", "parallel")
 
 # Keys whose default is null ("automatic") but whose value, when given, has one type: the schema
 # alone would take anything for them.
@@ -36,6 +37,9 @@ NULLABLE_TYPES: dict[str, type] = {
     "data.augment": bool,
     "data.stream": bool,
     "data.workers": int,
+    "parallel.threads_per_worker": int,
+    "parallel.timeout": float,
+    "parallel.address": str,
 }
 
 

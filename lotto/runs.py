@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lotto import distributed
 from lotto.config import config_hash, identity, to_yaml
 from lotto.errors import LottoError
 
@@ -39,7 +40,12 @@ def validate_name(name: str) -> str:
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)` then rename onto `path`, so readers never see a half-written file."""
+    """Call `write(tmp_path)` then rename onto `path`, so readers never see a half-written file.
+
+    Under torchrun only rank 0 writes run files: on the other ranks this does nothing.
+    """
+    if not distributed.is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -72,9 +78,10 @@ class RunDir:
         if not path.is_relative_to((root / command).resolve()):
             raise LottoError(f"run name {name!r} escapes the runs directory")
         saved = path / "config.yaml"
-        if force and path.exists():
+        main = distributed.is_main()  # under torchrun, rank 0 writes; the others only read
+        if force and path.exists() and main:
             shutil.rmtree(path)
-        if saved.exists():
+        if saved.exists() and not force:  # (with --force, rank 0 may be deleting it now)
             try:
                 old = identity(OmegaConf.load(saved))
             except Exception:
@@ -87,10 +94,12 @@ class RunDir:
                     "pick another --name or use --force to start it afresh"
                 )
         run = cls(path, command)
-        path.mkdir(parents=True, exist_ok=True)
-        for stale in path.rglob(".*.tmp"):  # left by a process killed mid-write: never trusted
-            stale.unlink(missing_ok=True)
-        write_text(saved, to_yaml(cfg))
+        if main:
+            path.mkdir(parents=True, exist_ok=True)
+            for stale in path.rglob(".*.tmp"):  # left by a process killed mid-write: never trusted
+                stale.unlink(missing_ok=True)
+            write_text(saved, to_yaml(cfg))
+        distributed.barrier()  # the other ranks read the directory only once it is set up
         return run
 
     def file(self, name: str) -> Path:
@@ -137,6 +146,7 @@ class MetricsLog:
         self._rewrite = True  # the next append writes the CSV whole
         if self.csv.exists():
             self._load()
+        distributed.barrier()  # every rank has read the table before rank 0 appends to it
 
     def _load(self) -> None:
         raw = self.csv.read_bytes()
@@ -158,7 +168,7 @@ class MetricsLog:
     def append(self, rows: dict | Iterable[dict], flush: bool = True) -> None:
         new = [rows] if isinstance(rows, dict) else list(rows)
         self.rows.extend(new)
-        if not new:
+        if not new or not distributed.is_main():  # other torchrun ranks keep rows in memory
             return
         if self._rewrite or any(k not in self.columns for r in new for k in r):
             self._write_whole()
@@ -186,6 +196,8 @@ class MetricsLog:
 
     def flush(self) -> None:
         """Rewrite the Parquet copy of the table (at the end of a finished unit)."""
+        if not distributed.is_main():
+            return
         frame = self.frame()
         atomic_write(self.parquet, lambda tmp: frame.to_parquet(tmp, index=False))
 

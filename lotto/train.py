@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from rich.progress import Progress
 from torch import nn
 
+from lotto import distributed
 from lotto.data import Data, ImageStream, eval_batches
 from lotto.errors import LottoError
 
@@ -42,14 +43,15 @@ def parse_step(value: str | int, iterations_per_epoch: int) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    # under torchrun, "cuda" is this rank's GPU (cuda:LOCAL_RANK)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise LottoError(f"device {name!r} asked for, but no CUDA GPU is available here")
-        return torch.device(name)
+        return distributed.local_device(torch.device(name))
     raise LottoError(f"unknown device {name!r}; choose cpu, cuda or auto")
 
 
@@ -165,10 +167,20 @@ def _augment_draws(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Te
     return flip, shift
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Per-example random horizontal flip and 4-pixel pad-and-crop, on the whole batch at once."""
+def _augment(
+    x: torch.Tensor, gen: torch.Generator, shard: tuple[int, slice] | None = None
+) -> torch.Tensor:
+    """Per-example random horizontal flip and 4-pixel pad-and-crop, on the whole batch at once.
+
+    `shard` = (global batch size, this rank's rows) under torchrun: the draws are made for the
+    global batch and this rank keeps its rows, so each example is augmented as in one process.
+    """
     n, c, h, w = x.shape
-    flip, (dy, dx) = _augment_draws(n, gen)
+    if shard is None:
+        flip, (dy, dx) = _augment_draws(n, gen)
+    else:
+        flip, shift = _augment_draws(shard[0], gen)
+        flip, (dy, dx) = flip[shard[1]], shift[:, shard[1]]
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
     padded = F.pad(x, (4, 4, 4, 4))
     rows = dy + torch.arange(h, device=x.device).view(1, 1, h, 1)
@@ -176,6 +188,93 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
     chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
     return padded[batch, chans, rows, cols]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A run's step counts, parsed from the `train` config for a training set of `n` examples."""
+
+    n: int
+    per_epoch: int
+    total: int
+    start: int  # the first step trained (k when resumed from theta_k)
+    eval_every: int
+    warmup: int
+
+    def evaluates_at(self, it: int) -> bool:
+        return it % self.eval_every == 0 or it == self.total
+
+
+def budget(cfg: DictConfig, n: int, start_iteration: int = 0) -> Budget:
+    """Check the `train` config and parse its budget (shared by `train` and `train_replicas`)."""
+    check_train_config(cfg)
+    per_epoch = max(1, n // cfg.batch_size)
+    total = parse_step(cfg.iterations, per_epoch)
+    start = int(start_iteration)
+    if not 0 <= start < total:
+        raise LottoError(f"start iteration {start} is not within the budget of {total}")
+    eval_every = max(1, parse_step(cfg.eval_every, per_epoch))
+    return Budget(n, per_epoch, total, start, eval_every, parse_step(cfg.warmup, per_epoch))
+
+
+class Draws:
+    """The seeded draws that fix a run's batches: the epoch orders, drawn on the CPU so that the
+    same seed gives the same batches on every device, and the augmentation."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.order = torch.Generator().manual_seed(seed)
+        self.augment = torch.Generator(device=device).manual_seed(seed)
+
+    def epoch(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.order)
+
+    def skip(self, data: Data, batch_size: int) -> None:
+        """Fast-forward one step (resuming at step k): draw what it would, train nothing."""
+        if data.augment:
+            _augment_draws(min(batch_size, len(data.train_x)), self.augment)
+
+
+class History:
+    """Evaluation rows, the early stop (the first minimum of validation loss) and the result."""
+
+    def __init__(self, budget: Budget):
+        self.budget, self.rows, self.best = budget, [], None
+        self.start = time.perf_counter()
+
+    def add(
+        self, it: int, train_loss: float, val: tuple[float, float], test_acc: float, lr: float
+    ) -> dict:
+        row = {
+            "iteration": it,
+            "epoch": it / self.budget.per_epoch,
+            "train_loss": train_loss,
+            "val_loss": val[0],
+            "val_accuracy": val[1],
+            "test_accuracy": test_acc,
+            "lr": lr,
+            "seconds": time.perf_counter() - self.start,
+        }
+        self.rows.append(row)
+        if self.best is None or val[0] < self.best["val_loss"]:
+            self.best = row
+        return row
+
+    def result(self, it: int) -> TrainResult:
+        last, best = self.rows[-1], self.best
+        return TrainResult(
+            iterations=it,
+            epochs=it / self.budget.per_epoch,
+            train_loss=last["train_loss"],
+            val_loss=last["val_loss"],
+            val_accuracy=last["val_accuracy"],
+            test_accuracy=last["test_accuracy"],
+            early_stop_iteration=best["iteration"],
+            early_stop_val_loss=best["val_loss"],
+            early_stop_test_accuracy=best["test_accuracy"],
+            seconds=time.perf_counter() - self.start,
+            history=self.rows,
+            start_iteration=self.budget.start,
+        )
 
 
 def train(
@@ -201,15 +300,9 @@ def train(
     absolute iterations in the history, the early stop and `checkpoints`. The optimizer starts
     fresh (no momentum or Adam moments from before k), as in OpenLTH.
     """
-    check_train_config(cfg)
-    n = len(data.train_x)
-    per_epoch = max(1, n // cfg.batch_size)
-    total = parse_step(cfg.iterations, per_epoch)
-    start_at = int(start_iteration)
-    if not 0 <= start_at < total:
-        raise LottoError(f"start iteration {start_at} is not within the budget of {total}")
-    eval_every = max(1, parse_step(cfg.eval_every, per_epoch))
-    warmup = parse_step(cfg.warmup, per_epoch)
+    steps = budget(cfg, len(data.train_x), start_iteration)
+    n, per_epoch, total, start_at = steps.n, steps.per_epoch, steps.total, steps.start
+    warmup = steps.warmup
     checkpoints = dict(checkpoints or {})
 
     model.to(device).train()
@@ -227,45 +320,41 @@ def train(
                 torch._foreach_mul_(mask_params, mask_values)
 
     apply_masks()
+    # under torchrun: this rank's rows of every global batch, and DDP around the model (`net`
+    # runs the forward; masks, hooks, checkpoints and evaluation see `model` itself)
+    global_batch = min(cfg.batch_size, n)
+    shard = distributed.shard_rows(global_batch)
+    net, unwrap = distributed.data_parallel(model, device)
     optimizer = make_optimizer(list(model.parameters()), cfg)
     factor = lr_factor(cfg, total, warmup)
     # LambdaLR counts the steps taken here; the schedule is a function of the absolute step
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: factor(i + start_at))
     seed_everything(seed)  # dropout and anything else drawing from the global generator
-    # batch order drawn on the CPU: the same seed gives the same batches on every device
-    order_gen = torch.Generator().manual_seed(seed)
-    augment_gen = torch.Generator(device=device).manual_seed(seed)
+    if distributed.rank():  # other ranks' shards get their own dropout masks, not rank 0's
+        torch.manual_seed(seed + 1_000_003 * distributed.rank())
+    draws = Draws(seed, device)
+    augment_gen = draws.augment
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
 
-    history: list[dict] = []
-    best: dict | None = None
+    log = History(steps)
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
-    start = time.perf_counter()
     task = None
     if progress is not None:
         task = progress.add_task(desc, total=total, completed=start_at)
 
     def record(it: int) -> dict:
-        nonlocal best, loss_sum, loss_count
-        train_loss = loss_sum.item() / loss_count if loss_count else float("nan")
+        nonlocal loss_sum, loss_count
+        # under torchrun: the global batches' loss; identical buffers, so identical evaluations
+        total_loss = distributed.mean_over_ranks(loss_sum)
+        train_loss = total_loss.item() / loss_count if loss_count else float("nan")
         if loss_count and not math.isfinite(train_loss):
             raise TrainingDiverged(it)
+        distributed.sync_buffers(model)
         val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
         _, test_acc = evaluate(model, data.test_x, data.test_y)
-        row = {
-            "iteration": it,
-            "epoch": it / per_epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "test_accuracy": test_acc,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - start,
-        }
-        history.append(row)
-        if best is None or val_loss < best["val_loss"]:
-            best = row
+        lr = optimizer.param_groups[0]["lr"]
+        row = log.add(it, train_loss, (val_loss, val_acc), test_acc, lr)
         loss_sum = torch.zeros((), device=device)
         loss_count = 0
         if task is not None:
@@ -277,25 +366,34 @@ def train(
         checkpoints.pop(start_at)(model)
     record(start_at)
     while it < total:
-        order = torch.randperm(n, generator=order_gen)
+        order = draws.epoch(n)
         batches = None  # this epoch's batches from the first one trained, in memory or streamed
         for b in range(per_epoch):
             if it >= total:
                 break
-            if it < start_at:  # fast-forward to step k: draw what the step would, train nothing
-                if data.augment:
-                    _augment_draws(min(cfg.batch_size, n), augment_gen)
+            if it < start_at:  # fast-forward to step k
+                draws.skip(data, cfg.batch_size)
                 it += 1
                 continue
-            if batches is None:
+            if batches is None and shard is None:
                 batches = data.batches(order, cfg.batch_size, first=b, count=total - it)
+            elif batches is None:  # torchrun: read this rank's rows of each global batch only
+                mine = distributed.shard_order(order, per_epoch, global_batch, shard)
+                batches = data.batches(mine, shard.stop - shard.start, first=b, count=total - it)
             x, y = next(batches)
             if data.augment:
-                x = _augment(x, augment_gen)
+                x = _augment(x, augment_gen, None if shard is None else (global_batch, shard))
             if cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
-                loss = F.cross_entropy(model(x).float(), y)
+                out = net(x).float()
+                if shard is None:
+                    loss = F.cross_entropy(out, y)
+                else:  # DDP averages the ranks' gradients: this scaling makes that average the
+                    # gradient of the global batch's mean loss, whatever the shard sizes
+                    loss = F.cross_entropy(out, y, reduction="sum") * (
+                        distributed.world() / global_batch
+                    )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if after_backward is not None:
@@ -308,22 +406,9 @@ def train(
             it += 1
             if it in checkpoints:
                 checkpoints.pop(it)(model)
-            if it % eval_every == 0 or it == total:
+            if steps.evaluates_at(it):
                 record(it)
     if task is not None:
         progress.remove_task(task)
-    last = history[-1]
-    return TrainResult(
-        iterations=it,
-        epochs=it / per_epoch,
-        train_loss=last["train_loss"],
-        val_loss=last["val_loss"],
-        val_accuracy=last["val_accuracy"],
-        test_accuracy=last["test_accuracy"],
-        early_stop_iteration=best["iteration"],
-        early_stop_val_loss=best["val_loss"],
-        early_stop_test_accuracy=best["test_accuracy"],
-        seconds=time.perf_counter() - start,
-        history=history,
-        start_iteration=start_at,
-    )
+    unwrap()  # callers get back their own module tree (no DDP, no SyncBatchNorm)
+    return log.result(it)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from omegaconf import DictConfig
 from rich.console import Console
 
 from lotto.errors import LottoError
@@ -41,6 +43,12 @@ def _root(
         import torch
 
         torch.set_num_threads(threads)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: join its group
+        from lotto import distributed
+
+        distributed.init_if_launched()
+        if not distributed.is_main():
+            console.quiet = True  # rank 0 alone prints tables and progress bars
 
 
 # Tables are wide: when output goes to a file or a CI log (no terminal), don't crop at 80.
@@ -84,10 +92,60 @@ NameOpt = Annotated[
 RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="Root of the run directories.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda or auto.")]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help="Trainings at once: worker processes (parallel.backend=process, chosen for N > 1 "
+        "when the backend is serial) or Ray tasks in flight. Default: parallel.workers (1).",
+    ),
+]
 ForceOpt = Annotated[
     bool,
     typer.Option("--force", help="Delete an existing run directory of that name and start afresh."),
 ]
+
+
+def with_workers(cfg: DictConfig, workers: int | None) -> DictConfig:
+    """`--workers N` > 1 on the serial backend means local worker processes."""
+    if workers is not None and workers > 1 and cfg.parallel.backend == "serial":
+        cfg.parallel.backend = "process"
+    return cfg
+
+
+def check_parallel(cfg: DictConfig) -> None:
+    """Validate the `parallel:` section of a command that does not use it yet (one line, exit 2)."""
+    from lotto.experiments.common import parallel_settings
+
+    parallel_settings(cfg)
+
+
+def report_failures(failures: list[dict], run_path: Path) -> None:
+    """List the units that failed or were skipped; exit with status 1 if any failed."""
+    if not failures:
+        return
+    for entry in failures:
+        key = ",".join(f"{k}={v}" for k, v in entry.items() if k not in ("status", "error"))
+        console.print(f"[bold red]{entry['status']}:[/] {key}: {entry['error']}",
+                      highlight=False, soft_wrap=True)
+    failed = sum(e["status"] == "failed" for e in failures)
+    console.print(f"{failed} failed, {len(failures) - failed} skipped: listed in "
+                  f"{run_path / 'failures.csv'}; re-run the same command to retry them "
+                  "(finished units are kept)", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def thread_defaults() -> None:
+    """Thread settings for a machine that also runs other work; call before torch is imported.
+
+    OpenMP threads that spin-wait for work hold a core even while another process wants it, and
+    then wait for each other: on 2 busy cores a LeNet-300-100 training ran 16x slower with torch's
+    2 threads than with 1 (README, "Many trainings at once"). PASSIVE makes an idle thread sleep.
+    `setdefault`: the user's own setting wins. Called by `lotto.cli` on import, since the
+    `lotto` script imports the commands (and torch) before it calls `main`.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from lotto.cli.app import (
     OverridesArg,
     RunsDirOpt,
     SeedOpt,
+    check_parallel,
     console,
     err_console,
     lotto_command,
@@ -60,6 +61,7 @@ def bench(
         "per_layer": per_layer or None, "build_lut": build_lut or None, "lut.space": space,
         "validate": validate or None, "seed": seed, "run.name": name, "run.runs_dir": runs_dir,
     })
+    check_parallel(cfg)  # unused here yet; a bad section is still a one-line error
     out = err_console if as_json else console
 
     def warn(message: str) -> None:

@@ -16,6 +16,7 @@ from lotto.cli.app import (
     OverridesArg,
     RunsDirOpt,
     SeedOpt,
+    check_parallel,
     console,
     lotto_command,
 )
@@ -62,6 +63,7 @@ def build_v3(
         "export": export, "pretrained": pretrained, "resolution": resolution,
         "seed": seed, "run.name": name, "run.runs_dir": runs_dir, "device": device,
     })
+    check_parallel(cfg)  # unused here yet; a bad section is still a one-line error
     with make_progress(console) as progress:
         result = run_build_v3(cfg, force=force, progress=progress)
     show(result)

@@ -16,8 +16,11 @@ from lotto.cli.app import (
     OverridesArg,
     RunsDirOpt,
     SeedOpt,
+    WorkersOpt,
     console,
     lotto_command,
+    report_failures,
+    with_workers,
 )
 from lotto.config import load_config
 from lotto.experiments.lottery import LotteryResult, run_lottery
@@ -39,6 +42,7 @@ def lottery(
     name: NameOpt = None,
     runs_dir: RunsDirOpt = None,
     device: DeviceOpt = None,
+    workers: WorkersOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Iterative magnitude pruning with rewinding to the original init, plus controls."""
@@ -54,11 +58,13 @@ def lottery(
             "run.name": name,
             "run.runs_dir": runs_dir,
             "device": device,
+            "parallel.workers": workers,
         },
     )
     with make_progress(console) as progress:
-        result = run_lottery(cfg, force=force, progress=progress)
+        result = run_lottery(with_workers(cfg, workers), force=force, progress=progress)
     show(result)
+    report_failures(result.failures, result.run.path)
 
 
 def _cell(row: object, col: str, pct: bool = True) -> str:
@@ -70,6 +76,10 @@ def _cell(row: object, col: str, pct: bool = True) -> str:
 
 def show(result: LotteryResult) -> None:
     table = result.table
+    if table.empty:
+        console.print("lottery: no dense round finished yet", highlight=False)
+        console.print(f"run directory: {result.run.path}", highlight=False)
+        return
     variants = [v for v in ("ticket", "reinit", "random_mask") if v in set(table.variant)]
     out = Table(
         title="lottery: test accuracy (%) at the end, at early stop (ES), ES iteration",
@@ -84,8 +94,8 @@ def show(result: LotteryResult) -> None:
     out.add_column("time\ns", justify="right")
     for rnd, rows in table.groupby("round"):
         by = {r.variant: r for r in rows.itertuples()}
-        ticket = by["ticket"]
-        cells = [str(rnd), f"{ticket.weights_remaining_pct:.1f}"]
+        first = by.get("ticket", next(iter(by.values())))  # the controls have its density
+        cells = [str(rnd), f"{first.weights_remaining_pct:.1f}"]
         for v in variants:
             r = by.get(v)
             cells += (

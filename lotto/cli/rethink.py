@@ -17,8 +17,11 @@ from lotto.cli.app import (
     OverridesArg,
     RunsDirOpt,
     SeedOpt,
+    WorkersOpt,
     console,
     lotto_command,
+    report_failures,
+    with_workers,
 )
 from lotto.config import load_config
 from lotto.errors import LottoError
@@ -104,6 +107,7 @@ def rethink(
     name: NameOpt = None,
     runs_dir: RunsDirOpt = None,
     device: DeviceOpt = None,
+    workers: WorkersOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Fine-tune vs train-from-scratch budgets and ticket vs random init, over a pruning grid."""
@@ -113,11 +117,13 @@ def rethink(
         "grid.lrs": parse_list("--lrs", lrs, float),
         "grid.seeds": seeds, "from": from_run,
         "seed": seed, "run.name": name, "run.runs_dir": runs_dir, "device": device,
+        "parallel.workers": workers,
     }
-    cfg = load_config("rethink", config, overrides or [], options)
+    cfg = with_workers(load_config("rethink", config, overrides or [], options), workers)
     with make_progress(console) as progress:
         result = run_rethink(cfg, force=force, progress=progress)
     show(result)
+    report_failures(result.failures, result.run.path)
 
 
 def _acc(row: object | None) -> str:
@@ -167,6 +173,10 @@ def paper_table(table: pd.DataFrame, modes: list[str], title: str) -> Table:
 def show(result: RethinkResult) -> None:
     """The budget table (fine-tune vs scratch) and the init table (ticket vs reinit)."""
     table = result.table
+    if table.empty:
+        console.print("rethink: no cell finished yet", highlight=False)
+        console.print(f"run directory: {result.run.path}", highlight=False)
+        return
     present = set(table["mode"])
     seeds = int(table.seeds.max()) if len(table) else 0
     spread = f"mean±std over {seeds} seeds" if seeds > 1 else "1 seed"

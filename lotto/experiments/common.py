@@ -1,20 +1,28 @@
-"""Pieces `lottery` and `rethink` share: seeded models, run-dir tensors, random streams, and
-turning a diverged training run into a user error.
+"""Pieces `lottery` and `rethink` share: seeded models, run-dir tensors, random streams, turning
+a diverged training run into a user error, and running trainings as tasks of `lotto.parallel`
+(data cached per worker, a failures table, a fault-injection hook for tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import Progress
 from torch import nn
 
-from lotto.data import Data
+from lotto.data import Data, load_data
 from lotto.errors import LottoError
 from lotto.models import build_model
-from lotto.runs import RunDir
+from lotto.parallel import ParallelConfig, Runner, parallel_config
+from lotto.runs import MetricsLog, RunDir
 from lotto.train import TrainingDiverged
 
 # Offsets that give each random draw of a seed (and round) its own stream, so that adding a
@@ -47,11 +55,120 @@ def load_or_make(
 
 
 @contextmanager
-def divergence_is_a_user_error(what: str, kept: str, run: RunDir) -> Iterator[None]:
-    """Turn `TrainingDiverged` inside the block into one LottoError line naming what is kept."""
+def divergence_is_a_user_error(what: str) -> Iterator[None]:
+    """Turn `TrainingDiverged` inside the block (a task) into one LottoError line naming `what`.
+
+    A diverged recipe would diverge again on a re-run: it stops the run (see `lotto.parallel`)
+    instead of becoming a failed unit that a re-run retries.
+    """
     try:
         yield
     except TrainingDiverged as e:
-        raise LottoError(
-            f"NaN/inf loss in {what} at iteration {e.iteration}; {kept} are kept in {run.path}"
-        ) from None
+        raise LottoError(f"NaN/inf loss in {what} at iteration {e.iteration}") from None
+
+
+@contextmanager
+def finished_work_is_kept(kept: Callable[[], str], run: RunDir) -> Iterator[None]:
+    """Add what is kept to a LottoError that stops the run inside the block (a batch of tasks)."""
+    try:
+        yield
+    except LottoError as e:
+        raise LottoError(f"{e}; {kept()} are kept in {run.path}") from None
+
+
+# ---- trainings as tasks -------------------------------------------------------------------------
+
+_DATA: dict[str, Data] = {}  # this process's data set: loaded once per worker, not once per task
+
+
+def shared_data(cfg: DictConfig, device: torch.device) -> Data:
+    """`load_data(cfg, device)`, cached in this process for the last (data config, device).
+
+    The driver loads through here too, so a serial task finds the driver's copy; one entry only,
+    so a long-lived process (tests, a worker reused across runs) holds one data set at a time.
+    """
+    key = json.dumps([OmegaConf.to_container(cfg, resolve=True), str(device)], sort_keys=True)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = load_data(cfg, device)
+    return _DATA[key]
+
+
+# Fault injection, for tests only: LOTTO_TEST_FAULT="kill:<unit>" makes the task training <unit>
+# SIGKILL its own worker process, "raise:<unit>" raise a RuntimeError (<unit> as `unit_label`
+# writes it). The driver reads it when it makes the task, so that it reaches workers started
+# before it was set; the task acts on it (`inject`).
+FAULT_ENV = "LOTTO_TEST_FAULT"
+
+
+def unit_label(key: dict) -> str:
+    """'seed=0,round=1,variant=reinit': a unit's key in one line (failures, the fault hook)."""
+    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in key.items())
+
+
+def injected_fault(key: dict) -> str | None:
+    """The fault LOTTO_TEST_FAULT asks of the unit `key`: "kill", "raise" or None."""
+    kind, _, unit = os.environ.get(FAULT_ENV, "").partition(":")
+    return kind if unit and unit == unit_label(key) else None
+
+
+def inject(fault: str | None) -> None:
+    """In a task: fail the way `injected_fault` said (tests only)."""
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault is not None:
+        raise RuntimeError(f"injected fault ({FAULT_ENV})")
+
+
+def open_runner(cfg: DictConfig) -> Runner:
+    """The `Runner` of the command's `parallel:` section (validated: a LottoError naming a key)."""
+    return Runner(**parallel_settings(cfg).run_options())
+
+
+def parallel_settings(cfg: DictConfig) -> ParallelConfig:
+    return parallel_config(OmegaConf.to_container(cfg.parallel, resolve=True))
+
+
+def task_function(fn: Callable, runner: Runner, progress: Progress | None) -> Callable:
+    """`fn` as the runner calls it: in this process it also draws per-training progress bars
+    (a worker cannot draw in this terminal, and a Progress does not pickle)."""
+    if runner.backend == "serial" and progress is not None:
+        return functools.partial(fn, progress=progress)
+    return fn
+
+
+class FailureLog:
+    """`failures.csv` / `.parquet`: the units of a run that failed (status=failed, error) or
+    could not start because a unit they need failed (status=skipped), with their keys.
+
+    A unit without a metrics row is retried by the next run; on `close` the table keeps only
+    units still without a row, and is removed when none is left. `failed` and `skipped` list
+    this run's entries, for the terminal summary and the exit status.
+    """
+
+    def __init__(self, run: RunDir, metrics: MetricsLog):
+        self.log, self.metrics = MetricsLog(run, "failures"), metrics
+        self.entries: list[dict] = []
+
+    def add(self, key: dict, status: str, error: str) -> None:
+        row = {**key, "status": status, "error": error}
+        self.log.drop(**key)
+        self.log.append(row)
+        self.entries.append(row)
+
+    @property
+    def failed(self) -> list[dict]:
+        return [e for e in self.entries if e["status"] == "failed"]
+
+    def close(self, keys: Sequence[str]) -> None:
+        """Forget units that now have a metrics row (finished by this run or a past one)."""
+        rows = self.log.rows
+        left = [r for r in rows if not self.metrics.find(**{k: r[k] for k in keys})]
+        if len(left) == len(rows):
+            return
+        if left:
+            self.log.drop()  # every row: the next append rewrites the table whole
+            self.log.append(left)
+        else:
+            for path in (self.log.csv, self.log.parquet, self.log.length_file):
+                path.unlink(missing_ok=True)

@@ -15,12 +15,17 @@ Files under the run directory, per seed `seed<S>/`: `init.safetensors` (theta_0)
 `rewind.safetensors` (theta_k, late rewinding only), and per round `round<R>/mask.safetensors`
 and `round<R>/trained.safetensors` (the trained ticket). A (seed, round, variant) is finished
 when its row is in `metrics.csv`; the tensors are written before the row.
+
+Execution: each round's unfinished units of every seed are one batch of tasks of
+`lotto.parallel` (`train_units`, here or in workers). The driver makes each unit's start weights
+and mask, and alone writes the run directory, as each task ends. A unit that fails is recorded
+in `failures.csv` and retried by the next run; a seed whose ticket failed skips its later rounds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -30,17 +35,26 @@ from rich.progress import Progress
 from torch import nn
 
 from lotto.config import check
-from lotto.data import Data, load_data
+from lotto.data import Data
 from lotto.errors import LottoError
 from lotto.experiments.common import (
     RANDOM_STREAM,
     REINIT_STREAM,
+    FailureLog,
     divergence_is_a_user_error,
+    finished_work_is_kept,
+    inject,
+    injected_fault,
     load_or_make,
+    open_runner,
+    parallel_settings,
     seeded_model,
+    shared_data,
     stream_seed,
+    task_function,
 )
 from lotto.models import build_model, copy_state, load_state
+from lotto.parallel import Runner, TaskResult
 from lotto.pruning import (
     Masks,
     density,
@@ -52,7 +66,7 @@ from lotto.pruning import (
     random_masks_like,
 )
 from lotto.runs import MetricsLog, RunDir, mean_std
-from lotto.train import check_train_config, parse_step, resolve_device, train
+from lotto.train import TrainResult, check_train_config, parse_step, resolve_device, train
 
 VARIANTS = ("ticket", "reinit", "random_mask")
 
@@ -63,6 +77,7 @@ class LotteryResult:
     metrics: pd.DataFrame  # one row per (seed, round, variant)
     table: pd.DataFrame  # per (round, variant): mean and std over seeds
     summary: dict
+    failures: list[dict] = field(default_factory=list)  # this run's failed and skipped units
 
 
 def validate(cfg: DictConfig) -> None:
@@ -97,143 +112,249 @@ def check_rewind(cfg: DictConfig, data: Data) -> None:
     )
 
 
-class _Seed:
-    """One replicate: the chain of rounds for one seed."""
+# ---- the task: train units in a worker (or here, for `serial`) --------------------------------
 
-    def __init__(
-        self,
-        cfg: DictConfig,
-        seed: int,
-        data: Data,
-        run: RunDir,
-        device: torch.device,
-        metrics: MetricsLog,
-        curves: MetricsLog,
-        progress: Progress,
-        step: Callable,
-    ):
-        self.cfg, self.seed, self.data, self.run, self.device = cfg, seed, data, run, device
-        self.metrics, self.curves, self.progress, self.step = metrics, curves, progress, step
+
+@dataclass
+class Unit:
+    """One training of the run, (seed, round, variant), with what it starts from (CPU tensors)."""
+
+    seed: int
+    round: int
+    variant: str
+    start: dict[str, torch.Tensor]  # the start weights, mask applied
+    masks: Masks  # the mask it trains under (random_mask: its own)
+    start_iteration: int  # pruned rounds resume the dense run's schedule at the rewind point
+    rewind_at: int = 0  # round 0 with late rewinding: keep the weights after this many steps
+    fault: str | None = None  # tests only: see `lotto.experiments.common.injected_fault`
+
+    @property
+    def key(self) -> dict:
+        return {"seed": self.seed, "round": self.round, "variant": self.variant}
+
+    @property
+    def train_seed(self) -> int:
+        return self.seed * 1000 + self.round  # the round's data order, shared by its controls
+
+
+@dataclass
+class Trained:
+    """What a task sends back for one unit: the driver writes it to the run directory."""
+
+    result: TrainResult  # the numbers of the metrics row and the curve rows
+    state: dict[str, torch.Tensor] | None  # the trained ticket (ticket units only)
+    theta_k: dict[str, torch.Tensor] | None  # round 0 with late rewinding
+
+
+@dataclass
+class Job:
+    """One task: units that train in one worker, one after another (or batched: see below)."""
+
+    cfg: DictConfig
+    units: list[Unit]
+
+
+def train_units(job: Job, progress: Progress | None = None) -> list[Trained]:
+    """The task function (top-level, so that workers can unpickle it): the worker loads the data
+    once (cached per process) and builds each model from the config and the unit's start weights.
+
+    The single place for batched replicas: a job of several units with `parallel.batch_replicas`
+    on would go to `lotto.replicas.train_replicas` here instead of the loop.
+    """
+    cfg = job.cfg
+    device = resolve_device(cfg.device)
+    data = shared_data(cfg.data, device)
+    return [train_unit(cfg, data, device, unit, progress) for unit in job.units]
+
+
+def train_unit(
+    cfg: DictConfig, data: Data, device: torch.device, unit: Unit, progress: Progress | None
+) -> Trained:
+    inject(unit.fault)
+    model = seeded_model(cfg.model.name, data, unit.seed, dropout=cfg.model.dropout)
+    load_state(model, unit.start, f"the start weights of seed {unit.seed} round {unit.round}")
+    kept: dict[str, dict] = {}
+    checkpoints = {}
+    if unit.rewind_at:
+        checkpoints[unit.rewind_at] = lambda m: kept.update(theta_k=copy_state(m))
+    with divergence_is_a_user_error(f"round {unit.round} ({unit.variant}, seed {unit.seed})"):
+        result = train(
+            model,
+            data,
+            cfg.train,
+            seed=unit.train_seed,
+            device=device,
+            masks=unit.masks,
+            checkpoints=checkpoints,
+            progress=progress,
+            desc=f"seed {unit.seed} round {unit.round} {unit.variant}",
+            start_iteration=unit.start_iteration,
+        )
+    state = copy_state(model) if unit.variant == "ticket" else None
+    return Trained(result, state, kept.get("theta_k"))
+
+
+# ---- the driver: units of each round, results written to the run directory ---------------------
+
+
+class _Seed:
+    """One replicate: the chain of rounds for one seed (round r prunes round r-1's ticket)."""
+
+    def __init__(self, cfg: DictConfig, seed: int, data: Data, run: RunDir):
+        self.cfg, self.seed, self.data, self.run = cfg, seed, data, run
         self.dir = f"seed{seed}"
+        lot = cfg.lottery
+        template = self.model(seed)
+        self.theta_0 = load_or_make(run, f"{self.dir}/init.safetensors",
+                                    lambda: copy_state(template))
+        load_state(template, self.theta_0, f"{run.path / self.dir / 'init.safetensors'}")
+        per_epoch = max(1, len(data.train_x) // cfg.train.batch_size)
+        self.rewind_it = parse_step(lot.rewind, per_epoch)
+        # global ranking is one ranking over all hidden layers (OpenLTH's sparse_global), so
+        # conv and FC layers share prune_rate there: conv_rate_factor is a layer-wise setting
+        conv_factor = 1.0 if lot.ranking == "global" else lot.conv_rate_factor
+        self.rates = layer_rates(template, lot.prune_rate, conv_factor, lot.output_rate_factor)
+        self.groups = global_groups(template)
+        self.masks: Masks = ones_masks(template)
+        self.trained: dict[str, torch.Tensor] | None = None  # this run's latest trained ticket
+        self.theta_k = None if self.rewind_it else self.theta_0
+        self.broken: str | None = None  # why later rounds cannot run (a ticket failed)
 
     def model(self, init_seed: int) -> nn.Module:
         return seeded_model(
             self.cfg.model.name, self.data, init_seed, dropout=self.cfg.model.dropout
         )
 
-    def run_rounds(self) -> None:
-        lot = self.cfg.lottery
-        template = self.model(self.seed)
-        theta_0 = load_or_make(
-            self.run, f"{self.dir}/init.safetensors", lambda: copy_state(template)
-        )
-        load_state(template, theta_0, f"{self.run.path / self.dir / 'init.safetensors'}")
-        per_epoch = max(1, len(self.data.train_x) // self.cfg.train.batch_size)
-        rewind_it = parse_step(lot.rewind, per_epoch)
-        # global ranking is one ranking over all hidden layers (OpenLTH's sparse_global), so
-        # conv and FC layers share prune_rate there: conv_rate_factor is a layer-wise setting
-        conv_factor = 1.0 if lot.ranking == "global" else lot.conv_rate_factor
-        rates = layer_rates(template, lot.prune_rate, conv_factor, lot.output_rate_factor)
-        groups = global_groups(template)
-        masks: Masks = ones_masks(template)
-        trained: dict[str, torch.Tensor] | None = None
-        theta_k: dict[str, torch.Tensor] | None = None if rewind_it else theta_0
+    def units(self, rnd: int, todo: list[str]) -> list[Unit]:
+        """The units of round `rnd` for the variants `todo` (masks made or reloaded first)."""
+        prev, self.trained = self.trained, None
+        if rnd > 0:
+            self.masks = self.round_masks(rnd, prev)
+        if self.theta_k is None and rnd > 0:
+            self.theta_k = self.run.load_tensors(f"{self.dir}/rewind.safetensors")
+        start = self.theta_0 if rnd == 0 else self.theta_k
+        units = []
+        for variant in todo:
+            state, masks = self.start(variant, rnd, start)
+            unit = Unit(self.seed, rnd, variant, state, masks,
+                        start_iteration=0 if rnd == 0 else self.rewind_it,
+                        rewind_at=self.rewind_it if rnd == 0 else 0)
+            unit.fault = injected_fault(unit.key)
+            units.append(unit)
+        return units
 
-        for rnd in range(lot.rounds + 1):
-            prev = trained
-            if rnd > 0:
-                masks = self.round_masks(rnd, masks, prev, rates, groups)
-            if theta_k is None and self.done(0, "ticket"):
-                theta_k = self.run.load_tensors(f"{self.dir}/rewind.safetensors")
-            variants = ["ticket"] + (list(lot.controls) if rnd > 0 else [])
-            trained = None
-            for variant in variants:
-                if self.done(rnd, variant):
-                    self.step()
-                    continue
-                capture: dict[int, Callable] = {}
-                if rnd == 0 and rewind_it:
-
-                    def keep(model: nn.Module) -> None:
-                        nonlocal theta_k
-                        theta_k = copy_state(model)
-                        self.run.save_tensors(f"{self.dir}/rewind.safetensors", theta_k)
-
-                    capture[rewind_it] = keep
-                start = theta_0 if rnd == 0 else theta_k
-                model, used = self.start(variant, rnd, start, masks)
-                what = f"round {rnd} ({variant}, seed {self.seed})"
-                kept = f"{len(self.metrics.rows)} finished (round, variant) rows"
-                with divergence_is_a_user_error(what, kept, self.run):
-                    result = train(
-                        model,
-                        self.data,
-                        self.cfg.train,
-                        seed=self.seed * 1000 + rnd,
-                        device=self.device,
-                        masks=used,
-                        checkpoints=capture,
-                        progress=self.progress,
-                        desc=f"seed {self.seed} round {rnd} {variant}",
-                        # pruned rounds resume the dense run's schedule at the rewind point
-                        start_iteration=0 if rnd == 0 else rewind_it,
-                    )
-                if variant == "ticket":
-                    trained = copy_state(model)
-                    if rnd == 0:
-                        self.run.save_tensors(
-                            f"{self.dir}/round0/mask.safetensors",
-                            {k: v.bool() for k, v in masks.items()},
-                        )
-                    self.run.save_tensors(f"{self.dir}/round{rnd}/trained.safetensors", trained)
-                self.record(rnd, variant, used, result)
-                self.step()
-
-    def round_masks(
-        self, rnd: int, masks: Masks, prev: dict | None, rates: dict, groups: dict
-    ) -> Masks:
+    def round_masks(self, rnd: int, prev: dict | None) -> Masks:
         """Prune the previous round's trained ticket (or reload the mask a past run saved)."""
         path = f"{self.dir}/round{rnd}/mask.safetensors"
         if self.run.has(path):
-            return {k: v.float() for k, v in self.run.load_tensors(path).items()}
-        weights = self.trained(rnd - 1, prev)
+            # in the model's order (safetensors sorts keys): random_mask draws follow this order
+            saved = self.run.load_tensors(path)
+            return {k: saved[k].float() for k in self.masks}
+        weights = prev if prev is not None else self.run.load_tensors(
+            f"{self.dir}/round{rnd - 1}/trained.safetensors")
         lot = self.cfg.lottery
         new = magnitude_prune(
             weights,
-            masks,
-            rates,
+            self.masks,
+            self.rates,
             lot.ranking,
-            groups=groups,
+            groups=self.groups,
             min_weights=lot.min_weights_per_layer,
         )
         self.run.save_tensors(path, {k: v.bool() for k, v in new.items()})
         return new
 
-    def done(self, rnd: int, variant: str) -> bool:
-        return bool(self.metrics.find(seed=self.seed, round=rnd, variant=variant))
-
-    def trained(self, rnd: int, in_memory: dict | None) -> dict[str, torch.Tensor]:
-        if in_memory is not None:
-            return in_memory
-        return self.run.load_tensors(f"{self.dir}/round{rnd}/trained.safetensors")
-
-    def start(self, variant: str, rnd: int, start: dict, masks: Masks) -> tuple[nn.Module, Masks]:
-        """The model a variant trains from, and the mask it trains under."""
-        model = self.model(self.seed)
+    def start(self, variant: str, rnd: int, start: dict) -> tuple[dict, Masks]:
+        """The weights a variant trains from, and the mask it trains under."""
+        masks = self.masks
         if variant == "reinit":
             fresh = self.model(stream_seed(self.seed, REINIT_STREAM, rnd))
-            load_state(model, masked_state(copy_state(fresh), masks), "reinit")
-            return model, masks
+            return masked_state(copy_state(fresh), masks), masks
         if variant == "random_mask":
             gen = torch.Generator().manual_seed(stream_seed(self.seed, RANDOM_STREAM, rnd))
             masks = random_masks_like(masks, gen)
-        load_state(model, masked_state(start, masks), f"{self.run.path / self.dir}")
-        return model, masks
+        return masked_state(start, masks), masks
 
-    def record(self, rnd: int, variant: str, masks: Masks, result: object) -> None:
+    def finish(self, unit: Unit, out: Trained) -> None:
+        """Write a ticket's tensors (before its row: a unit without a row is recomputed)."""
+        if unit.variant != "ticket":
+            return
+        if out.theta_k is not None:
+            self.theta_k = out.theta_k
+            self.run.save_tensors(f"{self.dir}/rewind.safetensors", out.theta_k)
+        if unit.round == 0:
+            self.run.save_tensors(f"{self.dir}/round0/mask.safetensors",
+                                  {k: v.bool() for k, v in unit.masks.items()})
+        self.run.save_tensors(f"{self.dir}/round{unit.round}/trained.safetensors", out.state)
+        self.trained = out.state
+
+
+class _Lottery:
+    """Runs the rounds: each round's units of every seed as one batch of tasks."""
+
+    KEYS = ("seed", "round", "variant")
+
+    def __init__(self, cfg: DictConfig, data: Data, run: RunDir, progress: Progress):
+        self.cfg, self.run, self.progress = cfg, run, progress
+        self.metrics, self.curves = MetricsLog(run), MetricsLog(run, "curves")
+        self.failures = FailureLog(run, self.metrics)
+        lot = cfg.lottery
+        self.seeds = [_Seed(cfg, s, data, run) for s in range(cfg.seed, cfg.seed + lot.seeds)]
+        per_seed = 1 + lot.rounds * (1 + len(lot.controls))
+        self.overall = progress.add_task("lottery", total=per_seed * lot.seeds)
+
+    def run_rounds(self, runner: Runner) -> None:
+        fn = task_function(train_units, runner, self.progress)
+        kept = lambda: f"{len(self.metrics.rows)} finished (round, variant) rows"  # noqa: E731
+        try:
+            for rnd in range(self.cfg.lottery.rounds + 1):
+                units = [u for s in self.seeds for u in self.round_units(s, rnd)]
+                jobs = self.jobs(units)
+
+                def on_result(index: int, result: TaskResult, jobs: list[Job] = jobs) -> None:
+                    outs = result.value if result.ok else [None] * len(jobs[index].units)
+                    for unit, out in zip(jobs[index].units, outs):
+                        self.deliver(unit, out, result.error)
+
+                with finished_work_is_kept(kept, self.run):
+                    runner.run(fn, jobs, on_result=on_result)
+        finally:
+            self.failures.close(self.KEYS)
+
+    def jobs(self, units: list[Unit]) -> list[Job]:
+        """One task per unit. Batched replicas (`parallel.batch_replicas`) will group a round's
+        units here, one job per worker, for `train_units` to train together."""
+        return [Job(self.cfg, [u]) for u in units]
+
+    def round_units(self, seed: _Seed, rnd: int) -> list[Unit]:
+        variants = ["ticket"] + (list(self.cfg.lottery.controls) if rnd > 0 else [])
+        todo = [v for v in variants if not self.metrics.find(seed=seed.seed, round=rnd, variant=v)]
+        self.progress.advance(self.overall, len(variants) - len(todo))
+        if seed.broken is not None:
+            for v in todo:
+                self.failures.add({"seed": seed.seed, "round": rnd, "variant": v}, "skipped",
+                                  seed.broken)
+            self.progress.advance(self.overall, len(todo))
+            return []
+        return seed.units(rnd, todo)
+
+    def deliver(self, unit: Unit, out: Trained | None, error: str) -> None:
+        seed = next(s for s in self.seeds if s.seed == unit.seed)
+        if out is None:
+            self.failures.add(unit.key, "failed", error)
+            if unit.variant == "ticket":
+                seed.broken = f"needs the round {unit.round} ticket, which failed"
+        else:
+            seed.finish(unit, out)
+            self.record(unit, out.result)
+        self.progress.advance(self.overall)
+
+    def record(self, unit: Unit, result: TrainResult) -> None:
+        masks = unit.masks
         remaining = density(masks)
-        key = {"round": rnd, "variant": variant, "seed": self.seed, "density": remaining}
-        self.curves.drop(round=rnd, variant=variant, seed=self.seed)  # a recomputed unit
+        key = {"round": unit.round, "variant": unit.variant, "seed": unit.seed,
+               "density": remaining}
+        self.curves.drop(round=unit.round, variant=unit.variant, seed=unit.seed)  # recomputed
         self.curves.append([{**key, **row} for row in result.history])
         self.metrics.append(
             {
@@ -370,10 +491,14 @@ def plot(table: pd.DataFrame, metrics: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def run_lottery(cfg: DictConfig, *, force: bool = False, progress: Progress) -> LotteryResult:
+def run_lottery(
+    cfg: DictConfig, *, force: bool = False, progress: Progress, runner: Runner | None = None
+) -> LotteryResult:
+    """`runner`: workers to reuse (tests, scripts); default: a Runner made from `cfg.parallel`."""
     validate(cfg)
+    parallel_settings(cfg)  # a bad parallel section is a user error before the run directory
     device = resolve_device(cfg.device)
-    data = load_data(cfg.data, device)
+    data = shared_data(cfg.data, device)
     check_rewind(cfg, data)
     build_model(
         cfg.model.name,
@@ -383,20 +508,16 @@ def run_lottery(cfg: DictConfig, *, force: bool = False, progress: Progress) -> 
         dropout=cfg.model.dropout,
     )  # fail on a bad model before creating the run dir
     run = RunDir.open(cfg, "lottery", force=force)
-    metrics, curves = MetricsLog(run), MetricsLog(run, "curves")
-    lot = cfg.lottery
-    per_seed = 1 + lot.rounds * (1 + len(lot.controls))
-    overall = progress.add_task("lottery", total=per_seed * lot.seeds)
-
-    def step() -> None:
-        progress.advance(overall)
-
-    for seed in range(cfg.seed, cfg.seed + lot.seeds):
-        _Seed(cfg, seed, data, run, device, metrics, curves, progress, step).run_rounds()
-    frame = metrics.frame()
-    table = round_table(frame)
-    summary = summarize(table)
+    lottery = _Lottery(cfg, data, run, progress)
+    with open_runner(cfg) if runner is None else nullcontext(runner) as tasks:
+        lottery.run_rounds(tasks)
+    frame = lottery.metrics.frame()
+    dense = not frame.empty and bool(((frame["round"] == 0) & (frame.variant == "ticket")).any())
+    table = round_table(frame) if dense else pd.DataFrame()
+    summary = summarize(table) if dense else {}
     summary["run_dir"] = str(run.path)
+    summary["failures"] = lottery.failures.entries
     run.write_json("summary.json", summary)
-    plot(table, frame, run.file("lottery.png"))
-    return LotteryResult(run, frame, table, summary)
+    if dense:
+        plot(table, frame, run.file("lottery.png"))
+    return LotteryResult(run, frame, table, summary, lottery.failures.entries)

@@ -21,15 +21,21 @@ The grid is a list of cells (pruning, method, ratio, mode, lr, seed); a cell is 
 row is in `metrics.csv`. Tensors reused by later cells (theta_0, trained baselines, selections)
 are written before the row that finishes the cell, so an interrupted run resumes where it
 stopped and never retrains a finished cell.
+
+Execution: the baselines are one batch of tasks of `lotto.parallel` (`train_cell`), the pruned
+cells a second one; this process builds every start network and writes every file. A failed cell
+goes to `failures.csv` (a failed baseline skips its pruned cells) and is retried by the next run.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -39,19 +45,29 @@ from rich.progress import Progress
 from torch import nn
 
 from lotto.config import check
-from lotto.data import Data, load_data
+from lotto.data import Data
 from lotto.errors import LottoError
 from lotto.experiments.common import (
     FRESH_STREAM,
     RANDOM_STREAM,
     REINIT_STREAM,
+    FailureLog,
     divergence_is_a_user_error,
+    finished_work_is_kept,
+    inject,
+    injected_fault,
     load_or_make,
+    open_runner,
+    parallel_settings,
     seeded_model,
+    shared_data,
     stream_seed,
+    task_function,
+    unit_label,
 )
 from lotto.flops import count_macs, count_params
 from lotto.models import build_model, copy_state, load_state
+from lotto.parallel import Runner, TaskResult
 from lotto.pruning import (
     Masks,
     global_groups,
@@ -109,6 +125,7 @@ class RethinkResult:
     metrics: pd.DataFrame  # one row per cell
     table: pd.DataFrame  # per (pruning, method, ratio, lr, mode): mean and std over seeds
     summary: dict
+    failures: list[dict] = field(default_factory=list)  # this run's failed and skipped cells
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -340,12 +357,17 @@ class LotterySource:
 
 
 class _Grid:
-    """Runs the cells of the grid in order, skipping finished ones."""
+    """Runs the grid in two batches of tasks: the baselines, then the pruned cells (which need a
+    trained baseline), skipping finished cells. Workers train; this process writes every file."""
+
+    KEYS = ("pruning", "method", "ratio", "mode", "lr", "seed")
 
     def __init__(self, cfg: DictConfig, data: Data, run: RunDir, device: torch.device,
                  metrics: MetricsLog, progress: Progress, lottery: LotterySource | None):
         self.cfg, self.data, self.run, self.device = cfg, data, run, device
         self.metrics, self.progress, self.lottery = metrics, progress, lottery
+        self.failures = FailureLog(run, metrics)
+        self.starts: dict[int, dict[str, torch.Tensor]] = {}  # per seed: the ticket's start
         self.per_epoch = max(1, len(data.train_x) // cfg.train.batch_size)
         self.base_iterations = parse_step(cfg.train.iterations, self.per_epoch)
         self.ft_iterations = parse_step(cfg.finetune.iterations, self.per_epoch)
@@ -360,12 +382,16 @@ class _Grid:
     def cells(self) -> Iterator[Cell]:
         for seed in self.seeds():
             for lr in grid_lrs(self.cfg):
-                yield Cell(DENSE, DENSE, 0.0, "baseline", lr, seed)
-                if any(m == "slimming" for _, m, _ in prunings(self.cfg)):
-                    yield Cell("structured", "slimming", 0.0, "baseline", lr, seed)
+                yield from self.baseline_cells(lr, seed)
                 for kind, method, ratio in prunings(self.cfg):
                     for mode in self.cfg.pruning[kind].modes:
                         yield Cell(kind, method, ratio, mode, lr, seed)
+
+    def baseline_cells(self, lr: float, seed: int) -> list[Cell]:
+        cells = [Cell(DENSE, DENSE, 0.0, "baseline", lr, seed)]
+        if any(m == "slimming" for _, m, _ in prunings(self.cfg)):
+            cells.append(Cell("structured", "slimming", 0.0, "baseline", lr, seed))
+        return cells
 
     def seeds(self) -> range:
         return range(self.cfg.seed, self.cfg.seed + self.cfg.grid.seeds)
@@ -386,42 +412,100 @@ class _Grid:
             cfg.schedule = schedule
         return cfg
 
-    def fit(self, cell: Cell, model: nn.Module, cfg: DictConfig, masks: Masks | None = None,
-            slimming: bool = False, start_iteration: int = 0) -> TrainResult:
-        hook = slimming_penalty(model, self.cfg.pruning.slimming_l1) if slimming else None
-        desc = f"seed {cell.seed} lr {cell.lr:g} {cell.method} {cell.ratio:g} {cell.mode}"
-        with divergence_is_a_user_error(desc, f"{len(self.metrics.rows)} finished cells",
-                                        self.run):
-            return train(model, self.data, cfg, seed=cell.seed, device=self.device, masks=masks,
-                         after_backward=hook, progress=self.progress, desc=desc,
-                         start_iteration=start_iteration)
+    # ------------------------------------------------------------------ the two batches
 
-    # ------------------------------------------------------------------ per seed and lr
+    def run_all(self, runner: Runner) -> None:
+        fn = task_function(train_cell, runner, self.progress)
+        try:
+            parents = self.run_baselines(runner, fn)
+            self.run_pruned(runner, fn, parents)
+        finally:
+            self.failures.close(self.KEYS)
 
-    def run_all(self) -> None:
+    def run_batch(self, runner: Runner, fn: Callable, pending: list[tuple[CellTask, dict]],
+                  finish: Callable[[CellTask, dict, Any], None]) -> None:
+        """Run the tasks; `finish(task, meta, (result, state))` writes a finished cell's files
+        and row, a failed cell goes to failures.csv."""
+        def on_result(index: int, result: TaskResult) -> None:
+            task, meta = pending[index]
+            if result.ok:
+                finish(task, meta, result.value)
+            else:
+                self.failures.add(task.cell.key(), "failed", result.error)
+            self.progress.advance(self.overall)
+
+        kept = lambda: f"{len(self.metrics.rows)} finished cells"  # noqa: E731
+        with finished_work_is_kept(kept, self.run):
+            runner.run(fn, [task for task, _ in pending], on_result=on_result)
+
+    def run_baselines(self, runner: Runner, fn: Callable) -> dict[tuple, dict | None]:
+        """Every (seed, lr) baseline, plain and slimming: trained weights, None if it failed."""
+        parents: dict[tuple, dict | None] = {}
+        pending = []
         for seed in self.seeds():
             theta0 = self.theta0(seed)
-            ticket = self.ticket_init(seed, theta0)
+            self.starts[seed] = self.ticket_init(seed, theta0)
             for lr in grid_lrs(self.cfg):
-                base = self.baseline(Cell(DENSE, DENSE, 0.0, "baseline", lr, seed), theta0)
-                slim = None
+                for cell in self.baseline_cells(lr, seed):
+                    rel = self.baseline_path(cell)
+                    if self.done(cell):
+                        parents[self.parent_key(cell)] = self.run.load_tensors(rel)
+                        self.progress.advance(self.overall)
+                    elif self.from_lottery(cell):
+                        parents[self.parent_key(cell)] = self.adopt_baseline(cell, rel)
+                        self.progress.advance(self.overall)
+                    else:
+                        pending.append(self.baseline_task(cell, theta0))
+
+        def finish(task: CellTask, meta: dict, value: tuple) -> None:
+            result, state = value
+            self.run.save_tensors(self.baseline_path(task.cell), state)  # before the row
+            parents[self.parent_key(task.cell)] = state
+            self.record(task.cell, meta, self.outcome(task.cell.lr, result, 1.0))
+
+        self.run_batch(runner, fn, pending, finish)
+        return parents
+
+    def run_pruned(self, runner: Runner, fn: Callable, parents: dict[tuple, dict | None]) -> None:
+        pending = []
+        for seed in self.seeds():
+            for lr in grid_lrs(self.cfg):
                 for kind, method, ratio in prunings(self.cfg):
-                    if method == "slimming" and slim is None:
-                        slim = self.baseline(
-                            Cell("structured", "slimming", 0.0, "baseline", lr, seed), theta0)
-                    parent = slim if method == "slimming" else base
                     todo = [Cell(kind, method, ratio, m, lr, seed)
                             for m in self.cfg.pruning[kind].modes]
-                    for cell in todo:
-                        if self.done(cell):
-                            self.progress.advance(self.overall)
+                    self.progress.advance(self.overall, sum(map(self.done, todo)))
                     todo = [c for c in todo if not self.done(c)]
                     if not todo:
                         continue
+                    base = Cell(kind if method == "slimming" else DENSE,
+                                method if method == "slimming" else DENSE, 0.0, "baseline",
+                                lr, seed)
+                    parent = parents.get(self.parent_key(base))
+                    if parent is None:  # its baseline failed: nothing to prune
+                        why = f"needs the baseline ({unit_label(base.key())}), which failed"
+                        for cell in todo:
+                            self.failures.add(cell.key(), "skipped", why)
+                        self.progress.advance(self.overall, len(todo))
+                        continue
                     sel = self.selection(kind, method, ratio, lr, seed, parent)
-                    for cell in todo:
-                        self.pruned(cell, sel, parent, ticket)
-                        self.progress.advance(self.overall)
+                    pending += [self.pruned_task(c, sel, parent, self.starts[seed]) for c in todo]
+
+        def finish(task: CellTask, meta: dict, value: tuple) -> None:
+            result, _ = value
+            self.record(task.cell, meta, self.outcome(task.train.lr, result, meta["factor"]))
+
+        self.run_batch(runner, fn, pending, finish)
+
+    # ------------------------------------------------------------------ baselines
+
+    @staticmethod
+    def parent_key(cell: Cell) -> tuple:
+        return cell.seed, cell.lr, cell.method == "slimming"
+
+    @staticmethod
+    def baseline_path(cell: Cell) -> str:
+        slimming = "-slimming" if cell.method == "slimming" else ""
+        return f"seed{cell.seed}/lr{cell.lr:g}/baseline{slimming}.safetensors"
 
     def theta0(self, seed: int) -> dict[str, torch.Tensor]:
         rel = f"seed{seed}/init.safetensors"
@@ -435,35 +519,33 @@ class _Grid:
             return theta0
         return self.tensors(f"seed{seed}/rewind.safetensors", lambda: self.lottery.rewind(seed))
 
-    def baseline(self, cell: Cell, theta0: dict) -> dict[str, torch.Tensor]:
-        slimming = cell.method == "slimming"
-        rel = f"seed{cell.seed}/lr{cell.lr:g}/baseline{'-slimming' if slimming else ''}.safetensors"
-        if self.done(cell):
-            self.progress.advance(self.overall)
-            return self.run.load_tensors(rel)
+    def from_lottery(self, cell: Cell) -> bool:
+        """The --from lottery run trained this baseline already (its round 0, at its lr)."""
+        return (self.lottery is not None and cell.method != "slimming"
+                and math.isclose(cell.lr, self.lottery.lr, rel_tol=1e-9))
+
+    def adopt_baseline(self, cell: Cell, rel: str) -> dict[str, torch.Tensor]:
+        state, row = self.lottery.baseline(cell.seed)
         model = self.dense(cell.seed)
-        if (self.lottery is not None and not slimming
-                and math.isclose(cell.lr, self.lottery.lr, rel_tol=1e-9)):
-            state, row = self.lottery.baseline(cell.seed)
-            load_state(model, state, f"--from {self.lottery.path}")
-            self.run.save_tensors(rel, state)
-            self.record(cell, model, None, {
-                "train_lr": cell.lr, "iterations": int(row["iteration"]),
-                "epochs": int(row["iteration"]) / self.per_epoch, "budget_factor": 1.0,
-                "test_accuracy": row["test_accuracy"], "val_accuracy": row["val_accuracy"],
-                "train_loss": row["train_loss"], "seconds": row["seconds"], "source": "lottery",
-                "rewind_iteration": 0,
-            })
-            self.progress.advance(self.overall)
-            return state
-        load_state(model, theta0, f"{self.run.path}/seed{cell.seed}/init.safetensors")
-        cfg = self.train_cfg(cell.lr, self.base_iterations)
-        result = self.fit(cell, model, cfg, slimming=slimming)
-        state = copy_state(model)
+        load_state(model, state, f"--from {self.lottery.path}")
         self.run.save_tensors(rel, state)
-        self.record(cell, model, None, self.outcome(cell.lr, result, 1.0))
-        self.progress.advance(self.overall)
+        self.record(cell, self.measure(model, None), {
+            "train_lr": cell.lr, "iterations": int(row["iteration"]),
+            "epochs": int(row["iteration"]) / self.per_epoch, "budget_factor": 1.0,
+            "test_accuracy": row["test_accuracy"], "val_accuracy": row["val_accuracy"],
+            "train_loss": row["train_loss"], "seconds": row["seconds"], "source": "lottery",
+            "rewind_iteration": 0,
+        })
         return state
+
+    def baseline_task(self, cell: Cell, theta0: dict) -> tuple[CellTask, dict]:
+        model = self.dense(cell.seed)
+        load_state(model, theta0, f"{self.run.path}/seed{cell.seed}/init.safetensors")
+        task = CellTask(self.cfg, cell, self.train_cfg(cell.lr, self.base_iterations),
+                        copy_state(model), slimming=cell.method == "slimming", keep_state=True)
+        return task, self.measure(model, None)
+
+    # ------------------------------------------------------------------ pruned cells
 
     def selection(self, kind: str, method: str, ratio: float, lr: float, seed: int,
                   parent: dict) -> Keep | Masks:
@@ -495,7 +577,10 @@ class _Grid:
                 masks = random_masks_like(masks, gen)
             return {k: v.bool() for k, v in masks.items()}
 
-        return {k: v.float() for k, v in self.tensors(rel, make_masks).items()}
+        saved = self.tensors(rel, make_masks)
+        # in the model's order, as made: safetensors reloads keys sorted by name, and the
+        # random draws of scratch_init follow the order of the masks
+        return {k: saved[k].float() for k in _in_model_order(model, saved)}
 
     def imp_masks(self, seed: int, ratio: float) -> Masks:
         """The lottery round whose density is nearest to 1 - ratio."""
@@ -508,12 +593,14 @@ class _Grid:
 
         return min(rounds, key=gap)[1]
 
-    def pruned(self, cell: Cell, sel: Keep | Masks, parent: dict, ticket: dict) -> None:
-        """Train one pruned cell; `ticket` is the ticket's start (theta_0 or theta_k)."""
+    def pruned_task(self, cell: Cell, sel: Keep | Masks, parent: dict,
+                    ticket: dict) -> tuple[CellTask, dict]:
+        """The task of one pruned cell; `ticket` is the ticket's start (theta_0 or theta_k)."""
         lr_ft = finetune_lr(self.cfg, cell.lr)
         full = self.dense(cell.seed)
         load_state(full, parent, "the trained baseline")
         masks: Masks | None = None
+        widths = None
         if cell.pruning == "structured":
             keep: Keep = sel
             if cell.mode == "finetune":
@@ -526,6 +613,7 @@ class _Grid:
             else:  # scratch: the pruned architecture's own fresh init
                 torch.manual_seed(stream_seed(cell.seed, FRESH_STREAM))
                 model = as_channel_model(full).with_channels([len(k) for k in keep])
+            widths = [len(k) for k in keep]
         else:
             masks = sel
             model = full
@@ -551,8 +639,11 @@ class _Grid:
             cfg = self.train_cfg(cell.lr, self.base_iterations)
         # the ticket and its reinit control train what the lottery's pruned rounds train
         start = self.rewind_it if cell.mode in ("ticket", "reinit") else 0
-        result = self.fit(cell, model, cfg, masks, start_iteration=start)
-        self.record(cell, model, masks, self.outcome(cfg.lr, result, factor))
+        task = CellTask(self.cfg, cell, cfg, copy_state(model), widths, masks,
+                        start_iteration=start)
+        return task, {**self.measure(model, masks), "factor": factor}
+
+    # ------------------------------------------------------------------ rows
 
     def outcome(self, lr: float, result: TrainResult, factor: float) -> dict:
         return {
@@ -563,20 +654,71 @@ class _Grid:
             "rewind_iteration": result.start_iteration,
         }
 
-    def record(self, cell: Cell, model: nn.Module, masks: Masks | None, outcome: dict) -> None:
+    def measure(self, model: nn.Module, masks: Masks | None) -> dict:
+        """Size columns of a cell's row (they depend on the structure and mask, not on values)."""
         params = count_params(model, masks)
         flops = count_macs(model, self.data.in_channels, self.data.image_size, masks)
         # widths of the prunable layers ("-" for a model without channels: never NaN in the CSV)
         channels = getattr(model, "channels", None)
-        self.metrics.append({
-            **cell.key(),
+        return {
             "params": params,
             "params_pct": 100.0 * params / self.dense_params,
             "flops": flops,
             "flops_pct": 100.0 * flops / self.dense_flops,
             "channels": "-".join(map(str, channels)) if channels else "-",
-            **outcome,
-        })
+        }
+
+    def record(self, cell: Cell, meta: dict, outcome: dict) -> None:
+        sizes = {k: v for k, v in meta.items() if k != "factor"}
+        self.metrics.append({**cell.key(), **sizes, **outcome})
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+@dataclass
+class CellTask:
+    """One cell's training, as sent to a worker: its recipe and start weights (CPU tensors)."""
+
+    cfg: DictConfig  # the run's config: data, device, model, slimming strength
+    cell: Cell
+    train: DictConfig  # this cell's recipe: lr, iterations, schedule
+    state: dict[str, torch.Tensor]  # the start weights (mask applied)
+    widths: list[int] | None = None  # structured: the pruned network's channel widths
+    masks: Masks | None = None  # unstructured: the mask it trains under
+    slimming: bool = False  # the slimming baseline: L1 on the BN scales
+    start_iteration: int = 0
+    keep_state: bool = False  # baselines: send the trained weights back
+    fault: str | None = None  # tests only: see `lotto.experiments.common.injected_fault`
+
+    def __post_init__(self) -> None:
+        self.fault = injected_fault(self.cell.key())  # read here, in the driver
+
+
+def train_cell(task: CellTask, progress: Progress | None = None) -> tuple[TrainResult,
+                                                                          dict | None]:
+    """The task function (top-level, so that workers can unpickle it): the worker loads the data
+    once (cached per process), builds the cell's network from the config and trains it."""
+    cfg, cell = task.cfg, task.cell
+    inject(task.fault)
+    device = resolve_device(cfg.device)
+    data = shared_data(cfg.data, device)
+    model = seeded_model(cfg.model.name, data, cell.seed, **model_options(cfg))
+    if task.widths is not None:
+        model = as_channel_model(model).with_channels(list(task.widths))
+    load_state(model, task.state, f"the start weights of {unit_label(cell.key())}")
+    hook = slimming_penalty(model, cfg.pruning.slimming_l1) if task.slimming else None
+    desc = f"seed {cell.seed} lr {cell.lr:g} {cell.method} {cell.ratio:g} {cell.mode}"
+    with divergence_is_a_user_error(desc):
+        result = train(model, data, task.train, seed=cell.seed, device=device, masks=task.masks,
+                       after_backward=hook, progress=progress, desc=desc,
+                       start_iteration=task.start_iteration)
+    return result, copy_state(model) if task.keep_state else None
+
+
+def _in_model_order(model: nn.Module, names: Iterable[str]) -> list[str]:
+    wanted = set(names)
+    return [n for n, _ in model.named_parameters() if n in wanted]
 
 
 @torch.no_grad()
@@ -590,7 +732,8 @@ def scratch_init(model: nn.Module, masks: Masks, generator: torch.Generator) -> 
     caller applies the mask.
     """
     modules = dict(model.named_modules())
-    for name, mask in masks.items():
+    for name in _in_model_order(model, masks):  # one draw order, however `masks` is ordered
+        mask = masks[name]
         module = modules[name.rsplit(".", 1)[0] if "." in name else ""]
         surviving = float(mask.sum())
         if not isinstance(module, nn.Conv2d) or surviving == 0:
@@ -642,14 +785,18 @@ def summarize(table: pd.DataFrame) -> dict:
     return out
 
 
-def run_rethink(cfg: DictConfig, *, force: bool = False, progress: Progress) -> RethinkResult:
+def run_rethink(
+    cfg: DictConfig, *, force: bool = False, progress: Progress, runner: Runner | None = None
+) -> RethinkResult:
+    """`runner`: workers to reuse (tests, scripts); default: a Runner made from `cfg.parallel`."""
     start = time.perf_counter()
     lottery = LotterySource.open(str(cfg["from"])) if cfg["from"] is not None else None
     if lottery is not None:
         cfg = lottery.adopt(cfg)
     validate(cfg)
+    parallel_settings(cfg)  # a bad parallel section is a user error before the run directory
     device = resolve_device(cfg.device)
-    data = load_data(cfg.data, device)
+    data = shared_data(cfg.data, device)
     # fail on a bad model, or structured pruning of a model without channels, before the run dir
     model = build_model(cfg.model.name, data.in_channels, data.num_classes, data.image_size,
                         **model_options(cfg))
@@ -659,12 +806,15 @@ def run_rethink(cfg: DictConfig, *, force: bool = False, progress: Progress) -> 
         load_state(model, lottery.init(cfg.seed), f"--from {lottery.path}: seed{cfg.seed}/init")
     run = RunDir.open(cfg, "rethink", force=force)
     metrics = MetricsLog(run)
-    _Grid(cfg, data, run, device, metrics, progress, lottery).run_all()
+    grid = _Grid(cfg, data, run, device, metrics, progress, lottery)
+    with open_runner(cfg) if runner is None else nullcontext(runner) as tasks:
+        grid.run_all(tasks)
     frame = metrics.frame()
-    table = grid_table(frame)
-    summary = summarize(table)
+    table = grid_table(frame) if len(frame) else pd.DataFrame()
+    summary = summarize(table) if len(frame) else {"baseline": {}, "comparisons": []}
     summary["run_dir"] = str(run.path)
     summary["wall_seconds"] = time.perf_counter() - start
     summary["cells"] = len(frame)
+    summary["failures"] = grid.failures.entries
     run.write_json("summary.json", summary)
-    return RethinkResult(run, frame, table, summary)
+    return RethinkResult(run, frame, table, summary, grid.failures.entries)
