@@ -41,6 +41,7 @@ lint: setup
 bench: setup data
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_latency.py
+	$(BIN)/python scripts/bench_parallel.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

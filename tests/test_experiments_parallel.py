@@ -241,3 +241,51 @@ def test_help_lists_workers() -> None:
     for command in ("lottery", "rethink"):
         out = CliRunner().invoke(app, [command, "--help"])
         assert "--workers" in out.output
+
+
+# --- batched replicas -----------------------------------------------------------------------------
+
+
+def test_lottery_batch_replicas_matches_serial_and_falls_back(
+    lottery_cfg: MakeCfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`parallel.batch_replicas`: a round's units (3 variants x 2 seeds) train as one batched
+    task, with late rewinding (theta_k from the batched round 0). Float32, Adam, 30 steps: the
+    batched sums round differently; measured: losses differ by <= 1.5e-7, accuracies, masks and
+    early-stop iterations not at all. Allowed: 1e-4 in losses, one example in accuracies (a
+    near-tied argmax may flip), equal masks (ranks move only on ties to ~1e-7: none here)."""
+    extra = ("lottery.controls=[reinit,random_mask]", "lottery.seeds=2", "lottery.rewind=5it")
+    paths = {}
+    for name in ("serial", "batched"):
+        cfg = lottery_cfg(*extra, f"parallel.batch_replicas={name == 'batched'}",
+                          f"run.runs_dir={tmp_path / name}")
+        calls = trainings(monkeypatch, lottery_mod)
+        paths[name] = run_lottery(cfg, progress=QUIET).run.path
+        assert len(calls) == (0 if name == "batched" else 2 * 7)  # batched: no one-by-one train
+    serial, batched = (lottery_results(paths[n]) for n in ("serial", "batched"))
+    assert len(serial) == 2 * 7
+    one_example = 1 / 143 + 1e-9  # digits: 143 validation and 360 test examples
+    for col in RESULTS:
+        a, b = serial[col], batched[col]
+        if col.endswith("accuracy"):
+            assert (a - b).abs().max() <= one_example, col
+        elif col.endswith("loss"):
+            assert (a - b).abs().max() <= 1e-4, col
+        else:
+            assert a.equals(b), col  # keys, densities, iterations, early-stop iterations
+    for seed in (0, 1):
+        for rnd in (0, 1, 2):
+            rel = f"seed{seed}/round{rnd}/mask.safetensors"
+            a, b = load_file(str(paths["serial"] / rel)), load_file(str(paths["batched"] / rel))
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "batch_replicas: off" not in capsys.readouterr().out
+
+    # a model `can_batch` refuses (dropout) trains one by one, and the run says why once
+    cfg = lottery_cfg("lottery.rounds=1", "model.dropout=0.5", "parallel.batch_replicas=true",
+                      f"run.runs_dir={tmp_path / 'dropout'}")
+    calls = trainings(monkeypatch, lottery_mod)
+    result = run_lottery(cfg, progress=QUIET)
+    assert len(calls) == 2 and len(result.metrics) == 2 and result.failures == []
+    out = capsys.readouterr().out
+    assert out.count("batch_replicas: off") == 1 and "dropout" in out

@@ -20,6 +20,13 @@ Execution: each round's unfinished units of every seed are one batch of tasks of
 `lotto.parallel` (`train_units`, here or in workers). The driver makes each unit's start weights
 and mask, and alone writes the run directory, as each task ends. A unit that fails is recorded
 in `failures.csv` and retried by the next run; a seed whose ticket failed skips its later rounds.
+
+With `parallel.batch_replicas` a round's units (variants x seeds) train together as batched
+replicas (`lotto.replicas.train_replicas`): one task per worker, each with a contiguous share of
+the units (serial: one task, in this process). The task fails or succeeds as a whole: a unit
+that fails fails its task's other units too (recorded as failed, retried by the next run), and
+a diverged replica stops the run as one-by-one divergence does. When `can_batch` refuses the
+model or the train config, the run prints why once and trains units one by one.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ from lotto.pruning import (
     ones_masks,
     random_masks_like,
 )
+from lotto.replicas import ReplicaDiverged, can_batch, train_replicas
 from lotto.runs import MetricsLog, RunDir, mean_std
 from lotto.train import TrainResult, check_train_config, parse_step, resolve_device, train
 
@@ -152,19 +160,64 @@ class Job:
 
     cfg: DictConfig
     units: list[Unit]
+    batched: bool = False  # train the units together as batched replicas (same start_iteration)
 
 
 def train_units(job: Job, progress: Progress | None = None) -> list[Trained]:
     """The task function (top-level, so that workers can unpickle it): the worker loads the data
     once (cached per process) and builds each model from the config and the unit's start weights.
 
-    The single place for batched replicas: a job of several units with `parallel.batch_replicas`
-    on would go to `lotto.replicas.train_replicas` here instead of the loop.
+    A batched job (`parallel.batch_replicas`) trains its units together with
+    `lotto.replicas.train_replicas` instead of the loop; it ends as a whole (one error fails all).
     """
     cfg = job.cfg
     device = resolve_device(cfg.device)
     data = shared_data(cfg.data, device)
+    if job.batched and len(job.units) > 1:
+        return train_batched(cfg, data, device, job.units, progress)
     return [train_unit(cfg, data, device, unit, progress) for unit in job.units]
+
+
+def train_batched(
+    cfg: DictConfig, data: Data, device: torch.device, units: list[Unit], progress: Progress | None
+) -> list[Trained]:
+    """`train_unit` for every unit, as one batched training (the same numbers up to rounding)."""
+    for unit in units:
+        inject(unit.fault)
+    models = []
+    for unit in units:
+        model = seeded_model(cfg.model.name, data, unit.seed, dropout=cfg.model.dropout)
+        load_state(model, unit.start, f"the start weights of seed {unit.seed} round {unit.round}")
+        models.append(model)
+    kept: list[dict[str, dict]] = [{} for _ in units]
+    checkpoints = [
+        {u.rewind_at: lambda m, k=k: k.update(theta_k=copy_state(m))} if u.rewind_at else None
+        for u, k in zip(units, kept)
+    ]
+    (start_iteration,) = {u.start_iteration for u in units}
+    try:
+        results = train_replicas(
+            models,
+            data,
+            cfg.train,
+            seeds=[u.train_seed for u in units],
+            device=device,
+            masks=[u.masks for u in units],
+            start_iteration=start_iteration,
+            checkpoints=checkpoints,
+            progress=progress,
+            desc=f"round {units[0].round}: {len(units)} batched replicas",
+        )
+    except ReplicaDiverged as e:
+        u = units[e.replica]
+        raise LottoError(
+            f"NaN/inf loss in round {u.round} ({u.variant}, seed {u.seed}) at iteration "
+            f"{e.iteration} (batched replicas)"
+        ) from None
+    return [
+        Trained(r, copy_state(m) if u.variant == "ticket" else None, k.get("theta_k"))
+        for u, r, m, k in zip(units, results, models, kept)
+    ]
 
 
 def train_unit(
@@ -296,6 +349,14 @@ class _Lottery:
 
     def __init__(self, cfg: DictConfig, data: Data, run: RunDir, progress: Progress):
         self.cfg, self.run, self.progress = cfg, run, progress
+        self.batched = bool(cfg.parallel.get("batch_replicas", False))
+        if self.batched:
+            why = can_batch(seeded_model(cfg.model.name, data, cfg.seed,
+                                         dropout=cfg.model.dropout), cfg.train)
+            if why:
+                self.batched = False
+                progress.console.print(
+                    f"batch_replicas: off, units train one by one ({why})", highlight=False)
         self.metrics, self.curves = MetricsLog(run), MetricsLog(run, "curves")
         self.failures = FailureLog(run, self.metrics)
         lot = cfg.lottery
@@ -309,7 +370,7 @@ class _Lottery:
         try:
             for rnd in range(self.cfg.lottery.rounds + 1):
                 units = [u for s in self.seeds for u in self.round_units(s, rnd)]
-                jobs = self.jobs(units)
+                jobs = self.jobs(units, runner)
 
                 def on_result(index: int, result: TaskResult, jobs: list[Job] = jobs) -> None:
                     outs = result.value if result.ok else [None] * len(jobs[index].units)
@@ -321,10 +382,15 @@ class _Lottery:
         finally:
             self.failures.close(self.KEYS)
 
-    def jobs(self, units: list[Unit]) -> list[Job]:
-        """One task per unit. Batched replicas (`parallel.batch_replicas`) will group a round's
-        units here, one job per worker, for `train_units` to train together."""
-        return [Job(self.cfg, [u]) for u in units]
+    def jobs(self, units: list[Unit], runner: Runner) -> list[Job]:
+        """One task per unit; batched replicas: one task per worker (serial: one task), each
+        with a contiguous share of the round's units (a seed's units stay together)."""
+        if not self.batched or len(units) < 2:
+            return [Job(self.cfg, [u]) for u in units]
+        tasks = 1 if runner.backend == "serial" else max(1, min(runner.workers, len(units)))
+        size = -(-len(units) // tasks)
+        return [Job(self.cfg, units[i:i + size], batched=True)
+                for i in range(0, len(units), size)]
 
     def round_units(self, seed: _Seed, rnd: int) -> list[Unit]:
         variants = ["ticket"] + (list(self.cfg.lottery.controls) if rnd > 0 else [])
