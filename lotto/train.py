@@ -290,6 +290,8 @@ def train(
     progress: Progress | None = None,
     desc: str = "train",
     start_iteration: int = 0,
+    eval_start: bool = True,
+    eval_test: bool = True,
 ) -> TrainResult:
     """Train `model` in place on `data` for the budget in `cfg` (the `train` config section).
 
@@ -299,6 +301,10 @@ def train(
     dropped; dropout is not replayed), evaluation at absolute multiples of `eval_every` and
     absolute iterations in the history, the early stop and `checkpoints`. The optimizer starts
     fresh (no momentum or Adam moments from before k), as in OpenLTH.
+
+    `eval_start=False` skips the evaluation before the first step and `eval_test=False` the test
+    split (test accuracy NaN): proxy trainings (`search`, `netadapt`) score on validation only,
+    and on a small network two passes over 15,000 images cost as much as ~80 training steps.
     """
     steps = budget(cfg, len(data.train_x), start_iteration)
     n, per_epoch, total, start_at = steps.n, steps.per_epoch, steps.total, steps.start
@@ -352,7 +358,7 @@ def train(
             raise TrainingDiverged(it)
         distributed.sync_buffers(model)
         val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
-        _, test_acc = evaluate(model, data.test_x, data.test_y)
+        test_acc = evaluate(model, data.test_x, data.test_y)[1] if eval_test else float("nan")
         lr = optimizer.param_groups[0]["lr"]
         row = log.add(it, train_loss, (val_loss, val_acc), test_acc, lr)
         loss_sum = torch.zeros((), device=device)
@@ -364,7 +370,8 @@ def train(
     it = 0
     if start_at in checkpoints:
         checkpoints.pop(start_at)(model)
-    record(start_at)
+    if eval_start:
+        record(start_at)
     while it < total:
         order = draws.epoch(n)
         batches = None  # this epoch's batches from the first one trained, in memory or streamed

@@ -6,7 +6,16 @@ from lotto.cli.app import thread_defaults
 # (the `lotto` script imports this package before it calls `main`)
 thread_defaults()
 
-from lotto.cli import bench, build_v3, lottery, rethink  # noqa: E402, F401  (register commands)
+from lotto.cli import (  # noqa: E402, F401  (register commands)
+    bench,
+    build_v3,
+    compare,
+    lottery,
+    netadapt,
+    rethink,
+    runs,
+    search,
+)
 from lotto.cli.app import app, main  # noqa: E402
 
 __all__ = ["app", "main"]

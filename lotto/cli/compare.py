@@ -1,0 +1,1 @@
+"""`lotto compare`: placeholder, filled in by its issue."""

@@ -1,0 +1,1 @@
+"""`lotto netadapt`: placeholder, filled in by its issue."""

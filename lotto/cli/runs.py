@@ -1,0 +1,1 @@
+"""`lotto runs`: placeholder, filled in by its issue."""

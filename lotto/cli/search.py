@@ -1,0 +1,1 @@
+"""`lotto search`: placeholder, filled in by its issue."""
