@@ -685,8 +685,14 @@ def _layers(spec: ArchSpec) -> list[Layer]:
 # YAML I/O
 
 
+# The spec a run directory hands on, in order of preference: search's best network, the final
+# network of netadapt / build-v3.
+RUN_SPEC_FILES = ("best.yaml", "final.yaml")
+
+
 def load_spec(source: str | Path) -> ArchSpec:
-    """A preset name or a YAML file (as written by `ArchSpec.save`)."""
+    """A preset name, a YAML file (as written by `ArchSpec.save`) or a run directory holding one
+    of `RUN_SPEC_FILES` (e.g. `runs/search/<run>`: its best network)."""
     from lotto.arch.presets import PRESETS, preset
 
     text = str(source)
@@ -695,8 +701,14 @@ def load_spec(source: str | Path) -> ArchSpec:
     path = Path(text).expanduser()
     if not path.exists():
         raise LottoError(
-            f"spec {text!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a file"
+            f"spec {text!r} is neither a preset ({', '.join(sorted(PRESETS))}), a file nor a run"
         )
+    if path.is_dir():
+        found = [path / f for f in RUN_SPEC_FILES if (path / f).is_file()]
+        if not found:
+            raise LottoError(f"{path} holds no spec: a run to take a network from has "
+                             f"{' or '.join(RUN_SPEC_FILES)}")
+        path = found[0]
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
