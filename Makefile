@@ -9,10 +9,12 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 setup: $(STAMP)
 
+# extras: search = optuna, for `lotto search --controller tpe|nsga2` and their tests;
+# device = executorch 1.5.1 + onnxruntime (~40 s), for `lotto bench --device xnnpack|adb` and tests
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,onnx,ray]'
+	$(BIN)/pip install --quiet -e '.[dev,onnx,ray,search,device]'
 	touch $(STAMP)
 
 data:
@@ -42,6 +44,8 @@ bench: setup data
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_latency.py
 	$(BIN)/python scripts/bench_parallel.py
+	$(BIN)/python scripts/bench_device.py
+	$(BIN)/python scripts/bench_startup.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

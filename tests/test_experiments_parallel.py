@@ -230,7 +230,7 @@ def test_parallel_section_is_not_part_of_the_run_identity(
         seen.append(cfg)
         return real(cfg, **kw)
 
-    monkeypatch.setattr("lotto.cli.lottery.run_lottery", spy)
+    monkeypatch.setattr(lottery_mod, "run_lottery", spy)  # the command imports it at call time
     out = cli.invoke(app, ["lottery", *tiny_lottery_args, "--rounds", "1", "--workers", "2"])
     assert out.exit_code == 0, out.output
     assert seen[0].parallel.backend == "process" and seen[0].parallel.workers == 2

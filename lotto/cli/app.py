@@ -7,13 +7,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from omegaconf import DictConfig
 from rich.console import Console
 
 from lotto.errors import LottoError
+
+if TYPE_CHECKING:  # start-up: the CLI modules import nothing heavy at module level (issue 12)
+    from omegaconf import DictConfig
 
 app = typer.Typer(
     name="lotto",

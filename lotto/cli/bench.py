@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -21,9 +21,9 @@ from lotto.cli.app import (
     err_console,
     lotto_command,
 )
-from lotto.config import load_config
-from lotto.experiments.bench import BenchResult, run_bench
-from lotto.progress import make_progress
+
+if TYPE_CHECKING:  # heavy (torch): imported inside the command, so `lotto --help` starts fast
+    from lotto.experiments.bench import BenchResult
 
 
 @lotto_command("bench")
@@ -31,7 +31,8 @@ def bench(
     overrides: OverridesArg = None,
     config: ConfigOpt = None,
     device: Annotated[str | None, typer.Option(
-        "--device", help="cpu, cuda (measured) or pixel, pixel1, pixel2, pixel3 (model).")] = None,
+        "--device", help="cpu, cuda, xnnpack, adb, adb:SERIAL (measured); pixel, pixel1, "
+        "pixel2, pixel3 or a calibrated device name (model).")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Preset name.")] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="Architecture spec YAML file.")] = None,
     resolution: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
@@ -48,6 +49,11 @@ def bench(
         "--space", help="Space YAML or comma-separated presets/spec files for the table.")] = None,
     validate: Annotated[bool, typer.Option(
         "--validate", help="Hosts: table vs measured; phones: cross-validation.")] = False,
+    calibrate: Annotated[str | None, typer.Option(
+        "--calibrate", help="Bench run dir(s) of measurements: fit a device model to them.")
+    ] = None,
+    calibrate_as: Annotated[str | None, typer.Option(
+        "--as", help="Name to register the --calibrate'd device under.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     seed: SeedOpt = None,
     name: NameOpt = None,
@@ -55,11 +61,16 @@ def bench(
     force: ForceOpt = False,
 ) -> None:
     """Latency with provenance: measured on this host, summed from a table, or a phone model."""
+    from lotto.config import load_config
+    from lotto.experiments.bench import run_bench
+    from lotto.progress import make_progress
+
     cfg = load_config("bench", config, overrides or [], {
         "device": device, "model": model, "arch": arch, "resolution": resolution,
         "width_mult": width_mult, "source": source, "threads": threads,
         "per_layer": per_layer or None, "build_lut": build_lut or None, "lut.space": space,
         "validate": validate or None, "seed": seed, "run.name": name, "run.runs_dir": runs_dir,
+        "calibrate": calibrate, "calibrate_as": calibrate_as,
     })
     check_parallel(cfg)  # unused here yet; a bad section is still a one-line error
     out = err_console if as_json else console
@@ -101,6 +112,8 @@ def _plain(value: Any) -> Any:
 def show(result: BenchResult) -> None:
     if result.mode == "price":
         _show_price(result)
+    elif result.mode == "calibrate":
+        _show_calibrate(result.summary)
     elif result.mode == "build_lut":
         _show_build(result.summary)
     elif result.summary.get("validation") is not None:
@@ -130,9 +143,19 @@ def _show_price(result: BenchResult) -> None:
             f"p75={d['p75_ms']:.3f} mean={d['mean_ms']:.3f} std={d['std_ms']:.3f} n={d['n']} "
             f"threads={d['threads']} device={s['device']}", highlight=False)
         fp = s.get("fingerprint", {})
-        console.print(f"host: {fp.get('gpu') or fp.get('cpu')}, torch {fp.get('torch')}, "
-                      f"BN folded {d.get('bn_folded', '-')}, channels_last "
-                      f"{d.get('channels_last', '-')}, {d.get('dtype')}", highlight=False)
+        if d.get("runtime"):  # xnnpack / adb: ExecuTorch program
+            where = (f"phone {fp.get('manufacturer')} {fp.get('model')} "
+                     f"({fp.get('soc') or fp.get('platform')}), Android {fp.get('android')}, "
+                     f"core {fp.get('core')} ({fp.get('governor')})" if fp.get("serial")
+                     else f"host {fp.get('cpu')}")
+            console.print(f"{where}, {d['runtime']}, {d.get('dtype')}, "
+                          f"{d.get('delegated_calls')} XNNPACK call(s), ops outside the "
+                          f"delegate: {d.get('ops_outside_delegate') or 'none'}",
+                          highlight=False)
+        else:
+            console.print(f"host: {fp.get('gpu') or fp.get('cpu')}, torch {fp.get('torch')}, "
+                          f"BN folded {d.get('bn_folded', '-')}, channels_last "
+                          f"{d.get('channels_last', '-')}, {d.get('dtype')}", highlight=False)
     else:
         console.print(
             f"Latency (ms): {s['latency_ms']:.2f} predicted on {s['device']} "
@@ -244,3 +267,17 @@ def _show_phone_validation(result: BenchResult) -> None:
 
 def _rho(m: dict[str, Any]) -> str:
     return f"{m['spearman']:.3f}" if "spearman" in m else "-"
+
+
+def _show_calibrate(s: dict[str, Any]) -> None:
+    cv, base = s["cv"], s["baseline_cv"]
+    console.print(
+        f"device {s['device']}: phone-model features fitted to {s['n_networks']} networks "
+        f"measured on {s['calibrated_from']} -> {s['file']}"
+        f"{' (replaced)' if s['replaced'] else ''}", highlight=False)
+    console.print(
+        f"{s['cv_rule']}: RMSPE {cv['rmspe'] * 100:.1f}% (expected_error), within 10% "
+        f"{cv['within10'] * 100:.0f}%, Spearman {_rho(cv)}; MACs + constant baseline RMSPE "
+        f"{base['rmspe'] * 100:.1f}%, Spearman {_rho(base)}", highlight=False)
+    console.print(f"use it anywhere a device is asked for: --device {s['device']}",
+                  highlight=False)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from lotto.cli.app import (
     ConfigOpt,
@@ -20,9 +19,9 @@ from lotto.cli.app import (
     console,
     lotto_command,
 )
-from lotto.config import load_config
-from lotto.experiments.build_v3 import BuildResult, run_build_v3
-from lotto.progress import make_progress
+
+if TYPE_CHECKING:  # heavy (torch): imported inside the command, so `lotto --help` starts fast
+    from lotto.experiments.build_v3 import BuildResult
 
 
 @lotto_command("build-v3")
@@ -58,6 +57,10 @@ def build_v3(
 ) -> None:
     """MobileNetV3's manual changes (h-swish, SE, 16-filter stem, efficient last stage) applied
     to a searched seed; params, MAdds, host and Pixel latency per change."""
+    from lotto.config import load_config
+    from lotto.experiments.build_v3 import run_build_v3
+    from lotto.progress import make_progress
+
     cfg = load_config("build-v3", config, overrides or [], {
         "variant": variant, "from": from_, "train_steps": "final" if train else None,
         "export": export, "pretrained": pretrained, "resolution": resolution,
@@ -75,6 +78,8 @@ def _ms(value: object) -> str:
 
 
 def show(result: BuildResult) -> None:
+    from rich.table import Table
+
     frame = result.metrics
     phones = [c[len("latency_ms_"):] for c in frame.columns
               if c.startswith("latency_ms_") and c != "latency_ms_host"]

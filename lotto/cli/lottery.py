@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich import box
-from rich.table import Table
 
 from lotto.cli.app import (
     ConfigOpt,
@@ -22,9 +20,9 @@ from lotto.cli.app import (
     report_failures,
     with_workers,
 )
-from lotto.config import load_config
-from lotto.experiments.lottery import LotteryResult, run_lottery
-from lotto.progress import make_progress
+
+if TYPE_CHECKING:  # heavy (torch): imported inside the command, so `lotto --help` starts fast
+    from lotto.experiments.lottery import LotteryResult
 
 
 @lotto_command("lottery")
@@ -46,6 +44,10 @@ def lottery(
     force: ForceOpt = False,
 ) -> None:
     """Iterative magnitude pruning with rewinding to the original init, plus controls."""
+    from lotto.config import load_config
+    from lotto.experiments.lottery import run_lottery
+    from lotto.progress import make_progress
+
     cfg = load_config(
         "lottery",
         config,
@@ -75,6 +77,9 @@ def _cell(row: object, col: str, pct: bool = True) -> str:
 
 
 def show(result: LotteryResult) -> None:
+    from rich import box
+    from rich.table import Table
+
     table = result.table
     if table.empty:
         console.print("lottery: no dense round finished yet", highlight=False)

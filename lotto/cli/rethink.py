@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
-from rich import box
-from rich.table import Table
 
 from lotto.cli.app import (
     ConfigOpt,
@@ -23,16 +20,13 @@ from lotto.cli.app import (
     report_failures,
     with_workers,
 )
-from lotto.config import load_config
 from lotto.errors import LottoError
-from lotto.experiments.rethink import (
-    DENSE,
-    KINDS,
-    METHODS,
-    RethinkResult,
-    run_rethink,
-)
-from lotto.progress import make_progress
+
+if TYPE_CHECKING:  # heavy (torch, pandas): imported inside the functions, for a fast start-up
+    import pandas as pd
+    from rich.table import Table
+
+    from lotto.experiments.rethink import RethinkResult
 
 
 def parse_list(option: str, text: str | None, kind: type = str) -> list | None:
@@ -55,6 +49,8 @@ def pruning_options(
     modes: list[str] | None,
 ) -> dict:
     """Map --pruning/--method/--ratio/--modes onto the config keys of the chosen kinds."""
+    from lotto.experiments.rethink import KINDS, METHODS
+
     if pruning is not None and pruning not in (*KINDS, "both"):
         raise LottoError(f"--pruning {pruning!r}: choose structured, unstructured or both")
     kinds = list(KINDS) if pruning in (None, "both") else [pruning]
@@ -111,6 +107,10 @@ def rethink(
     force: ForceOpt = False,
 ) -> None:
     """Fine-tune vs train-from-scratch budgets and ticket vs random init, over a pruning grid."""
+    from lotto.config import load_config
+    from lotto.experiments.rethink import run_rethink
+    from lotto.progress import make_progress
+
     options = {
         **pruning_options(pruning, parse_list("--method", method),
                           parse_list("--ratio", ratio, float), parse_list("--modes", modes)),
@@ -143,6 +143,11 @@ def _label(kind: str, method: str, ratio: float) -> str:
 
 def paper_table(table: pd.DataFrame, modes: list[str], title: str) -> Table:
     """One of the paper's tables: per lr, the unpruned baseline on top, one column per mode."""
+    from rich import box
+    from rich.table import Table
+
+    from lotto.experiments.rethink import DENSE
+
     out = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True)
     for head in ("model", "lr", "par%", "FLOP%", "baseline", *modes):
         out.add_column(HEADS.get(head, head), justify="left" if head == "model" else "right")

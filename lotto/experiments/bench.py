@@ -31,6 +31,7 @@ from lotto.arch import ArchSpec, load_spec, preset, scale_width
 from lotto.config import check
 from lotto.errors import LottoError
 from lotto.latency import DEVICES, SOURCES, Latency, canonical_device, is_phone, predict
+from lotto.latency.devices import is_runtime_device
 from lotto.latency.lut import (
     Lut,
     build_entries,
@@ -82,6 +83,9 @@ def resolve_bench_device(name: str) -> str:
     return canonical_device(name)
 
 
+RUNTIME_DTYPES = ("float32", "int8")
+
+
 def resolve_spec(cfg: DictConfig) -> ArchSpec:
     """The network to price: `arch` file or `model` preset, then width, resolution, classes."""
     check(cfg.width_mult is not None and cfg.width_mult > 0, "width_mult", "must be > 0")
@@ -111,6 +115,18 @@ def resolve_space(cfg: DictConfig) -> Space:
 
 def check_bench_config(cfg: DictConfig, device: str) -> None:
     check(cfg.threads >= 1, "threads", "must be >= 1")
+    if is_runtime_device(device):
+        check(cfg.dtype in RUNTIME_DTYPES, "dtype",
+              f"{device} runs {', '.join(RUNTIME_DTYPES)} programs")
+        check(cfg.source in (None, "measure"), "source",
+              f"{device} is measured through a mobile runtime (source measure)")
+        check(not cfg.build_lut and not cfg.validate, "build_lut",
+              f"lookup tables are not built on {device} yet; measure networks and calibrate "
+              "a device model with --calibrate instead")
+        check(not cfg.per_layer, "per_layer", f"per-layer tables are not available on {device}")
+        check(cfg.adb.runs >= 1 and cfg.adb.repeats >= 1, "adb", "runs and repeats must be >= 1")
+        check(cfg.xnnpack.calibration.batches >= 1, "xnnpack.calibration.batches", "must be >= 1")
+        return
     check(cfg.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
     check(cfg.source is None or cfg.source in SOURCES, "source",
           f"must be one of {', '.join(SOURCES)}")
@@ -126,8 +142,13 @@ def check_bench_config(cfg: DictConfig, device: str) -> None:
     if is_phone(device):
         check(cfg.source in (None, "model"), "source",
               f"{device} is a phone: its latency comes from the model only")
+        from lotto.latency.devices import is_calibrated
+
+        check(not (cfg.validate and is_calibrated(device)), "validate",
+              f"{device} is a calibrated device: its cross-validation is in its --calibrate "
+              "run (calibration_cv rows) and <runs_dir>/devices file")
         check(not cfg.build_lut, "build_lut", "lookup tables are built on host devices only")
-    if device not in DEVICES and not device.startswith("cuda:"):
+    if device not in DEVICES and not device.startswith("cuda:") and not is_phone(device):
         raise LottoError(f"unknown device {device!r}")
 
 
@@ -137,9 +158,22 @@ def check_bench_config(cfg: DictConfig, device: str) -> None:
 
 def run_bench(cfg: DictConfig, *, force: bool = False, progress: Progress | None = None,
               warn: Callable[[str], None] | None = None) -> BenchResult:
+    from lotto.latency.devices import add_runs_dir
+
+    add_runs_dir(cfg.run.runs_dir)  # calibrated devices stored there are known by name
+    if cfg.calibrate:
+        return run_calibrate(cfg, force=force)
     device = resolve_bench_device(str(cfg.device))
     check_bench_config(cfg, device)
-    if not is_phone(device):
+    if is_runtime_device(device):  # checks that need no export: before a run dir exists
+        from lotto.latency import xnnpack
+
+        xnnpack.require(device)
+        if device.startswith("adb"):
+            from lotto.latency.adb import AdbSettings, connect
+
+            connect(device, AdbSettings.from_dict(_plain(cfg.adb)))
+    elif not is_phone(device):
         from lotto.latency.measure import check_host_device
 
         check_host_device(device)  # `--device cuda` without a GPU fails before a run dir exists
@@ -161,6 +195,14 @@ def run_bench(cfg: DictConfig, *, force: bool = False, progress: Progress | None
         result = _price(cfg, run, device, spec, warn, progress)
     result.run = run
     run.write_json("summary.json", result.summary)
+    if len(result.rows) >= 2:  # validation: predicted vs measured, latency vs MACs
+        import pandas as pd
+
+        from lotto.report.plots import save_run_figure
+        from lotto.runs import atomic_write
+
+        save_run_figure("bench", pd.DataFrame(result.rows), run.file("bench.png"),
+                        write=atomic_write)
     return result
 
 
@@ -221,10 +263,14 @@ def _price(cfg: DictConfig, run: RunDir, device: str, spec: ArchSpec,
                       float(row["expected_error"]), device, {**kept, "resumed": True})
     else:
         start = time.perf_counter()
+        runtime = {}
+        if is_runtime_device(device):
+            runtime = {"cache_dir": Path(str(cfg.run.runs_dir)).expanduser() / "bench" / "xnnpack",
+                       "adb": _plain(cfg.adb), "calibration": _calibration_batches(cfg, spec)}
         lat = predict(spec, device, source=source, threads=int(cfg.threads), lut=lut,
                       min_run_time=float(cfg.measure.min_run_time),
                       warmup=int(cfg.measure.warmup), dtype=str(cfg.dtype), core=cfg.pin_core,
-                      clock=str(cfg.measure.clock))
+                      clock=str(cfg.measure.clock), **runtime)
         log.append(_row("bench", spec, lat, cfg, time.perf_counter() - start))
         row = log.rows[-1]
     for message in lat.detail.get("warnings", []):  # e.g. far outside the calibration range
@@ -445,3 +491,169 @@ def _validate_phone(run: RunDir, device: str) -> BenchResult:
         "excluded": cal.excluded,
     }
     return BenchResult("validate", summary, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mobile runtimes: int8 calibration batches
+
+
+def _plain(node: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _calibration_batches(cfg: DictConfig,
+                         spec: ArchSpec) -> Callable[[], list[torch.Tensor]] | None:
+    """int8 post-training quantisation inputs: `xnnpack.calibration.batches` batches of the
+    configured data set (resized to the spec's input), or None = standard-normal noise."""
+    c = cfg.xnnpack.calibration
+    if cfg.dtype != "int8" or not c.data:
+        return None
+
+    def batches() -> list[torch.Tensor]:
+        import torch.nn.functional as F
+
+        from lotto.config import load_config
+        from lotto.data import eval_batches, load_data
+
+        data_cfg = load_config("build-v3", None, [], {}).data
+        data_cfg.name = str(c.data)
+        data = load_data(data_cfg)
+        out = []
+        for x, _ in eval_batches(data.val_x, data.val_y, int(c.batch_size)):
+            if x.shape[1] != spec.in_channels:
+                x = x.mean(1, keepdim=True).expand(-1, spec.in_channels, -1, -1)
+            x = F.interpolate(x, size=(spec.resolution, spec.resolution), mode="bilinear",
+                              align_corners=False)
+            out.extend(x[i : i + 1] for i in range(len(x)))  # the program's batch is 1
+            if len(out) >= int(c.batches) * int(c.batch_size):
+                break
+        return out
+
+    return batches
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibrating a device model from measurements (`--calibrate RUN[,RUN...] --as NAME`)
+
+
+def _run_dirs(text: str) -> list[Path]:
+    out: list[Path] = []
+    for part in [p.strip() for p in str(text).split(",") if p.strip()]:
+        path = Path(part).expanduser()
+        if (path / "metrics.csv").is_file():
+            out.append(path)
+        elif path.is_dir():
+            found = sorted(p.parent for p in path.glob("*/metrics.csv"))
+            if not found:
+                raise LottoError(f"--calibrate {part}: neither a bench run directory nor a "
+                                 "folder of them (no metrics.csv)")
+            out.extend(found)
+        else:
+            raise LottoError(f"--calibrate {part}: no such run directory")
+    return out
+
+
+def collect_measurements(text: str) -> tuple[list[ArchSpec], list[dict[str, Any]]]:
+    """Measured rows (kind bench, source measured) of the run(s) and their specs."""
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    specs, rows = [], []
+    for run in _run_dirs(text):
+        frame = pd.read_csv(run / "metrics.csv")
+        frame = frame[(frame.get("kind") == "bench") & (frame.get("source") == "measured")]
+        if frame.empty:
+            continue
+        try:
+            run_cfg = OmegaConf.load(run / "config.yaml")
+        except OSError:
+            raise LottoError(f"--calibrate: {run} has no config.yaml") from None
+        spec = resolve_spec(run_cfg)
+        for r in frame.to_dict("records"):
+            if r["network"] != spec.name or int(r["macs"]) != spec.macs():
+                raise LottoError(f"--calibrate: {run}: row {r['network']} does not match the "
+                                 "run's own network; was the run directory edited?")
+            specs.append(spec)
+            rows.append({**r, "run": str(run)})
+    if not rows:
+        raise LottoError(f"--calibrate {text}: no measured rows (a device run: lotto bench "
+                         "--device xnnpack|adb|cpu ...; predictions cannot calibrate a device)")
+    devices = sorted({str(r["device"]) for r in rows})
+    if len(devices) > 1:
+        raise LottoError(f"--calibrate: the runs were measured on several devices "
+                         f"({', '.join(devices)}); calibrate one device at a time")
+    seen: dict[tuple, int] = {}
+    keep_specs, keep_rows = [], []
+    for spec, r in zip(specs, rows):  # the same network measured twice: keep the latest
+        key = (spec.name, spec.resolution, spec.width_mult, spec.macs())
+        if key in seen:
+            keep_rows[seen[key]] = r
+            continue
+        seen[key] = len(keep_rows)
+        keep_specs.append(spec)
+        keep_rows.append(r)
+    return keep_specs, keep_rows
+
+
+def run_calibrate(cfg: DictConfig, *, force: bool = False) -> BenchResult:
+    import datetime as dt
+    import json
+
+    from lotto.latency.calibrate import USER_VERSION, fit_user_device
+    from lotto.latency.devices import check_user_name
+    from lotto.latency.phone import FEATURES, baseline_features, spec_features
+    from lotto.runs import write_text
+
+    if not cfg.calibrate_as:
+        raise LottoError("--calibrate needs --as NAME: the device name to register")
+    name = check_user_name(str(cfg.calibrate_as))
+    specs, rows = collect_measurements(str(cfg.calibrate))
+    X = np.array([spec_features(s) for s in specs])
+    B = np.array([baseline_features(s) for s in specs])
+    y = np.array([float(r["latency_ms"]) for r in rows])
+    fit = fit_user_device(X, y, B)
+    source_device = str(rows[0]["device"])
+    run = RunDir.open(cfg, "bench", force=force)
+    log = MetricsLog(run)
+    out_rows = []
+    for i, spec in enumerate(specs):
+        row: dict[str, Any] = dict.fromkeys(METRIC_COLUMNS)
+        pred = float(fit["cv_predictions"][i])
+        row.update(kind="calibration_cv", network=spec.name, device=name, source="model",
+                   latency_ms=pred, expected_error=fit["expected_error"], macs=spec.macs(),
+                   params=spec.params(), resolution=spec.resolution,
+                   width_mult=spec.width_mult, measured_ms=float(y[i]),
+                   error=pred / float(y[i]) - 1, held_out=spec.name, source_group=source_device,
+                   baseline_ms=float(fit["baseline_cv_predictions"][i]))
+        out_rows.append(row)
+    if not log.find(kind="calibration_cv", device=name):
+        log.append(out_rows)
+    macs = [s.macs() for s in specs]
+    model = {
+        "schema": 1, "device": name, "version": USER_VERSION,
+        "calibrated_from": source_device, "cv_rule": fit["cv_rule"],
+        "coef": {f: float(c) for f, c in zip(FEATURES, fit["coef"])},
+        "expected_error": fit["expected_error"], "n_rows": fit["n"],
+        "cv": fit["cv"], "baseline_cv": fit["baseline_cv"],
+        "calibration_range": {
+            "resolution": [min(s.resolution for s in specs), max(s.resolution for s in specs)],
+            "width_mult": [min(s.width_mult for s in specs), max(s.width_mult for s in specs)],
+            "macs": [float(min(macs)), float(max(macs))]},
+        "networks": [{"network": s.name, "resolution": s.resolution, "macs": s.macs(),
+                      "measured_ms": float(v), "run": r["run"]}
+                     for s, v, r in zip(specs, y, rows)],
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = Path(str(cfg.run.runs_dir)).expanduser() / "devices" / f"{name}.json"
+    replaced = path.exists()
+    write_text(path, json.dumps(model, indent=1, sort_keys=True) + "\n")
+    summary = {"mode": "calibrate", "device": name, "calibrated_from": source_device,
+               "file": str(path), "replaced": replaced, "n_networks": fit["n"],
+               "expected_error": fit["expected_error"], "cv_rule": fit["cv_rule"],
+               "cv": fit["cv"], "baseline_cv": fit["baseline_cv"],
+               "coef": model["coef"]}
+    result = BenchResult("calibrate", summary, out_rows, run=run)
+    run.write_json("summary.json", summary)
+    return result

@@ -301,6 +301,11 @@ def run_build_v3(cfg: DictConfig, *, force: bool = False,
         "files": files,
     }
     run.write_json("summary.json", summary)
+    # latency vs MAdds per change and device (lotto.report.plots, as `lotto compare` draws it)
+    from lotto.report.plots import save_run_figure
+    from lotto.runs import atomic_write
+
+    save_run_figure("build-v3", frame, run.file("build_v3.png"), write=atomic_write)
     return BuildResult(run, steps, frame, summary)
 
 

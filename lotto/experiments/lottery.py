@@ -499,62 +499,12 @@ def summarize(table: pd.DataFrame) -> dict:
 
 
 def plot(table: pd.DataFrame, metrics: pd.DataFrame, path: Path) -> None:
-    """The paper's figure: accuracy and early-stop iteration against weights remaining."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    dense = table[table["round"] == 0]
-    for variant in VARIANTS:
-        rows = table[(table.variant == variant) | ((table["round"] == 0) & (variant != "ticket"))]
-        if variant not in set(table.variant):
-            continue
-        rows = rows.sort_values("round")
-        per_seed = metrics[(metrics.variant == variant) | (metrics["round"] == 0)]
-        spread = (
-            per_seed.groupby("round")
-            .agg(
-                lo_acc=("early_stop_test_accuracy", "min"),
-                hi_acc=("early_stop_test_accuracy", "max"),
-                lo_it=("early_stop_iteration", "min"),
-                hi_it=("early_stop_iteration", "max"),
-            )
-            .loc[rows["round"]]
-        )
-        x = rows.weights_remaining_pct.to_numpy()
-        for ax, col, lo, hi in (
-            (axes[0], "early_stop_test_accuracy", "lo_acc", "hi_acc"),
-            (axes[1], "early_stop_iteration", "lo_it", "hi_it"),
-        ):
-            scale = 100 if col.endswith("accuracy") else 1
-            ax.plot(x, rows[col] * scale, marker="o", ms=3, label=variant)
-            ax.fill_between(x, spread[lo] * scale, spread[hi] * scale, alpha=0.2)
-    for ax, label in zip(axes, ("test accuracy at early stop (%)", "early-stop iteration")):
-        ax.set_xscale("log")
-        lowest = float(table.weights_remaining_pct.min())
-        ax.set_xticks([t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1) if t >= lowest * 0.9])
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.invert_xaxis()
-        ax.set_xlabel("weights remaining (%)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].axhline(
-        float(dense[dense.variant == "ticket"].early_stop_test_accuracy.iloc[0]) * 100,
-        color="gray",
-        ls=":",
-        lw=1,
-    )
-    axes[0].legend()
-    fig.suptitle("Iterative magnitude pruning: mean over seeds, band = min..max")
-    fig.tight_layout()
+    """The paper's figure: accuracy and early-stop iteration against weights remaining, drawn
+    by the shared plotting module (`lotto compare` draws the same figure for several runs)."""
+    from lotto.report.plots import save_run_figure
     from lotto.runs import atomic_write
 
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+    save_run_figure("lottery", metrics, path, write=atomic_write)
 
 
 def run_lottery(

@@ -817,4 +817,9 @@ def run_rethink(
     summary["cells"] = len(frame)
     summary["failures"] = grid.failures.entries
     run.write_json("summary.json", summary)
+    if len(frame):  # bars per pruning: fine-tune / scratch / ticket / reinit (lotto.report.plots)
+        from lotto.report.plots import save_run_figure
+        from lotto.runs import atomic_write
+
+        save_run_figure("rethink", frame, run.file("rethink.png"), write=atomic_write)
     return RethinkResult(run, frame, table, summary, grid.failures.entries)

@@ -5,15 +5,20 @@
     lat = predict(spec, "cpu")           # measured on this host (1 thread, BN folded, NHWC)
     lat = predict(spec, "cpu", source="lut", lut=table)   # sum of a lookup table
 
-Devices: `cpu`, `cuda[:i]` (hosts: measured, or priced from a table built on this machine) and
-`pixel1`, `pixel2`, `pixel3` (`pixel` = `pixel1`: a model calibrated on published numbers).
+Devices: `cpu`, `cuda[:i]` (hosts: measured, or priced from a table built on this machine),
+`xnnpack` (ExecuTorch + XNNPACK on this host: measured), `adb` / `adb:SERIAL` (the same program
+on an Android phone over adb: measured), `pixel1`, `pixel2`, `pixel3` (`pixel` = `pixel1`: a
+model calibrated on published numbers), and devices calibrated from a user's own measurements
+(`lotto bench --calibrate RUN --as NAME`: the same model form fitted to them).
 Every result says where it came from (`source`: measured | lut | model) and how wrong it is
 expected to be (`expected_error`, relative: 0.08 = 8%).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -26,6 +31,7 @@ from lotto.latency.devices import (
     PHONES,
     canonical_device,
     is_phone,
+    is_runtime_device,
     outside_range,
     range_warnings,
     widen,
@@ -107,6 +113,10 @@ def predict(
     dtype: str = "float32",
     core: int | None = None,
     clock: str = "wall",
+    cache_dir: str | Path | None = None,
+    cache_key: str | None = None,
+    adb: dict[str, Any] | None = None,
+    calibration: Callable[[], list[Any]] | None = None,
 ) -> Latency:
     """Latency of `arch` (spec, module, preset name or spec file) on `device`.
 
@@ -117,9 +127,22 @@ def predict(
     machines shared with other work).
     Fast path: a phone model or table prices a spec from per-unit caches (> 10^4 per second
     when units repeat, as in search loops).
+    Mobile runtimes (`xnnpack`, `adb`, `adb:SERIAL`) are measured: the network is exported to
+    ExecuTorch + XNNPACK (`dtype` float32 or int8; programs cached in `cache_dir` under
+    `cache_key`, by default a hash of the spec) and timed here or on the phone (`adb`: runner,
+    repeats, ... as in `lotto.latency.adb.AdbSettings`). Calibrated user devices (`lotto bench
+    --calibrate RUN --as NAME`) are priced like phones, by their own fitted model.
     """
     dev = canonical_device(device)
-    phone = dev in PHONES
+    phone = is_phone(dev)
+    if is_runtime_device(dev):
+        if (source or "measure") != "measure":
+            raise LottoError(f"{dev} is measured through a mobile runtime: --source measure "
+                             f"(lookup tables and models for it: calibrate a device with "
+                             f"`lotto bench --calibrate`)")
+        spec, module = _as_spec(arch)
+        return _measure_runtime(spec, module, dev, threads, input_shape, min_run_time, warmup,
+                                dtype, core, clock, cache_dir, cache_key, adb, calibration)
     src = source or ("model" if phone else "measure")
     if src not in SOURCES:
         raise LottoError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
@@ -224,6 +247,47 @@ def _measure(spec: ArchSpec | None, module: nn.Module | None, dev: str, threads:
                                   core=core, clock=clock)
     detail = {**timing.summary(), **info, "fingerprint": fingerprint(dev, threads)}
     return Latency(timing.median_ms, "measured", timing.iqr_rel, dev, detail)
+
+
+def _measure_runtime(spec: ArchSpec | None, module: nn.Module | None, dev: str, threads: int,
+                     input_shape: tuple[int, ...] | None, min_run_time: float, warmup: int,
+                     dtype: str, core: int | None, clock: str, cache_dir: str | Path | None,
+                     cache_key: str | None, adb: dict[str, Any] | None,
+                     calibration: Callable[[], list[Any]] | None) -> Latency:
+    """xnnpack (this host) or adb (a phone): export once, then time through the runtime."""
+    from lotto.latency import xnnpack
+
+    xnnpack.require(dev)
+    if module is None:
+        from lotto.arch.build import build_network
+
+        assert spec is not None
+        module = build_network(spec)
+    if input_shape is None:
+        input_shape = ((1, spec.in_channels, spec.resolution, spec.resolution)
+                       if spec is not None else (1, 3, 224, 224))
+    if cache_key is None and spec is not None:
+        extra = {"calibration": "data" if calibration is not None else "noise"} \
+            if dtype == "int8" else None
+        cache_key = xnnpack.cache_key(spec.to_dict(), tuple(input_shape), dtype, extra)
+    folder = Path(cache_dir) if cache_dir is not None else None
+    if dev == "xnnpack":
+        timing, info = xnnpack.measure(module, tuple(input_shape), threads=threads,
+                                       min_run_time=min_run_time, warmup=warmup, dtype=dtype,
+                                       core=core, clock=clock, cache_dir=folder, key=cache_key,
+                                       calibration=calibration)
+        detail = {**timing.summary(), **info, "fingerprint": xnnpack.fingerprint(threads)}
+        return Latency(timing.median_ms, "measured", timing.iqr_rel, dev, detail)
+    from lotto.latency import adb as adb_mod
+
+    settings = adb_mod.AdbSettings.from_dict(adb or {})
+    session = adb_mod.connect(dev, settings)  # fails fast: no adb, no device, no runner
+    exported = xnnpack.exported_for(module, tuple(input_shape), dtype=dtype,
+                                    calibration=calibration, cache_dir=folder, key=cache_key)
+    timing, info = session.measure(exported, threads=threads, warmup=warmup)
+    detail = {**timing.summary(), **exported.summary(), **info, "dtype": dtype, "clock": "runner",
+              "batch": int(input_shape[0]), "input_shape": list(input_shape)}
+    return Latency(timing.median_ms, "measured", timing.iqr_rel, session.device, detail)
 
 
 __all__ = [

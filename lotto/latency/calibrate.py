@@ -327,3 +327,49 @@ def fit_all(cal: Calibration | None = None) -> dict[str, Any]:
             "lofo_v2_v3_shared_factors": _plain(cv_leaky),
         },
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibrating a user's device from its own measurements (`lotto bench --calibrate RUN --as NAME`)
+
+USER_VERSION = "user-additive-v1"
+MIN_USER_ROWS = 5
+
+
+def cv_folds(n: int, max_folds: int = 10, seed: int = 0) -> list[np.ndarray]:
+    """Leave-one-out up to `max_folds` rows, else `max_folds` shuffled folds (test indices)."""
+    if n <= max_folds:
+        return [np.array([i]) for i in range(n)]
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(f) for f in np.array_split(order, max_folds)]
+
+
+def fit_user_device(X: np.ndarray, y: np.ndarray, B: np.ndarray | None = None,
+                    max_folds: int = 10) -> dict[str, Any]:
+    """The phone model's features and NNLS fit on one device's measured totals.
+
+    Same features (FEATURES) and the same relative-error NNLS as the published phones, without
+    the h-swish prior (it describes a Pixel 1) and without source factors (one device, one
+    runtime). Expected error = strict cross-validated RMSPE: each fold's rows are predicted by
+    a fit (feature scaling included) on the other rows only; nothing held out enters the fit
+    that scores it. B: the MACs + constant baseline's features, cross-validated the same way.
+    """
+    n = len(y)
+    if n < MIN_USER_ROWS:
+        raise LottoError(f"calibration needs at least {MIN_USER_ROWS} measured networks, got {n}")
+    folds = cv_folds(n, max_folds)
+    out: dict[str, Any] = {"coef": fit_coefficients(X, y, FEATURES), "n": n,
+                           "cv_rule": ("leave-one-network-out CV" if len(folds) == n else
+                                       f"{len(folds)}-fold CV over networks")}
+    for name, design, features in (("cv", X, FEATURES), ("baseline_cv", B, BASELINE_FEATURES)):
+        if design is None:
+            continue
+        pred = np.full(n, np.nan)
+        for test in folds:
+            train = np.ones(n, dtype=bool)
+            train[test] = False
+            pred[test] = design[test] @ fit_coefficients(design[train], y[train], features)
+        out[name] = metrics(pred, y)
+        out[f"{name}_predictions"] = pred
+    out["expected_error"] = out["cv"]["rmspe"]
+    return out

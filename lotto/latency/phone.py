@@ -210,6 +210,10 @@ class PhoneModel:
         return [(layer, float(layer_features(layer) @ self._layer_coef)) for layer in spec.layers()]
 
     def provenance(self) -> str:
+        if self.info.get("calibrated_from"):  # a user device (`lotto bench --calibrate`)
+            return (f"model({self.device}, {self.version}, fitted on {self.n_rows} latencies "
+                    f"measured on {self.info['calibrated_from']}; expected RMSPE ~ "
+                    f"{self.expected_error * 100:.0f}% from {self.info.get('cv_rule', 'CV')})")
         fitted = f"fitted on {self.n_rows} published Pixel-1 latencies"
         if self.device != "pixel1":
             fitted += f", {self.device} scale {self.scale:.3f} from {self.n_scale_rows}"
@@ -232,12 +236,45 @@ def _load_file() -> dict[str, Any]:
         raise LottoError(f"phone model file {model_path()} is missing or corrupt: {e}") from None
 
 
-@cache
 def load_phone_model(device: str) -> PhoneModel:
-    """The shipped model of a phone (`pixel` = `pixel1`); LottoError for anything else."""
+    """The shipped model of a phone (`pixel` = `pixel1`), or a calibrated user device's model
+    (`lotto bench --calibrate RUN --as NAME`); LottoError for anything else."""
     name = phone_name(device)
     if name is None:
         raise LottoError(f"unknown phone {device!r}; choose one of pixel, {', '.join(PHONES)}")
+    if name not in PHONES:
+        from lotto.latency.devices import user_device_file
+
+        path = user_device_file(name)
+        assert path is not None
+        return _load_user_model(str(path), path.stat().st_mtime_ns)
+    return _load_shipped(name)
+
+
+@cache
+def _load_user_model(path: str, mtime_ns: int) -> PhoneModel:
+    """A user device's model file (cached per file version: a re-calibration is picked up)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return PhoneModel(
+            device=str(data["device"]),
+            coef=np.array([data["coef"][f] for f in FEATURES], dtype=float),
+            scale=1.0,
+            expected_error=float(data["expected_error"]),
+            version=str(data["version"]),
+            n_rows=int(data["n_rows"]),
+            info={"cv": data.get("cv", {}), "calibration_range": data.get("calibration_range", {}),
+                  "calibrated_from": data.get("calibrated_from"), "cv_rule": data.get("cv_rule"),
+                  "fingerprint": data.get("fingerprint")},
+        )
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise LottoError(f"calibrated device file {path} is unreadable ({e}); calibrate again "
+                         "with `lotto bench --calibrate RUN --as NAME`") from None
+
+
+@cache
+def _load_shipped(name: str) -> PhoneModel:
     data = _load_file()
     entry = data["devices"][name]
     return PhoneModel(

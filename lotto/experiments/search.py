@@ -1,0 +1,439 @@
+"""`lotto search`: MnasNet-style hardware-aware architecture search (Tan et al. 2019).
+
+A controller (`lotto.search.controllers`) proposes a batch of networks from the factorised space
+(`lotto.latency.space`, the `space:` section); each new one is trained on the proxy task
+(`lotto.search.evaluate`: accuracy on the validation split) as a task of `lotto.parallel`, and
+priced on the target device at its own resolution (`lotto.latency.predict`: the phone model, a
+host lookup table, or a measurement); the reward `ACC * (LAT/TAR)^w` goes back to the controller.
+
+Files under the run directory: `metrics.{csv,parquet}` (one row per sample), `failures.csv`
+(samples whose training crashed: reward 0), `evaluated.jsonl` (this run's proxy results by spec
+string), `controller/state.json` + `controller/state.safetensors` (the controller after each
+batch) and `controller/pending.json` (the batch being evaluated), and at the end `pareto.csv`,
+`best.yaml`, `search.png` and `summary.json`. Proxy results are also cached across runs of the
+same proxy setup under `<runs_dir>/search/.cache/`.
+
+Resume: batch k's samples are asked once (pending.json) and its rows are written when it ends;
+a killed run re-asks nothing, retrains nothing that reached a cache, and goes on from the
+controller saved after the last finished batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import Progress
+
+from lotto.config import check
+from lotto.errors import LottoError
+from lotto.experiments.common import (
+    FailureLog,
+    injected_fault,
+    open_runner,
+    parallel_settings,
+    task_function,
+    unit_label,
+)
+from lotto.latency.devices import canonical_device, is_phone
+from lotto.latency.space import Space, parse_space
+from lotto.parallel import Runner, TaskResult
+from lotto.runs import MetricsLog, RunDir, write_text
+from lotto.search.controllers import (
+    CONTROLLERS,
+    OPTUNA_CONTROLLERS,
+    Controller,
+    Outcome,
+    import_optuna,
+    make_controller,
+)
+from lotto.search.evaluate import Cache, Job, evaluate, proxy_key, proxy_seed, spec_key
+from lotto.search.reward import Objective, objective
+
+COMMAND = "search"
+KEYS = ("step", "sample")
+COLUMNS = ("step", "sample", "controller", "spec", "params", "macs", "latency_ms",
+           "latency_source", "expected_error", "val_accuracy", "reward", "cached", "seconds")
+LATENCY_SOURCES = (None, "model", "lut", "measure")
+
+
+@dataclass
+class SearchResult:
+    run: RunDir
+    metrics: pd.DataFrame
+    pareto: pd.DataFrame
+    summary: dict
+    failures: list[dict] = field(default_factory=list)
+
+
+# ---- configuration ------------------------------------------------------------------------------
+
+
+def make_objective(cfg: DictConfig) -> Objective:
+    r = cfg.reward
+    return objective(float(cfg.target_latency), str(r.constraint),
+                     None if r.w is None else float(r.w), str(r.preset))
+
+
+def load_search_space(cfg: DictConfig) -> Space:
+    data = OmegaConf.to_container(cfg.space, resolve=True)
+    space = parse_space(data, "config key space")  # an illegal stage: one line naming it
+    if not space.factorised:
+        raise LottoError("config key space: search needs a factorised space (stages), "
+                         "not a list of specs")
+    return space
+
+
+def validate(cfg: DictConfig) -> tuple[Space, Objective, str]:
+    s = cfg.search
+    check(s.controller in CONTROLLERS, "search.controller",
+          f"unknown controller {s.controller!r}; choose one of {', '.join(CONTROLLERS)}")
+    if s.controller in OPTUNA_CONTROLLERS:
+        import_optuna(s.controller)
+    check(s.samples >= 1, "search.samples", f"{s.samples}: the sample budget must be >= 1")
+    check(s.batch_size >= 1, "search.batch_size", "must be >= 1")
+    obj = make_objective(cfg)
+    device = canonical_device(str(cfg.latency.device))
+    src = cfg.latency.source
+    check(src in LATENCY_SOURCES, "latency.source", f"{src!r}: null, model, lut or measure")
+    check(not is_phone(device) or src in (None, "model"), "latency.source",
+          f"{device} is a phone: its latency comes from the model")
+    check(cfg.latency.threads >= 1, "latency.threads", "must be >= 1")
+    check(cfg.latency.min_run_time > 0, "latency.min_run_time", "must be > 0")
+    p = cfg.proxy
+    check(p.width_mult > 0, "proxy.width_mult", "must be > 0")
+    check(p.min_output >= 1, "proxy.min_output", "must be >= 1")
+    check(0 <= p.bn_momentum <= 1, "proxy.bn_momentum", "must be in [0, 1]")
+    from lotto.train import check_train_config
+
+    check_train_config(cfg.train)
+    return load_search_space(cfg), obj, device
+
+
+def proxy_description(cfg: DictConfig) -> str:
+    d, t, p = cfg.data, cfg.train, cfg.proxy
+    subset = (f"up to {d.subset} training examples" if d.subset is not None
+              else "all training examples")
+    val = f"{d.val_size} validation examples" if d.val_size is not None else "the validation split"
+    return (f"proxy task: {d.name}, {subset}, scored on {val}; widths x{p.width_mult:g}, strides "
+            f"cut only below {p.min_output} px, {t.iterations} steps of batch {t.batch_size} from "
+            "scratch")
+
+
+# ---- latency ----------------------------------------------------------------------------------
+
+
+class Pricer:
+    """Latency of a spec on the target device (memoised by spec string)."""
+
+    def __init__(self, cfg: DictConfig, device: str):
+        self.cfg, self.device = cfg, device
+        self.memo: dict[str, tuple[float, str, float]] = {}
+        self.lut = None
+        src = cfg.latency.source
+        if not is_phone(device) and src in (None, "lut", "model"):
+            from lotto.latency.lut import Lut, lut_path
+
+            path = lut_path(cfg.run.runs_dir, device, int(cfg.latency.threads))
+            if path.exists():
+                lut = Lut.load(path)
+                if lut.mismatch(device, int(cfg.latency.threads), "float32") is None:
+                    self.lut = lut
+            if self.lut is None and src in ("lut", "model"):
+                raise LottoError(f"latency.source {src}: no lookup table for {device} at {path}; "
+                                 f"build one with `lotto bench --device {device} --build-lut`")
+        self.source = ("model" if is_phone(device) else
+                       src if src is not None else ("lut" if self.lut is not None else "measure"))
+
+    def __call__(self, spec: Any) -> tuple[float, str, float]:
+        key = spec_key(spec)
+        if key not in self.memo:
+            from lotto.latency import predict
+
+            if self.source == "measure":
+                lat = predict(spec, self.device, threads=int(self.cfg.latency.threads),
+                              min_run_time=float(self.cfg.latency.min_run_time))
+            elif self.source == "model" and is_phone(self.device):
+                lat = predict(spec, self.device)
+            else:
+                lat = predict(spec, self.device, source=self.source, lut=self.lut)
+            self.memo[key] = (float(lat.ms), lat.source, float(lat.expected_error))
+        return self.memo[key]
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+
+
+class _Search:
+    def __init__(self, cfg: DictConfig, space: Space, obj: Objective, device: str, run: RunDir,
+                 progress: Progress | None):
+        self.cfg, self.space, self.obj, self.run, self.progress = cfg, space, obj, run, progress
+        self.metrics = MetricsLog(run)
+        self.failures = FailureLog(run, self.metrics)
+        self.local = Cache(run.file("evaluated.jsonl"))
+        shared = None
+        if cfg.proxy.cache:
+            shared = Path(cfg.run.runs_dir).expanduser() / COMMAND / ".cache" / \
+                f"{proxy_key(cfg)}.jsonl"
+        self.shared = Cache(shared) if shared is not None else None
+        self.price = Pricer(cfg, device)
+        axes = space.axes()
+        self.names = [f"s{i}_{axis}" for i, axis, _ in axes]
+        self.controller: Controller = make_controller(
+            str(cfg.search.controller), [n for _, _, n in axes], int(cfg.seed),
+            OmegaConf.to_container(cfg.search, resolve=True), self.names)
+        self.step = 0
+        self.load_state()
+
+    # controller state: tensors first, then the JSON that names the step (the commit point)
+    def load_state(self) -> None:
+        path = self.run.file("controller/state.json")
+        if not path.exists():
+            return
+        try:
+            meta = json.loads(path.read_text())
+        except ValueError:
+            raise LottoError(f"{path} is corrupt; use --force to start this run afresh") from None
+        tensors = self.run.load_tensors("controller/state.safetensors") \
+            if self.run.has("controller/state.safetensors") else {}
+        self.controller.load(meta.get("controller", {}), tensors)
+        self.step = int(meta["step"])
+
+    def save_state(self) -> None:
+        meta, tensors = self.controller.state()
+        if tensors:
+            self.run.save_tensors("controller/state.safetensors", tensors)
+        self.run.write_json("controller/state.json", {
+            "step": self.step, "controller_name": self.controller.name, "controller": meta})
+
+    def batch_samples(self, n: int) -> list[list[int]]:
+        path = self.run.file("controller/pending.json")
+        if path.exists():
+            try:
+                pending = json.loads(path.read_text())
+                if pending.get("step") == self.step and len(pending["samples"]) == n:
+                    return [list(map(int, s)) for s in pending["samples"]]
+            except (ValueError, KeyError, TypeError):
+                pass
+        samples = self.controller.ask(n, self.step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps({"step": self.step, "samples": samples}) + "\n")
+        return samples
+
+    def lookup(self, key: str) -> dict | None:
+        hit = self.local.get(key)
+        if hit is None and self.shared is not None:
+            hit = self.shared.get(key)
+        return hit
+
+    def run_batches(self, runner: Runner, stop_after: int | None = None) -> None:
+        s = self.cfg.search
+        total, size = int(s.samples), int(s.batch_size)
+        batches = math.ceil(total / size)
+        bar = None
+        if self.progress is not None:
+            bar = self.progress.add_task(f"search ({self.controller.name})", total=total)
+            self.progress.advance(bar, min(total, self.step * size))
+        fn = task_function(evaluate, runner, self.progress)
+        done = 0
+        while self.step < batches:
+            first = self.step * size
+            n = min(size, total - first)
+            samples = self.batch_samples(n)
+            specs = [self.space.network(ix, f"search_s{self.step}_{j}")
+                     for j, ix in enumerate(samples)]
+            keys = [spec_key(sp) for sp in specs]
+            trained: dict[str, tuple[dict | None, str, float]] = {}
+            jobs, job_keys = [], []
+            for j, (spec, key) in enumerate(zip(specs, keys)):
+                if self.metrics.find(step=self.step, sample=first + j):
+                    continue
+                if self.lookup(key) is None and key not in job_keys:
+                    unit = {"step": self.step, "sample": first + j}
+                    jobs.append(Job(spec, self.cfg.data, self.cfg.train, self.cfg.proxy,
+                                    proxy_seed(self.cfg), str(self.cfg.device), unit_label(unit),
+                                    injected_fault(unit)))
+                    job_keys.append(key)
+
+            def on_result(index: int, result: TaskResult, job_keys: list[str] = job_keys,
+                          trained: dict = trained) -> None:
+                key = job_keys[index]
+                if result.ok:
+                    value = {**result.value, "seconds": result.seconds}
+                    self.local.put(key, value)
+                    if self.shared is not None:
+                        self.shared.put(key, value)
+                    trained[key] = (value, "", result.seconds)
+                else:
+                    trained[key] = (None, result.error or "failed", result.seconds)
+
+            if jobs:
+                runner.run(fn, jobs, on_result=on_result)
+            outcomes = []
+            for j, (ix, spec, key) in enumerate(zip(samples, specs, keys)):
+                old = self.metrics.find(step=self.step, sample=first + j)
+                if old:
+                    outcomes.append(_outcome(old[0]))
+                    continue
+                row = self.row(first + j, ix, spec, key, trained)
+                self.metrics.append(row, flush=False)
+                outcomes.append(_outcome(row))
+                if bar is not None:
+                    self.progress.advance(bar)
+            self.metrics.flush()
+            self.controller.tell(samples, outcomes)
+            self.step += 1
+            self.save_state()
+            done += 1
+            if stop_after is not None and done >= stop_after:
+                break
+        if bar is not None:
+            self.progress.remove_task(bar)
+
+    def row(self, sample: int, ix: list[int], spec: Any, key: str,
+            trained: dict[str, tuple[dict | None, str, float]]) -> dict[str, Any]:
+        """One metrics row: the README's columns first, then status, proxy size, choices."""
+        row = self._row(sample, ix, spec, key, trained)
+        return {**{k: row[k] for k in COLUMNS}, **row}
+
+    def _row(self, sample: int, ix: list[int], spec: Any, key: str,
+             trained: dict[str, tuple[dict | None, str, float]]) -> dict[str, Any]:
+        ms, source, error = self.price(spec)
+        row: dict[str, Any] = {
+            "step": self.step, "sample": sample, "controller": self.controller.name,
+            "spec": " ".join(spec.block_strings()), "params": spec.params(),
+            "macs": spec.macs(), "latency_ms": ms, "latency_source": source,
+            "expected_error": error, "choices": "-".join(map(str, ix)),
+        }
+        fresh = trained.pop(key, None)  # the first sample of a batch with this spec trained it
+        if fresh is not None and fresh[0] is None:
+            self.failures.add({"step": self.step, "sample": sample}, "failed", fresh[1])
+            return {**row, "val_accuracy": float("nan"), "reward": 0.0, "cached": False,
+                    "seconds": fresh[2], "status": "failed", "proxy_params": None,
+                    "proxy_macs": None}
+        value = fresh[0] if fresh is not None else self.lookup(key)
+        if value is None:  # a repeat, in this batch, of a spec whose training failed
+            return {**row, "val_accuracy": float("nan"), "reward": 0.0, "cached": True,
+                    "seconds": 0.0, "status": "failed", "proxy_params": None,
+                    "proxy_macs": None}
+        acc = float(value["val_accuracy"])
+        return {**row, "val_accuracy": acc, "reward": self.obj(acc, ms),
+                "cached": fresh is None, "seconds": fresh[2] if fresh is not None else 0.0,
+                "status": "ok", "proxy_params": value.get("proxy_params"),
+                "proxy_macs": value.get("proxy_macs")}
+
+
+def _outcome(row: dict) -> Outcome:
+    acc = row["val_accuracy"]
+    ok = row.get("status", "ok") == "ok" and acc == acc
+    return Outcome(float(row["reward"]), float(acc) if ok else 0.0, float(row["latency_ms"]), ok)
+
+
+# ---- results ----------------------------------------------------------------------------------
+
+
+def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
+    """Distinct networks no other beats in both accuracy (higher) and latency (lower)."""
+    ok = frame[frame.status == "ok"].drop_duplicates("spec")
+    ok = ok.sort_values(["latency_ms", "val_accuracy"], ascending=[True, False])
+    rows, best = [], -math.inf
+    for _, r in ok.iterrows():
+        if r.val_accuracy > best:
+            rows.append(r)
+            best = r.val_accuracy
+    cols = ["step", "sample", "latency_ms", "val_accuracy", "reward", "params", "macs", "spec"]
+    return pd.DataFrame(rows)[cols] if rows else pd.DataFrame(columns=cols)
+
+
+def summarize(frame: pd.DataFrame, cfg: DictConfig, obj: Objective) -> dict[str, Any]:
+    distinct = frame.sort_values("reward", ascending=False).drop_duplicates("spec")
+    best = distinct.iloc[0]
+    near = (frame.latency_ms - obj.target_ms).abs() <= 0.05 * obj.target_ms
+    return {
+        "controller": str(cfg.search.controller),
+        "samples": len(frame),
+        "distinct": int(frame.spec.nunique()),
+        "trained": int((~frame.cached.astype(bool) & (frame.status == "ok")).sum()),
+        "cached": int(frame.cached.astype(bool).sum()),
+        "failed": int((frame.status == "failed").sum()),
+        "target_ms": obj.target_ms, "alpha": obj.alpha, "beta": obj.beta,
+        "device": str(cfg.latency.device),
+        "best": {"reward": float(best.reward), "val_accuracy": float(best.val_accuracy),
+                 "latency_ms": float(best.latency_ms), "latency_source": best.latency_source,
+                 "params": int(best.params), "macs": int(best.macs), "spec": best.spec,
+                 "step": int(best["step"]), "sample": int(best["sample"])},
+        "top5_mean_reward": float(distinct.reward.head(5).mean()),
+        "within_5pct_of_target": float(near.mean()),
+        "accuracy_source": proxy_description(cfg),
+        "seconds": float(frame.seconds.sum()),
+    }
+
+
+def plot(frame: pd.DataFrame, front: pd.DataFrame, obj: Objective, title: str, path: Path
+         ) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lotto.runs import atomic_write
+
+    ok = frame[frame.status == "ok"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    points = ax.scatter(ok.latency_ms, 100 * ok.val_accuracy, c=ok["sample"], s=14,
+                        cmap="viridis")
+    fig.colorbar(points, ax=ax, label="sample")
+    if len(front):
+        ax.step(front.latency_ms, 100 * front.val_accuracy, where="post", color="crimson",
+                lw=1.2, label="Pareto front")
+    ax.axvline(obj.target_ms, color="gray", ls=":", label=f"target {obj.target_ms:g} ms")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("proxy validation accuracy (%)")
+    ax.legend(loc="lower right")
+    ax = axes[1]
+    ax.plot(frame["sample"], frame.reward, ".", ms=5, label="reward")
+    ax.plot(frame["sample"], frame.reward.cummax(), "-", label="best so far")
+    ax.set_xlabel("sample")
+    ax.set_ylabel("reward ACC x (LAT/TAR)^w")
+    ax.legend(loc="lower right")
+    for a in axes:
+        a.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def run_search(cfg: DictConfig, *, force: bool = False, progress: Progress | None = None,
+               runner: Runner | None = None, stop_after: int | None = None) -> SearchResult:
+    """`stop_after`: stop after this many batches (tests of resume); `runner`: workers to reuse."""
+    space, obj, device = validate(cfg)
+    parallel_settings(cfg)
+    run = RunDir.open(cfg, COMMAND, force=force)
+    search = _Search(cfg, space, obj, device, run, progress)
+    with open_runner(cfg) if runner is None else nullcontext(runner) as tasks:
+        search.run_batches(tasks, stop_after)
+    frame = search.metrics.frame()
+    front = pareto_front(frame) if len(frame) else pd.DataFrame()
+    summary: dict[str, Any] = {"run_dir": str(run.path), "failures": search.failures.entries}
+    if len(frame):
+        summary.update(summarize(frame, cfg, obj))
+        from lotto.runs import atomic_write
+
+        atomic_write(run.file("pareto.csv"), lambda tmp: front.to_csv(tmp, index=False))
+        best = frame.loc[frame.reward.idxmax()]
+        ix = [int(v) for v in str(best.choices).split("-")]
+        space.network(ix, f"search_{run.path.name}").save(run.file("best.yaml"))
+        png, rows = run.file("search.png"), run.file("metrics.csv")
+        if not png.exists() or png.stat().st_mtime < rows.stat().st_mtime:  # else: up to date
+            plot(frame, front, obj, f"search ({cfg.search.controller}) on {device}: "
+                 f"{proxy_description(cfg).split(';')[0]}", png)
+    run.write_json("summary.json", summary)
+    return SearchResult(run, frame, front, summary, search.failures.entries)

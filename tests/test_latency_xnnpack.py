@@ -1,0 +1,136 @@
+"""`--device xnnpack`: export to ExecuTorch + XNNPACK, numerical parity, timing, the CLI, the ONNX
+Runtime check, and bad input (an op that cannot export, the extra not installed).
+
+Export costs 10-40 s per network on this busy 2-core machine, so one tiny spec (stem, one SE
+block, head) is exported once and shared; the CLI test finds it in its cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from typer.testing import CliRunner
+
+from lotto.arch import preset
+from lotto.arch.build import build_network
+from lotto.cli import app
+from lotto.errors import LottoError
+from lotto.latency import xnnpack
+
+needs_et = pytest.mark.skipif(not xnnpack.available(), reason="ExecuTorch is not installed "
+                              "(pip install -e '.[device]')")
+FAST = ["measure.min_run_time=0.05", "measure.warmup=2"]
+
+
+def tiny_spec():
+    base = preset("mobilenet_v3_small", 0.5, 32)
+    return base.replace(blocks=base.blocks[:1], name="tiny_v3").validate()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    spec = tiny_spec()
+    torch.manual_seed(0)
+    module = build_network(spec).eval()
+    shape = (1, 3, 32, 32)
+    cache = tmp_path_factory.mktemp("xnnpack_cache")
+    key = xnnpack.cache_key(spec.to_dict(), shape, "float32")
+    ex = xnnpack.exported_for(module, shape, cache_dir=cache, key=key)
+    return {"spec": spec, "module": module, "exported": ex, "cache": cache, "shape": shape}
+
+
+@needs_et
+def test_parity_delegation_and_timing(exported: dict):
+    ex, module = exported["exported"], exported["module"]
+    assert ex.delegated >= 1 and ex.outside == {}  # everything runs in XNNPACK
+    x = torch.randn(exported["shape"], generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = module(x)
+    out = xnnpack.Program(ex).run(x)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max() + 1e-6  # fp32 parity
+    assert xnnpack.max_abs_diff(ex, module, x) <= 1e-4 * float(ref.abs().max()) + 1e-6
+    timing = xnnpack.time_program(xnnpack.Program(ex), x, min_run_time=0.05, warmup=2)
+    assert timing.n >= 10 and 0 < timing.p25_ms <= timing.median_ms <= timing.p75_ms
+    from executorch.extension.pybindings import portable_lib
+
+    assert portable_lib._threadpool_get_thread_count() == 1  # pinned, not torch's pool
+
+
+@needs_et
+def test_cli_xnnpack_measures_from_the_cached_program(exported: dict, runs_dir: Path,
+                                                      tmp_path: Path):
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(exported["spec"].to_dict()))
+    shutil.copytree(exported["cache"], runs_dir / "bench" / "xnnpack")
+    result = CliRunner().invoke(app, ["bench", "--device", "xnnpack", "--arch", str(spec_file),
+                                      "--json", "--runs-dir", str(runs_dir), *FAST])
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.output.strip().splitlines()[-1])
+    assert s["device"] == "xnnpack" and s["source"] == "measured" and s["latency_ms"] > 0
+    assert s["detail"]["cached"] is True  # the program exported by the fixture
+    assert s["detail"]["runtime"].startswith("executorch 1.") and s["detail"]["n"] >= 10
+    assert s["fingerprint"]["device"] == "xnnpack" and s["fingerprint"]["threads"] == 1
+    assert "source=measured(xnnpack" in s["provenance"]
+    run = next(p for p in (runs_dir / "bench").iterdir() if p.name != "xnnpack")
+    metrics = (run / "metrics.csv").read_text()
+    assert "xnnpack,measured" in metrics
+
+
+@needs_et
+def test_op_that_cannot_export_is_named(runs_dir: Path):
+    class Det(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.linalg.det(x[0, :2, :2, :2])
+
+    with pytest.raises(LottoError, match=r"op aten\._linalg_det"):
+        xnnpack.export_program(Det(), (1, 3, 8, 8))
+
+
+def test_missing_extra_is_one_line_exit_2(runs_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(xnnpack, "available", lambda: False)
+    for device in ("xnnpack", "adb"):
+        result = CliRunner().invoke(app, ["bench", "--device", device, "--model",
+                                          "mobilenet_v3_small", "--runs-dir", str(runs_dir)])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "pip install" in lines[0] and "executorch" in lines[0]
+    assert not runs_dir.exists()
+    result = CliRunner().invoke(app, ["bench", "--device", "cpu", "--runs-dir", str(runs_dir),
+                                      "dtype=int8"])
+    assert result.exit_code == 2  # int8 is for the mobile runtimes only
+
+
+@needs_et
+def test_int8_post_training_quantisation():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    gen = torch.Generator().manual_seed(2)
+    calibration = [torch.randn(1, 3, 16, 16, generator=gen) for _ in range(8)]
+    ex = xnnpack.export_program(module, (1, 3, 16, 16), dtype="int8", calibration=calibration)
+    assert ex.dtype == "int8" and ex.delegated >= 1
+    x = calibration[0]
+    with torch.inference_mode():
+        ref = module(x)
+    out = xnnpack.Program(ex).run(x)
+    err = float((out - ref).abs().max() / ref.abs().max())
+    assert 0 < err < 0.1  # quantised (not bit-exact), yet close to fp32
+
+
+@pytest.mark.skipif(not __import__("lotto.latency.onnx_check", fromlist=["x"]).available(),
+                    reason="onnx / onnxruntime not installed (pip install -e '.[onnx,device]')")
+def test_onnx_runtime_parity():
+    from lotto.latency.onnx_check import onnx_parity
+
+    torch.manual_seed(0)
+    module = build_network(tiny_spec()).eval()
+    result = onnx_parity(module, (1, 3, 32, 32))
+    assert result["shape"] == [1, 1000] and result["max_rel_diff"] < 1e-4
+    assert result["onnxruntime"].count(".") >= 1

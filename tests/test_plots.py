@@ -1,0 +1,127 @@
+"""The shared plotting module and the statistics under it: bootstrap intervals and aggregation
+against hand-computed numbers, Pareto fronts, the figures (also written by single runs)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from report_runs import real_runs
+
+from lotto.report import aggregate, plots
+from lotto.report.aggregate import (
+    Comparison,
+    bootstrap_ci,
+    cell,
+    pareto_front,
+    parse_target,
+)
+from lotto.report.aggregate import (
+    aggregate as agg,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_bootstrap_ci_by_hand() -> None:
+    x = np.array([0.61, 0.64, 0.70, 0.72])
+    idx = np.random.default_rng(0).integers(0, 4, size=(2000, 4))
+    expected = np.quantile(x[idx].mean(axis=1), [0.025, 0.975])
+    assert bootstrap_ci(x) == pytest.approx(tuple(expected))
+    assert bootstrap_ci(x) == bootstrap_ci(list(x))  # seeded: the same every time
+    lo, hi = bootstrap_ci(x)
+    assert x.min() <= lo < x.mean() < hi <= x.max()
+    assert all(math.isnan(v) for v in bootstrap_ci([0.5, 0.6]))  # < 3 seeds: no interval
+    assert bootstrap_ci([0.5, 0.5, 0.5]) == (0.5, 0.5)
+    assert bootstrap_ci([0.5, float("nan"), 0.7, 0.9]) == bootstrap_ci([0.5, 0.7, 0.9])
+
+
+def test_aggregate_mean_std_seeds_by_hand() -> None:
+    frame = pd.DataFrame({
+        "label": ["a"] * 4 + ["b"],
+        "round": [0, 0, 0, 1, 0],
+        "seed": [0, 1, 2, 0, 0],
+        "acc": [0.5, 0.7, 0.9, 0.4, 0.8],
+    })
+    table = agg(frame, ["round"], ["acc", "missing"]).set_index(["label", "round"])
+    a0 = table.loc[("a", 0)]
+    assert a0.acc == pytest.approx(0.7) and a0.seeds == 3
+    assert a0.acc_std == pytest.approx(statistics.stdev([0.5, 0.7, 0.9]))
+    assert (a0.acc_lo, a0.acc_hi) == pytest.approx(bootstrap_ci([0.5, 0.7, 0.9]))
+    a1 = table.loc[("a", 1)]
+    assert a1.seeds == 1 and a1.acc_std == 0 and math.isnan(a1.acc_lo)
+    assert "missing" not in table.columns  # columns a run does not have are skipped
+    row = {"acc": 0.7, "acc_std": 0.2, "acc_lo": 0.5, "acc_hi": 0.9, "seeds": 3}
+    assert cell(row, "acc", 100) == "70.00 ± 20.00 [50.00, 90.00]"
+    assert cell({"acc": 0.7, "acc_std": 0.0, "acc_lo": float("nan"), "seeds": 1}, "acc", 100) \
+        == "70.00"
+
+
+def test_pareto_front_and_targets() -> None:
+    lat = [60, 70, 65, 90, 80, float("nan")]
+    acc = [0.70, 0.80, 0.60, 0.85, 0.79, 0.99]
+    assert pareto_front(lat, acc) == [0, 1, 3]
+    assert parse_target(75) == 75.0 and parse_target("12ms") == 12.0
+    assert parse_target("0.8x", 20.0) == pytest.approx(16.0)
+    assert parse_target("0.8x") is None and parse_target(None) is None
+
+
+def test_single_runs_write_their_figure() -> None:
+    root = real_runs()
+    for path in (root / "lottery" / "half" / "lottery.png", root / "rethink" / "tiny" /
+                 "rethink.png", root / "build-v3" / "small" / "build_v3.png"):
+        assert path.read_bytes()[:8] == PNG, path
+
+
+def test_lottery_figure_lines_and_bands() -> None:
+    metrics = pd.read_csv(real_runs() / "lottery" / "half" / "metrics.csv")
+    fig = plots.run_figure("lottery", metrics, "half")
+    axes = fig.get_axes()
+    assert len(axes) == 3
+    for ax in axes:
+        assert [line.get_label() for line in ax.get_lines()] == ["ticket", "reinit"]
+        assert ax.get_xscale() == "log"
+    assert len(axes[0].collections) == 2  # a band per variant (3 seeds)
+    ticket = axes[0].get_lines()[0]
+    # rounds 0..2: 100%, then 50% of the hidden layers (the output layer prunes at half rate)
+    assert list(ticket.get_xdata())[0] == 100 and len(ticket.get_xdata()) == 3
+    dense = metrics[metrics["round"] == 0].early_stop_test_accuracy.mean() * 100
+    assert ticket.get_ydata()[0] == pytest.approx(dense)
+
+
+def test_save_is_atomic_and_svg_deterministic(tmp_path: Path) -> None:
+    metrics = pd.read_csv(real_runs() / "lottery" / "fifth" / "metrics.csv")
+    fig = plots.run_figure("lottery", metrics, "fifth")
+    plots.save(fig, [tmp_path / "a.svg", tmp_path / "a.png"])
+    first = (tmp_path / "a.svg").read_bytes()
+    plots.save(fig, [tmp_path / "a.svg"])
+    assert (tmp_path / "a.svg").read_bytes() == first
+    assert (tmp_path / "a.png").read_bytes()[:8] == PNG
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def section(command: str, frame: pd.DataFrame) -> aggregate.Section:
+    frame = frame.assign(label="x", run="x", command=command, seed=0)
+    (sec,) = aggregate.sections(Comparison([], [command], [], [], frame))
+    return sec
+
+
+def test_bench_figure_validation_panel() -> None:
+    rows = pd.DataFrame({"kind": "validation", "network": ["n1", "n2", "n3"], "device": "cpu",
+                         "source": "lut", "latency_ms": [1.0, 2.0, 3.1],
+                         "expected_error": 0.05, "macs": [1e6, 2e6, 3e6],
+                         "measured_ms": [1.1, 1.9, 3.0]})
+    fig = plots.figure(section("bench", rows))
+    assert len(fig.get_axes()) == 2  # latency vs MACs, predicted vs measured
+    one = plots.figure(section("bench", rows.drop(columns="measured_ms")))
+    assert len(one.get_axes()) == 1
+
+
+def test_nothing_to_draw_is_none() -> None:
+    no_latency = pd.DataFrame({"sample": [0, 1], "val_accuracy": [0.5, 0.6]})
+    assert plots.figure(section("search", no_latency)) is None
+    assert plots.run_figure("rethink", pd.DataFrame(), "empty") is None

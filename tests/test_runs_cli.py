@@ -1,0 +1,139 @@
+"""`lotto runs`: every run with its status (complete / incomplete and how far / failed), the
+config keys that differ, a headline; --json; bad inputs are one line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from report_runs import copy_run, real_runs
+from typer.testing import CliRunner
+
+from lotto.cli import app
+from lotto.report.discover import HIDDEN_KEYS, lottery_units, open_run, rethink_cells
+
+NAMES = ("half", "fifth", "fifth-s1", "tiny", "small", "rl-run", "random-run", "adapt")
+
+
+@pytest.fixture(scope="module")
+def root() -> Path:
+    return real_runs()
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["runs", *args])
+
+
+def listing(*args: str) -> dict[str, dict]:
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    return {r["name"]: r for r in json.loads(result.stdout)}
+
+
+def assert_user_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    message = result.stderr.strip()
+    assert message.count("\n") == 0 and message.startswith("error:"), message
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in message, (needle, message)
+
+
+def test_lists_every_run_complete_with_its_progress(root: Path) -> None:
+    runs = listing("--runs-dir", str(root))
+    assert set(runs) == set(NAMES)
+    assert {r["status"] for r in runs.values()} == {"complete"}
+    half = runs["half"]
+    assert half["command"] == "lottery" and half["progress"] == "rounds 2/2"
+    assert (half["done"], half["total"]) == (15, 15)  # 3 seeds x (dense + 2 rounds x 2 variants)
+    assert runs["fifth"]["total"] == 5
+    assert runs["tiny"]["progress"] == "cells 12/12"  # 2 seeds x (baseline + 5 modes)
+    assert runs["small"]["progress"] == "steps 5"
+    assert runs["rl-run"]["progress"] == "samples 5/5"
+    # the lottery runs differ in prune rate, seeds and seed: those keys are its columns
+    assert set(half["config"]) == {"lottery.prune_rate", "lottery.seeds", "seed"}
+    assert half["config"]["lottery.prune_rate"] == 0.5
+    assert set(runs["rl-run"]["config"]) == {"search.controller"}
+    assert "dense" in half["headline"] and "%" in half["headline"]
+    assert "mobilenet_v3_small" in runs["small"]["headline"]
+
+
+def test_table_shows_names_status_and_differing_keys(root: Path) -> None:
+    result = invoke("--runs-dir", str(root))
+    assert result.exit_code == 0, result.output
+    for needle in (*NAMES, "complete", "rounds 2/2", "cells 12/12", "lottery.prune_rate",
+                   "search.controller", "8 runs (8 complete)"):
+        assert needle in result.output, needle
+    assert "parallel.workers" not in result.output  # placement keys never count as differing
+
+
+def test_incomplete_and_failed_runs(root: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    half = copy_run(root / "lottery" / "half", runs)
+    frame = pd.read_csv(half / "metrics.csv")
+    keep = (frame["round"] == 0) | ((frame["round"] == 1) & (frame["seed"] == 0))
+    frame[keep].to_csv(half / "metrics.csv", index=False)
+    (half / ".metrics.csv.length").unlink()
+    tiny = copy_run(root / "rethink" / "tiny", runs)
+    pd.read_csv(tiny / "metrics.csv").head(7).to_csv(tiny / "metrics.csv", index=False)
+    (tiny / ".metrics.csv.length").unlink()
+    failed = copy_run(root / "lottery" / "fifth", runs)
+    pd.DataFrame([{"seed": 0, "round": 2, "variant": "reinit", "status": "failed",
+                   "error": "RuntimeError: boom"}]).to_csv(failed / "failures.csv", index=False)
+    small = copy_run(root / "build-v3" / "small", runs)
+    (small / "summary.json").unlink()  # killed before the end
+    search = copy_run(root / "search" / "rl-run", runs)
+    pd.read_csv(search / "metrics.csv").head(3).to_csv(search / "metrics.csv", index=False)
+    found = listing("--runs-dir", str(runs))
+    assert found["rl-run"]["status"] == "incomplete"
+    assert found["rl-run"]["progress"] == "samples 3/5"
+    assert found["half"]["status"] == "incomplete"
+    assert found["half"]["progress"] == "rounds 0/2" and found["half"]["done"] == 5
+    assert found["tiny"]["status"] == "incomplete" and found["tiny"]["progress"] == "cells 7/12"
+    assert found["fifth"]["status"] == "failed" and found["fifth"]["failures"] == 1
+    assert "1 failed/skipped" in found["fifth"]["progress"]
+    assert found["small"]["status"] == "incomplete"
+
+
+def test_partial_last_line_is_not_counted(root: Path, tmp_path: Path) -> None:
+    """A row cut by a kill (past the committed length) is no finished unit, as for MetricsLog."""
+    half = copy_run(root / "lottery" / "half", tmp_path / "runs")
+    with open(half / "metrics.csv", "a") as f:
+        f.write("2,ticket,9,0.1,10.0")  # no newline: a partial append
+    assert open_run(half).done == 15
+
+
+def test_command_filter_and_targets(root: Path) -> None:
+    assert set(listing("--runs-dir", str(root), "--command", "rethink")) == {"tiny"}
+    assert set(listing(str(root / "lottery" / "*"))) == {"half", "fifth", "fifth-s1"}
+
+
+def test_bad_inputs_are_one_line(root: Path, tmp_path: Path) -> None:
+    assert_user_error(invoke("--runs-dir", str(root), "--command", "nope"), "--command")
+    assert_user_error(invoke(str(tmp_path / "nothing-*")), "no run directory matches")
+    (tmp_path / "lottery" / "stray").mkdir(parents=True)
+    assert_user_error(invoke(str(tmp_path / "lottery" / "stray")), "not a run directory")
+    empty = invoke("--runs-dir", str(tmp_path / "none"))
+    assert empty.exit_code == 0 and "no runs under" in empty.output
+
+
+def test_expected_units_follow_the_config() -> None:
+    units, rounds = lottery_units({"seed": 3, "lottery": {"rounds": 2, "seeds": 2,
+                                                          "controls": ["reinit", "random_mask"]}})
+    assert rounds == 2 and len(units) == 2 * (1 + 2 * 3) and (4, 0, "ticket") in units
+    cfg = {"train": {"lr": 0.1}, "grid": {"lrs": None, "seeds": 2},
+           "pruning": {"kinds": ["structured", "unstructured"],
+                       "structured": {"methods": ["l1-filter", "slimming"], "ratios": [0.5],
+                                      "modes": ["finetune", "scratch_e"]},
+                       "unstructured": {"methods": ["magnitude"], "ratios": [0.5, 0.9],
+                                        "modes": ["ticket"]}}}
+    # 2 seeds x 2 lrs x (dense + slimming baselines + 2 x 2 structured + 2 x 1 unstructured)
+    assert rethink_cells(cfg) == 2 * 2 * (2 + 4 + 2)
+
+
+def test_hidden_keys_are_the_placement_keys() -> None:
+    from lotto.config import PLACEMENT_KEYS
+
+    assert HIDDEN_KEYS == PLACEMENT_KEYS

@@ -1,0 +1,136 @@
+"""The factorised search space (lotto.latency.space) as `lotto search` uses it: MnasNet's
+per-stage choices (op, kernel, SE, skip, width factor, repeat delta), valid specs, one-line errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import yaml
+
+from lotto.config import defaults_path
+from lotto.errors import LottoError
+from lotto.latency.space import load_space, parse_space
+
+
+@pytest.fixture(scope="module")
+def default_space():
+    return load_space(defaults_path("search"))
+
+
+def test_default_space_is_mnasnets(default_space):
+    stages = default_space.stages
+    assert len(stages) == 7
+    first = stages[0]
+    assert (first.ops, first.widths, first.repeats, first.kernels) == (("ds",), (16,), (1,), (3,))
+    # width x {0.75, 1, 1.25} by make_divisible(., 8); repeats base + {-1, 0, +1}, at least 1
+    assert stages[1].widths == (24, 32) and stages[1].repeats == (1, 2, 3)
+    assert stages[3].widths == (48, 64, 80) and stages[3].repeats == (3, 4, 5)
+    assert stages[6].repeats == (1, 2)
+    assert set(stages[3].ops) == {"conv", "ds", "ir"} and stages[3].expansions == (3.0, 6.0)
+    assert stages[3].kernels == (3, 5, 7) and stages[3].skips == (True, False)
+    # 3 widths x 3 repeats x (conv, ds, ir3, ir6) x 3 kernels x 2 SE x 2 skips = MnasNet's 432
+    assert stages[3].size() == 432
+
+
+def test_every_sample_is_a_valid_network_with_shared_stage_blocks(default_space):
+    rng = random.Random(0)
+    n_axes = len(default_space.axes())
+    for i in range(40):
+        indices = default_space.sample_indices(rng)
+        assert len(indices) == n_axes
+        choices = default_space.decode(indices)
+        spec = default_space.network(indices, f"n{i}")
+        assert spec == default_space.build(choices, f"n{i}")
+        k = 0
+        cin = spec.stem.channels
+        for stage, (width, repeats, kernel, ratio, se, op, skip) in zip(default_space.stages,
+                                                                         choices):
+            blocks = spec.blocks[k:k + repeats]
+            assert len(blocks) == repeats
+            assert [b.stride for b in blocks] == [stage.stride] + [1] * (repeats - 1)
+            for j, b in enumerate(blocks):
+                assert (b.type, b.kernel, b.out, b.se) == (op, kernel, width, 0.25 if se else 0)
+                assert (b.exp is None) == (op != "ir")
+                if op == "ir":
+                    assert b.exp == round((cin if j == 0 else width) * ratio)
+                residual = b.residual(cin if j == 0 else width)
+                legal = b.stride == 1 and (cin if j == 0 else width) == width
+                assert residual == (legal and skip)  # identity where legal, unless "none"
+            cin = width
+            k += repeats
+        assert k == len(spec.blocks)
+
+
+def test_sampling_old_spaces_is_unchanged():
+    """A space without ops/skips builds ir blocks with automatic residuals, as before."""
+    space = parse_space({"base": "mobilenet_v3_small", "resolution": 32, "stages": [
+        {"widths": [16, 24], "repeats": [1, 2], "stride": 2, "kernels": [3, 5],
+         "expansions": [3], "se": [False, True]}]})
+    assert space.size() == 2 * 2 * 2 * 2
+    assert all(b.type == "ir" and b.skip is None for s in space.sample(10, 1) for b in s.blocks)
+    assert [a for _, a, _ in space.axes()] == ["width", "repeats", "kernel", "se"]
+
+
+@pytest.mark.parametrize("stage, field", [
+    ({"width": 24, "stride": 2, "kernels": [4]}, "kernels"),
+    ({"width": 24, "stride": 3}, "stride"),
+    ({"width": 24, "ops": ["pool"]}, "ops"),
+    ({"width": 24, "expansions": [0]}, "expansions"),
+    ({"widths": [0]}, "widths"),
+    ({"width": 24, "act": "gelu"}, "act"),
+    ({"widths": [24], "width": 24}, "width"),
+])
+def test_illegal_stage_is_one_line_naming_stage_and_field(tmp_path, stage, field):
+    data = yaml.safe_load(defaults_path("search").read_text())
+    data["space"]["stages"][2] = stage
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(LottoError) as err:
+        load_space(path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"stages[2] field {field}" in message
+
+
+def test_carriers_cover_ops_and_skips():
+    space = parse_space({"base": "mobilenet_v3_small", "resolution": 32, "ops": ["ds", "ir"],
+                         "skips": [True, False], "expansions": [3, 6], "stages": [
+                             {"widths": [16], "repeats": [2], "stride": 2, "kernels": [3]}]})
+    kinds = {(b.type, b.exp, b.skip) for c in space.carriers() for b in c.blocks}
+    assert {"ds", "ir"} == {k[0] for k in kinds}
+    assert (("ir", 48, None) in kinds and ("ir", 96, None) in kinds
+            and any(k[2] is False for k in kinds))
+    # ds ignores the expansion ratio: one carrier per (op, skip), not per ratio
+    assert sum(1 for c in space.carriers() if c.blocks[0].type == "ds") == 2
+
+
+def test_carriers_are_packed_and_cover_every_unit(default_space):
+    """Packed carriers hold exactly the units of the one-stage-at-a-time enumeration (every
+    stage choice with every input width the previous stage can give), in far fewer networks."""
+    from lotto.latency.units import unit_keys
+
+    space = default_space
+    reference, n_reference = set(), 0
+    for i, stage in enumerate(space.stages):
+        for cin in (space.stages[i - 1].widths if i else (space.base.stem.channels,)):
+            for width in stage.widths:
+                for k, e, se, op, skip in itertools.product(stage.kernels, stage.expansions,
+                                                            stage.se, stage.ops, stage.skips):
+                    if op != "ir" and e != stage.expansions[0]:
+                        continue
+                    choices = [(s.widths[0], max(s.repeats), s.kernels[0], s.expansions[0],
+                                s.se[0], s.ops[0], s.skips[0]) for s in space.stages]
+                    if i:
+                        choices[i - 1] = (cin, *choices[i - 1][1:])
+                    choices[i] = (width, max(stage.repeats), k, e, se, op, skip)
+                    reference |= {key for _, key in unit_keys(space.build(choices, "ref"))}
+                    n_reference += 1
+    carriers = list(space.carriers())
+    packed = {key for c in carriers for _, key in unit_keys(c)}
+    assert packed == reference
+    assert len(carriers) * 4 < n_reference  # 432 vs 2,113 networks for MnasNet's space
+    samples = {key for s in space.sample(200, seed=5) for _, key in unit_keys(s)}
+    assert samples <= packed
