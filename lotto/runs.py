@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from lotto import distributed
 from lotto.config import config_hash, identity, to_yaml
 from lotto.errors import LottoError
+from lotto.files import replace_atomically
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -44,17 +44,17 @@ def atomic_write(path: Path, write: Any) -> None:
 
     Under torchrun only rank 0 writes run files: on the other ranks this does nothing.
     """
-    if not distributed.is_main():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if distributed.is_main():
+        replace_atomically(path, write)
+
+
+def json_value(value: Any) -> Any:
+    """A metrics cell as JSON: numpy scalars as Python numbers, NaN as null."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
 
 
 def write_text(path: Path, text: str) -> None:

@@ -16,7 +16,6 @@ A step is finished when its row is in metrics.csv; a re-run skips it.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from lotto.arch.v3 import efficient_last_stage, replace_blocks, set_stem, use_hs
 from lotto.config import check
 from lotto.errors import LottoError
 from lotto.latency.devices import PHONES, canonical_device, is_phone
-from lotto.runs import MetricsLog, RunDir
+from lotto.runs import MetricsLog, RunDir, json_value
 
 COMMAND = "build-v3"
 
@@ -295,8 +294,8 @@ def run_build_v3(cfg: DictConfig, *, force: bool = False,
         "equals_published": final.name == target,
         "published": target,
         "changes": [s.change for s in steps[1:]],
-        "final": {k: _plain(v) for k, v in frame.iloc[-1].items()},
-        "seed": {k: _plain(v) for k, v in frame.iloc[0].items()},
+        "final": {k: json_value(v) for k, v in frame.iloc[-1].items()},
+        "seed": {k: json_value(v) for k, v in frame.iloc[0].items()},
         "final_blocks": final.block_strings(),
         "files": files,
     }
@@ -309,9 +308,3 @@ def run_build_v3(cfg: DictConfig, *, force: bool = False,
     return BuildResult(run, steps, frame, summary)
 
 
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value

@@ -27,7 +27,6 @@ finished when a row of it has chosen=True.
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 import time
@@ -61,7 +60,7 @@ from lotto.experiments.proxy import proxy_spec, train_spec
 from lotto.latency.devices import canonical_device, is_phone
 from lotto.netadapt import Proposal, floor_spec, knobs, truncate_state, widest_within
 from lotto.parallel import Runner, TaskResult
-from lotto.runs import MetricsLog, RunDir
+from lotto.runs import MetricsLog, RunDir, json_value
 from lotto.train import check_train_config, evaluate, parse_step, resolve_device
 
 COMMAND = "netadapt"
@@ -531,12 +530,6 @@ def _true(value: Any) -> bool:
     return value is True or str(value).lower() == "true"
 
 
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def prepare(cfg: DictConfig) -> tuple[ArchSpec, Data, torch.device]:
@@ -604,7 +597,7 @@ def summarize(cfg: DictConfig, na: _NetAdapt, frame: pd.DataFrame, final: ArchSp
         rows = frame[frame.kind == kind] if not frame.empty else frame
         if rows.empty:
             return None
-        return {k: _plain(v) for k, v in rows.iloc[-1].items()}
+        return {k: json_value(v) for k, v in rows.iloc[-1].items()}
 
     chosen = frame[(frame.kind == "proposal") & frame.chosen.map(_true)] if not frame.empty \
         else frame

@@ -229,11 +229,9 @@ def _predict_phone(spec: ArchSpec | None, module: nn.Module | None, dev: str,
     return Latency(ms, "model", error, dev, detail)
 
 
-def _measure(spec: ArchSpec | None, module: nn.Module | None, dev: str, threads: int,
-             input_shape: tuple[int, ...] | None, min_run_time: float, warmup: int,
-             dtype: str, core: int | None, clock: str) -> Latency:
-    from lotto.latency.measure import fingerprint
-
+def _module_and_shape(spec: ArchSpec | None, module: nn.Module | None,
+                      input_shape: tuple[int, ...] | None) -> tuple[nn.Module, tuple[int, ...]]:
+    """The module to time (built from the spec when not given) and its input shape."""
     if module is None:
         from lotto.arch.build import build_network
 
@@ -242,6 +240,15 @@ def _measure(spec: ArchSpec | None, module: nn.Module | None, dev: str, threads:
     if input_shape is None:
         input_shape = ((1, spec.in_channels, spec.resolution, spec.resolution)
                        if spec is not None else (1, 3, 224, 224))
+    return module, input_shape
+
+
+def _measure(spec: ArchSpec | None, module: nn.Module | None, dev: str, threads: int,
+             input_shape: tuple[int, ...] | None, min_run_time: float, warmup: int,
+             dtype: str, core: int | None, clock: str) -> Latency:
+    from lotto.latency.measure import fingerprint
+
+    module, input_shape = _module_and_shape(spec, module, input_shape)
     timing, info = measure_module(module, input_shape, dev, threads=threads,
                                   min_run_time=min_run_time, warmup=warmup, dtype=dtype,
                                   core=core, clock=clock)
@@ -258,14 +265,7 @@ def _measure_runtime(spec: ArchSpec | None, module: nn.Module | None, dev: str, 
     from lotto.latency import xnnpack
 
     xnnpack.require(dev)
-    if module is None:
-        from lotto.arch.build import build_network
-
-        assert spec is not None
-        module = build_network(spec)
-    if input_shape is None:
-        input_shape = ((1, spec.in_channels, spec.resolution, spec.resolution)
-                       if spec is not None else (1, 3, 224, 224))
+    module, input_shape = _module_and_shape(spec, module, input_shape)
     if cache_key is None and spec is not None:
         extra = {"calibration": "data" if calibration is not None else "noise"} \
             if dtype == "int8" else None

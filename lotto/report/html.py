@@ -18,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from lotto.files import replace_atomically as _atomic
 from lotto.report.aggregate import Comparison, Section, parquet_safe
-from lotto.report.plots import _atomic, save
+from lotto.report.plots import save
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }

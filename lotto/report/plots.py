@@ -13,8 +13,6 @@ Bands and error bars: the 95% bootstrap interval of the mean with >= 3 seeds, me
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
+from lotto.files import replace_atomically
 from lotto.report import aggregate
 from lotto.report.aggregate import Comparison, Section
 
@@ -68,7 +67,7 @@ def save(fig: Figure, paths: Iterable[Path], write: Callable | None = None, dpi:
             with rc_context({"svg.hashsalt": "lotto"}):
                 fig.savefig(tmp, dpi=dpi, format=fmt, metadata=_metadata(fmt))
 
-        (write or _atomic)(path, draw)
+        (write or replace_atomically)(path, draw)
         out.append(path)
     return out
 
@@ -76,18 +75,6 @@ def save(fig: Figure, paths: Iterable[Path], write: Callable | None = None, dpi:
 def _metadata(fmt: str) -> dict | None:
     # SVGs carry a date by default: leave it out so that the same data draws the same file
     return {"Date": None} if fmt == "svg" else None
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _log_weights_axis(ax: Any, lowest: float) -> None:
@@ -209,21 +196,30 @@ def rethink_figure(section: Section) -> Figure | None:
 
 def search_figure(section: Section) -> Figure | None:
     """Accuracy vs latency of every sample, the Pareto front of each run, the target line."""
+    return _accuracy_vs_latency(section, "Search: every sample, Pareto front per run (lines)")
+
+
+def _accuracy_vs_latency(section: Section, title: str, mixed: bool = False) -> Figure | None:
+    """Every row as a point, the Pareto front of each run as a line, the targets (search)."""
     frame, acc = section.frame, section.extra.get("accuracy")
     if acc is None or "latency_ms" not in frame.columns:
         return None
+
+    def xy(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return (pd.to_numeric(rows.latency_ms, errors="coerce").to_numpy(dtype=float),
+                pd.to_numeric(rows[acc], errors="coerce").to_numpy(dtype=float) * 100)
+
     labels = list(dict.fromkeys(frame.label))
     colors = _colors(len(labels))
     fig = Figure(figsize=(7.5, 5))
     ax = fig.subplots()
     for li, label in enumerate(labels):
         at = frame[frame.label == label]
-        lat = pd.to_numeric(at.latency_ms, errors="coerce").to_numpy(dtype=float)
-        a = pd.to_numeric(at[acc], errors="coerce").to_numpy(dtype=float) * 100
-        ax.scatter(lat, a, s=12, alpha=0.45, color=colors[li], label=label)
+        lat, a = xy(at)
+        ax.scatter(lat, a, s=12, alpha=0.5, color=colors[li],
+                   label=f"{label} ({at.command.iloc[0]})" if mixed else label)
         for _, rows in at.groupby("run", sort=False):
-            rl = pd.to_numeric(rows.latency_ms, errors="coerce").to_numpy(dtype=float)
-            ra = pd.to_numeric(rows[acc], errors="coerce").to_numpy(dtype=float) * 100
+            rl, ra = xy(rows)
             front = aggregate.pareto_front(list(rl), list(ra))
             if front:
                 ax.step(rl[front], ra[front], where="post", color=colors[li], lw=1.5)
@@ -231,12 +227,12 @@ def search_figure(section: Section) -> Figure | None:
         ax.axvline(target, color="gray", ls="--", lw=1)
         ax.text(target, ax.get_ylim()[0], f" target {target:g} ms", color="gray", fontsize=8,
                 va="bottom")
-    source = _sources(frame)
+    source = "" if mixed else _sources(frame)
     ax.set_xlabel(f"latency (ms{', ' + source if source else ''})")
     ax.set_ylabel(f"{acc.replace('_', ' ')} (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Search: every sample, Pareto front per run (lines)")
+    ax.set_title(title)
     fig.tight_layout()
     return fig
 
@@ -404,29 +400,8 @@ def build_v3_figure(section: Section) -> Figure | None:
 
 def shared_figure(section: Section) -> Figure | None:
     """Runs of different commands: accuracy vs latency of their rows, when both are shared."""
-    frame, acc = section.frame, section.extra.get("accuracy")
-    if acc is None or "latency_ms" not in frame.columns:
-        return None
-    labels = list(dict.fromkeys(frame.label))
-    colors = _colors(len(labels))
-    fig = Figure(figsize=(7.5, 5))
-    ax = fig.subplots()
-    for li, label in enumerate(labels):
-        at = frame[frame.label == label]
-        lat = pd.to_numeric(at.latency_ms, errors="coerce").to_numpy(dtype=float)
-        a = pd.to_numeric(at[acc], errors="coerce").to_numpy(dtype=float) * 100
-        ax.scatter(lat, a, s=14, alpha=0.6, color=colors[li],
-                   label=f"{label} ({at.command.iloc[0]})")
-        front = aggregate.pareto_front(list(lat), list(a))
-        if front:
-            ax.step(lat[front], a[front], where="post", color=colors[li], lw=1)
-    ax.set_xlabel("latency (ms)")
-    ax.set_ylabel(f"{acc.replace('_', ' ')} (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Accuracy vs latency (lines: Pareto front per run)")
-    fig.tight_layout()
-    return fig
+    return _accuracy_vs_latency(section, "Accuracy vs latency (lines: Pareto front per run)",
+                                mixed=True)
 
 
 FIGURES: dict[str, Callable[[Section], Figure | None]] = {
