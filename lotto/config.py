@@ -126,6 +126,8 @@ def _check_against(schema: Any, value: Any, key: str) -> None:
             _check_against(schema[sub], v, name)
         return
     if value is None:
+        if key in NULLABLE_TYPES:  # a key that may be null, whose command sets a value
+            return
         raise LottoError(f"config key {key}: must not be null (its default is {schema!r})")
     ok = {
         bool: lambda v: isinstance(v, bool),

@@ -240,3 +240,12 @@ def test_data_workers_is_placement() -> None:
     assert identity(base) == identity(more)
     assert config_hash(base, "lottery") == config_hash(more, "lottery")
     assert identity(base)["data"]["val_size"] is None  # only that key is left out
+
+
+def test_automatic_keys_take_null_where_a_command_sets_a_number() -> None:
+    """netadapt and search default to a data subset; null still means "all" there."""
+    for command in ("netadapt", "search"):
+        cfg = load_config(command, overrides=["data.subset=null", "data.val_size=null"])
+        assert cfg.data.subset is None and cfg.data.val_size is None
+    with pytest.raises(LottoError, match="config key train.lr"):
+        load_config("netadapt", overrides=["train.lr=null"])
