@@ -155,3 +155,18 @@ def test_registry_builds_adapted_networks() -> None:
     assert half.spec.head.dropout == 0.0 and half.spec.stem.channels == 16
     with pytest.raises(LottoError, match="unknown model"):
         build_model("mobilenet_v9", 3, 10, 32)
+
+
+def test_registry_builds_a_spec_file_or_a_run(tmp_path) -> None:
+    """`model.name` may be a spec file or a run directory (search's best.yaml, netadapt's
+    final.yaml): built like a preset, with the data's channels and classes and cut strides."""
+    spec = preset("mobilenet_v3_small", 0.5)
+    spec.save(tmp_path / "final.yaml")
+    for source in (tmp_path, tmp_path / "final.yaml"):
+        model = build_model(str(source), 1, 10, 28)
+        expected = adapt_to_resolution(spec.replace(in_channels=1, num_classes=10), 28)
+        assert model.spec == expected
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    (tmp_path / "final.yaml").unlink()
+    with pytest.raises(LottoError, match="holds no spec"):
+        build_model(str(tmp_path), 1, 10, 28)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 
 from lotto.arch.presets import PRESETS, preset
-from lotto.arch.spec import ArchSpec, BlockContext, adapt_to_resolution
+from lotto.arch.spec import ArchSpec, BlockContext, adapt_to_resolution, load_spec, scale_width
 from lotto.errors import LottoError
 from lotto.models import he_init, register
 
@@ -240,11 +240,16 @@ def _factory(name: str):
         pretrained: str | None = None,
         rule: str = "torchvision",
     ) -> nn.Module:
-        if adapt:  # small images: fewer early strides (see adapt_to_resolution)
-            base = preset(name, width_mult, 224, num_classes, in_channels, rule)
-            spec = adapt_to_resolution(base, image_size)
-        else:
-            spec = preset(name, width_mult, image_size, num_classes, in_channels, rule)
+        if name in PRESETS:
+            base = preset(name, width_mult, 224 if adapt else image_size, num_classes,
+                          in_channels, rule)
+        else:  # a spec file, or a run directory's best/final network
+            base = load_spec(name)
+            base = scale_width(base, width_mult) if width_mult != 1.0 else base
+            base = base.replace(num_classes=num_classes, in_channels=in_channels,
+                                resolution=base.resolution if adapt else image_size).validate()
+        # small images: fewer early strides (see adapt_to_resolution)
+        spec = adapt_to_resolution(base, image_size) if adapt else base
         if dropout is not None:
             spec = spec.replace(head=dataclasses.replace(spec.head, dropout=dropout)).validate()
         model = build_network(spec)
@@ -253,8 +258,13 @@ def _factory(name: str):
         return model
 
     make.__name__ = name
-    make.__doc__ = f"{name} from its architecture spec (lotto.arch.presets)."
+    make.__doc__ = f"{name} from its architecture spec (a preset, a spec file or a run)."
     return make
+
+
+def spec_model_factory(source: str):
+    """`build_model`'s factory for a spec file or a run directory (`lotto.arch.load_spec`)."""
+    return _factory(source)
 
 
 for _name in PRESETS:

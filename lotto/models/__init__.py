@@ -7,6 +7,7 @@ families, so every registered name is available.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,10 +31,16 @@ def build_model(
     name: str, in_channels: int, num_classes: int, image_size: int, **options: Any
 ) -> nn.Module:
     _load_families()
-    if name not in MODELS:
-        raise LottoError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
+    factory = MODELS.get(name)
+    if factory is None and Path(name).expanduser().exists():  # e.g. runs/search/<run>
+        from lotto.arch.build import spec_model_factory
+
+        factory = spec_model_factory(name)
+    if factory is None:
+        raise LottoError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}, "
+                         "or give a spec file or a run directory with best.yaml / final.yaml")
     try:
-        return MODELS[name](in_channels, num_classes, image_size, **options)
+        return factory(in_channels, num_classes, image_size, **options)
     except (TypeError, ValueError) as e:  # an unknown option, or one that does not fit the data
         raise LottoError(f"model {name}: {e}") from None
 
