@@ -61,6 +61,16 @@ def real_runs() -> Path:
     return root
 
 
+def assert_user_error(result, *needles: str) -> None:
+    """A CLI result that is one `error:` line on stderr, exit 2, naming each of `needles`."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    message = result.stderr.strip()
+    assert message.count("\n") == 0 and message.startswith("error:"), message
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in message, (needle, message)
+
+
 def write_run(path: Path, config: dict, rows: list[dict], summary: bool = True) -> Path:
     """A run directory as RunDir and MetricsLog write it: config.yaml, metrics.csv/.parquet,
     summary.json at the end."""

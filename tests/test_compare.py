@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import METRICS_COLUMNS
-from report_runs import real_runs
+from report_runs import assert_user_error, real_runs
 from typer.testing import CliRunner
 
 from lotto.cli import app
@@ -25,15 +25,6 @@ def compare(*args: str):
     result = CliRunner().invoke(app, ["compare", *args])
     assert result.exit_code == 0, (result.output, result.exception)
     return result
-
-
-def assert_user_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    message = result.stderr.strip()
-    assert message.count("\n") == 0 and message.startswith("error:"), message
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in message, (needle, message)
 
 
 def assert_figure(out: Path, name: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from report_runs import copy_run, real_runs
+from report_runs import assert_user_error, copy_run, real_runs
 from typer.testing import CliRunner
 
 from lotto.cli import app
@@ -30,15 +30,6 @@ def listing(*args: str) -> dict[str, dict]:
     result = invoke(*args, "--json")
     assert result.exit_code == 0, (result.output, result.exception)
     return {r["name"]: r for r in json.loads(result.stdout)}
-
-
-def assert_user_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    message = result.stderr.strip()
-    assert message.count("\n") == 0 and message.startswith("error:"), message
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in message, (needle, message)
 
 
 def test_lists_every_run_complete_with_its_progress(root: Path) -> None:
