@@ -450,13 +450,11 @@ def _validate_host(cfg: DictConfig, run: RunDir, lut: Lut, space: Space,
 
 
 def _validate_phone(run: RunDir, device: str) -> BenchResult:
-    from lotto.latency.calibrate import cross_validate, load_calibration
+    from lotto.latency.calibrate import SHARED_SHAPE_NOTE, _plain, load_calibration, validation
 
     cal = load_calibration()
-    cv = cross_validate(cal, "family2")  # strict: the shipped expected error
-    base = cross_validate(cal, "family2", baseline=True)
-    leaky = cross_validate(cal, "family2", strict=False)
-    cv3 = cross_validate(cal, "family")
+    v = validation(cal)  # strict: the shipped errors come from it
+    cv, base, leaky, cv3 = v["cv"], v["cv_base"], v["cv_leaky"], v["cv3"]
     sel = (cal.rows.device == device).to_numpy()
     rows = []
     for i in np.where(sel)[0]:
@@ -486,6 +484,13 @@ def _validate_phone(run: RunDir, device: str) -> BenchResult:
         "cv_lofo_v2_v3large_v3small": pick(cv3),
         "cv_lofo_v2_v3_shared_factors": pick(leaky),
         "baseline_lofo_v2_v3": pick(base),
+        "leave_one_source_out": _plain(v["loso"]),
+        "fbnet_leave_one_shape_out": _plain(v["shape"]),
+        "fbnet_macs_one_scale": v["fbnet_macs"],
+        "errors": {**_plain(v["quoted"])["devices"][device],
+                   "scale_error": v["quoted"]["scale_error"],
+                   "coverage_pooled": v["quoted"]["coverage"]},
+        "relative_costs": ("own" if device == "pixel1" else SHARED_SHAPE_NOTE),
         "data_sha256": cal.sha256,
         "float_rows": int(len(cal.rows)),
         "excluded": cal.excluded,
