@@ -50,10 +50,17 @@ def report(result: dict) -> str:
     p1 = result["devices"]["pixel1"]
     lines.append("coefficients: " + ", ".join(f"{f}={p1['coef'][f]:.4g}" for f in FEATURES))
     for phone, e in result["devices"].items():
+        if "coverage" not in e:
+            lines.append(f"{phone}: scale {e['scale']:.4f}  rel_error {e['rel_error'] * 100:.1f}%"
+                         f"  expected_error {e['expected_error'] * 100:.1f}%  ({e['relative_costs']})")
+            continue
         lines.append(f"{phone}: scale {e['scale']:.4f}  rel_error {e['rel_error'] * 100:.1f}%  "
                      f"scale_error {e['scale_error'] * 100:.1f}%  expected_error "
                      f"{e['expected_error'] * 100:.1f}% (covers {e['coverage'] * 100:.0f}% of "
                      f"held-out raw errors)  MAC+c LOFO {e['baseline']['expected_error'] * 100:.1f}%")
+    p4 = result["cv"]["pixel4_leave_one_network_out"]
+    lines.append(f"pixel4 (EfficientNet-Lite, 4 threads), leave one network out: model "
+                 f"{_m(p4['model'])}; MACs x scale {_m(p4['macs'])}")
     lines.append(f"pooled coverage {result['errors']['coverage'] * 100:.0f}%; " +
                  result["pixel2_pixel3"])
     for name in ("lofo_v2_v3", "lofo_v2_v3large_v3small", "baseline_lofo_v2_v3",

@@ -230,6 +230,9 @@ def _show_host_validation(result: BenchResult) -> None:
 
 def _show_phone_validation(result: BenchResult) -> None:
     s = result.summary
+    if s["device"] == "pixel4":
+        _show_pixel4(s)
+        return
     table = Table(title=f"{s['device']}: strict leave-one-family-out cross-validation "
                         "(published latencies, float rows)")
     for col in ("held out", "n", "model RMSPE %", "within 10 %", "Spearman",
@@ -274,6 +277,14 @@ def _show_phone_validation(result: BenchResult) -> None:
         f"multiply-adds x one scale {mac['rmspe_after_scale'] * 100:.1f}%, Spearman {_rho(mac)}. "
         f"Single blocks: {sh['blocks']['rmspe'] * 100:.1f}%, Spearman {_rho(sh['blocks'])}.",
         highlight=False)
+    px = s.get("proxylessnas_mobile")
+    if px:
+        console.print(
+            f"ProxylessNAS-Mobile on Pixel 1 (in no fit): predicted {px['predicted_ms']:.1f} ms vs "
+            f"{px['published_ms']:.0f} ms published ({px['error'] * 100:+.1f}%, "
+            f"{'within' if px['within'] else 'OUTSIDE'} the quoted "
+            f"{px['expected_error'] * 100:.1f}%); ratio to MobileNetV2 1.0 {px['ratio_to_v2']:.3f} "
+            f"vs {px['published_ratio_to_v2']:.3f} in the same paper.", highlight=False)
     err = s["errors"]
     console.print(
         f"Quoted for {s['device']}: relative/rank error {err['rel_error'] * 100:.1f}% (strict "
@@ -288,6 +299,23 @@ def _show_phone_validation(result: BenchResult) -> None:
         "same protocol.", highlight=False)
     if s["device"] != "pixel1":
         console.print(f"Note: {s['relative_costs']}.", highlight=False)
+
+
+def _show_pixel4(s: dict[str, Any]) -> None:
+    c = s["pixel4"]
+    table = Table(title="pixel4: one scale on the shared operator costs, leave one network out")
+    for col in ("network", "published ms", "model ms", "error %", "MACs x scale ms"):
+        table.add_column(col, justify="left" if col == "network" else "right")
+    for i, name in enumerate(c["networks"]):
+        table.add_row(name, f"{c['measured_ms'][i]:.1f}", f"{c['model']['predictions'][i]:.1f}",
+                      f"{(c['model']['predictions'][i] / c['measured_ms'][i] - 1) * 100:+.1f}",
+                      f"{c['macs']['predictions'][i]:.1f}")
+    console.print(table)
+    console.print(
+        f"model RMSPE {c['model']['rmspe'] * 100:.1f}% (Spearman {_rho(c['model'])}); MACs x one "
+        f"scale {c['macs']['rmspe'] * 100:.1f}%. Source: {s['source']}. Pixel 4 has no "
+        "single-thread rows: its relative operator costs are pixel1's, only the scale is its "
+        "own, and its figures are 4-thread ones.", highlight=False)
 
 
 def _rho(m: dict[str, Any]) -> str:

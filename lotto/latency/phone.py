@@ -194,7 +194,8 @@ class PhoneModel:
                   "FBNet blocks")
         if self.device != "pixel1":
             fitted += (f"; {self.device}: pixel1's relative costs x {self.scale:.3f} "
-                       f"(from {self.n_scale_rows} rows)")
+                       f"(from {self.n_scale_rows} rows"
+                       f"{', 4 threads' if self.info.get('threads') == 4 else ''})")
         rel, scl = self.info.get("rel_error"), self.info.get("scale_error")
         parts = (f"relative/rank error ~{rel * 100:.0f}%, runtime-scale error ~{scl * 100:.0f}%; "
                  if rel is not None and scl is not None else "")
@@ -268,6 +269,6 @@ def _load_shipped(name: str) -> PhoneModel:
         n_scale_rows=int(entry.get("n_scale_rows", 0)),
         info={"data_sha256": data["data"]["sha256"],
               "rel_error": float(entry["rel_error"]), "scale_error": float(entry["scale_error"]),
-              "relative_costs": entry.get("relative_costs"),
+              "relative_costs": entry.get("relative_costs"), "threads": entry.get("threads", 1),
               "calibration_range": data.get("calibration_range", {})},
     )
