@@ -5,7 +5,8 @@
     .venv/bin/python scripts/fit_phone_model.py --check    # refit and compare with the shipped file
 
 Input: lotto/latency/data/pixel_published_latency.csv and pixel3_fbnet_blocks.csv (copies of
-shared/data, sources in lotto/latency/data/SOURCES.md). Deterministic: the same data gives the same file.
+shared/data, sources in lotto/latency/data/SOURCES.md). Deterministic: the same data gives the
+same file.
 See lotto/latency/calibrate.py for the protocol.
 """
 
@@ -52,12 +53,14 @@ def report(result: dict) -> str:
     for phone, e in result["devices"].items():
         if "coverage" not in e:
             lines.append(f"{phone}: scale {e['scale']:.4f}  rel_error {e['rel_error'] * 100:.1f}%"
-                         f"  expected_error {e['expected_error'] * 100:.1f}%  ({e['relative_costs']})")
+                         f"  expected_error {e['expected_error'] * 100:.1f}%  "
+                         f"({e['relative_costs']})")
             continue
         lines.append(f"{phone}: scale {e['scale']:.4f}  rel_error {e['rel_error'] * 100:.1f}%  "
                      f"scale_error {e['scale_error'] * 100:.1f}%  expected_error "
                      f"{e['expected_error'] * 100:.1f}% (covers {e['coverage'] * 100:.0f}% of "
-                     f"held-out raw errors)  MAC+c LOFO {e['baseline']['expected_error'] * 100:.1f}%")
+                     f"held-out raw errors)  MAC+c LOFO "
+                     f"{e['baseline']['expected_error'] * 100:.1f}%")
     p4 = result["cv"]["pixel4_leave_one_network_out"]
     lines.append(f"pixel4 (EfficientNet-Lite, 4 threads), leave one network out: model "
                  f"{_m(p4['model'])}; MACs x scale {_m(p4['macs'])}")

@@ -283,3 +283,37 @@ def test_every_fbnet_network_key_is_in_the_table(cal):
 
     keys = set(cal.blocks.key)
     assert all(k in keys for net in fbnet_networks(50) for k in net)
+
+
+def test_independent_checks_are_recorded_and_honest():
+    from lotto.latency.checks import efficientnet_lite, proxylessnas_mobile
+
+    shipped = json.loads(open(model_path()).read())
+    px = shipped["cv"]["proxylessnas_mobile_pixel1"]
+    assert px["published_ms"] == 78.0
+    assert proxylessnas_mobile().validate().macs() / 1e6 == pytest.approx(320, rel=0.02)
+    assert px["within"] == (abs(px["error"]) <= px["expected_error"])
+    # EfficientNet-Lite MACs close to the README's 407M / 2.64B
+    assert efficientnet_lite(0).validate().macs() / 1e6 == pytest.approx(407, rel=0.06)
+    assert efficientnet_lite(4).validate().macs() / 1e9 == pytest.approx(2.64, rel=0.06)
+    p4 = shipped["cv"]["pixel4_leave_one_network_out"]
+    assert p4["model"]["n"] == 5 and p4["model"]["spearman"] == pytest.approx(1.0)
+    assert load_phone_model("pixel4").info["rel_error"] == pytest.approx(p4["model"]["rmspe"])
+
+
+def test_pixel4_scale_is_leave_one_network_out(cal):
+    """Each EfficientNet-Lite prediction uses a scale fitted on the other four: changing one
+    figure leaves its own prediction alone."""
+    from lotto.latency import checks
+    from lotto.latency.calibrate import fit_devices, pixel4_check
+
+    coef = fit_devices(cal)["coef"]
+    base = pixel4_check(coef)
+    saved = dict(checks.EFFICIENTNET_LITE_PIXEL4_MS)
+    try:
+        checks.EFFICIENTNET_LITE_PIXEL4_MS[2] = 99.0
+        moved = pixel4_check(coef)
+    finally:
+        checks.EFFICIENTNET_LITE_PIXEL4_MS.update(saved)
+    assert moved["model"]["predictions"][2] == pytest.approx(base["model"]["predictions"][2])
+    assert moved["model"]["predictions"][0] != pytest.approx(base["model"]["predictions"][0])

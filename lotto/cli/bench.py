@@ -272,7 +272,8 @@ def _show_phone_validation(result: BenchResult) -> None:
     sh, mac = s["fbnet_leave_one_shape_out"], s["fbnet_macs_one_scale"]
     console.print(
         f"FBNet Pixel-3 networks (sums of blocks), each block predicted with its table position "
-        f"held out ({sh['folds']} folds): after one scale {sh['networks']['rmspe_after_scale'] * 100:.1f}% "
+        f"held out ({sh['folds']} folds): after one scale "
+        f"{sh['networks']['rmspe_after_scale'] * 100:.1f}% "
         f"(raw {sh['networks']['rmspe'] * 100:.1f}%), Spearman {_rho(sh['networks'])}; "
         f"multiply-adds x one scale {mac['rmspe_after_scale'] * 100:.1f}%, Spearman {_rho(mac)}. "
         f"Single blocks: {sh['blocks']['rmspe'] * 100:.1f}%, Spearman {_rho(sh['blocks'])}.",

@@ -53,7 +53,7 @@ from scipy.optimize import nnls
 from scipy.stats import spearmanr
 
 from lotto.errors import LottoError
-from lotto.latency.ops import FBNET_POSITIONS, fbnet_networks, fbnet_ops, ops_features
+from lotto.latency.ops import fbnet_networks, fbnet_ops, ops_features
 from lotto.latency.phone import (
     BASELINE_FEATURES,
     FEATURES,
@@ -531,7 +531,8 @@ def quoted_errors(cv: dict[str, Any], loso: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_ARRAYS = ("predictions", "truth", "seen", "devices_of_rows", "groups_of_rows", "network_predictions",
+_ARRAYS = ("predictions", "truth", "seen", "devices_of_rows", "groups_of_rows",
+           "network_predictions",
            "network_truth", "block_predictions")
 
 

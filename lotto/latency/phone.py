@@ -30,7 +30,7 @@ from torch import nn
 from lotto.arch import ArchSpec, Layer
 from lotto.errors import LottoError
 from lotto.latency.devices import ALIASES, PHONES, phone_name  # noqa: F401 (re-exported)
-from lotto.latency.ops import FLOAT_BYTES, OP_FEATURES, Op, layer_ops, op_features, ops_features
+from lotto.latency.ops import OP_FEATURES, Op, layer_ops, ops_features
 from lotto.latency.units import UnitCache
 
 # per-layer features: the operator features of the runtime kernels a layer becomes (ops.py);
@@ -190,8 +190,9 @@ class PhoneModel:
             return (f"model({self.device}, {self.version}, fitted on {self.n_rows} latencies "
                     f"measured on {self.info['calibrated_from']}; expected RMSPE ~ "
                     f"{self.expected_error * 100:.0f}% from {self.info.get('cv_rule', 'CV')})")
-        fitted = (f"operator costs fitted on {self.n_rows} published latencies and Pixel-3 "
-                  "FBNet blocks")
+        blocks = int(self.info.get("block_rows") or 0)
+        fitted = (f"operator costs fitted on {self.n_rows - blocks} published latencies and "
+                  f"{blocks} Pixel-3 FBNet blocks")
         if self.device != "pixel1":
             fitted += (f"; {self.device}: pixel1's relative costs x {self.scale:.3f} "
                        f"(from {self.n_scale_rows} rows"
@@ -267,7 +268,7 @@ def _load_shipped(name: str) -> PhoneModel:
         version=str(data["version"]),
         n_rows=int(entry["n_rows"]),
         n_scale_rows=int(entry.get("n_scale_rows", 0)),
-        info={"data_sha256": data["data"]["sha256"],
+        info={"data_sha256": data["data"]["sha256"], "block_rows": data["data"].get("block_rows"),
               "rel_error": float(entry["rel_error"]), "scale_error": float(entry["scale_error"]),
               "relative_costs": entry.get("relative_costs"), "threads": entry.get("threads", 1),
               "calibration_range": data.get("calibration_range", {})},
