@@ -126,6 +126,19 @@ class RunDir:
             ) from None
 
 
+def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns that a resumed CSV read back as numbers (a column of "1", "2" becomes
+    floats) and that later rows extend with strings hold mixed types, which Parquet refuses:
+    such a column is written as text (missing values kept)."""
+    for col in [c for c in frame.columns if frame[c].dtype == "object"]:
+        kinds = {type(v) for v in frame[col] if not pd.isna(v)}
+        if len(kinds) > 1 and str in kinds:
+            frame[col] = [v if pd.isna(v) else
+                          (str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+                          for v in frame[col]]
+    return frame
+
+
 class MetricsLog:
     """A tidy table: `<stem>.csv`, appended to, and `<stem>.parquet`, rewritten at unit ends.
 
@@ -198,7 +211,7 @@ class MetricsLog:
         """Rewrite the Parquet copy of the table (at the end of a finished unit)."""
         if not distributed.is_main():
             return
-        frame = self.frame()
+        frame = _parquet_safe(self.frame())
         atomic_write(self.parquet, lambda tmp: frame.to_parquet(tmp, index=False))
 
     def drop(self, **key: Any) -> None:

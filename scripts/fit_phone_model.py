@@ -4,8 +4,9 @@
     .venv/bin/python scripts/fit_phone_model.py            # refit, print the report, write JSON
     .venv/bin/python scripts/fit_phone_model.py --check    # refit and compare with the shipped file
 
-Input: lotto/latency/data/pixel_published_latency.csv only (a copy of
-shared/data/pixel_published_latency.csv). Deterministic: the same data gives the same file.
+Input: lotto/latency/data/pixel_published_latency.csv and pixel3_fbnet_blocks.csv (copies of
+shared/data, sources in lotto/latency/data/SOURCES.md). Deterministic: the same data gives the
+same file.
 See lotto/latency/calibrate.py for the protocol.
 """
 
@@ -31,29 +32,57 @@ def _close(a: object, b: object, rtol: float = 1e-6) -> bool:
     return a == b
 
 
+def _m(m: dict) -> str:
+    rho = f"{m['spearman']:.3f}" if "spearman" in m else "-"
+    extra = (f"  after one scale {m['rmspe_after_scale'] * 100:5.1f}% (scale {m['scale']:.3f})"
+             if "rmspe_after_scale" in m else "")
+    return (f"n={m['n']:3d} RMSPE {m['rmspe'] * 100:6.1f}%  <=10% {m['within10'] * 100:4.0f}%  "
+            f"max {m['max_abs_error'] * 100:5.1f}%  bias {m['bias'] * 100:+5.1f}%  rho {rho}"
+            f"{extra}")
+
+
 def report(result: dict) -> str:
-    lines = [f"phone model {result['version']}  data sha256 {result['data']['sha256'][:12]}  "
-             f"float rows {result['data']['float_rows']}  excluded {result['data']['excluded']}"]
-    lines.append(f"harmonisation factors (label / V3-paper label): {result['harmonisation']}")
+    data = result["data"]
+    lines = [f"phone model {result['version']}  data sha256 {data['sha256'][:12]} "
+             f"({data['float_rows']} float rows, excluded {data['excluded']}), blocks sha256 "
+             f"{data['blocks_sha256'][:12]} ({data['block_rows']} rows, weight "
+             f"{data['block_weight']})"]
+    lines.append(f"source factors (runtime scale vs v3_paper): {result['factors']}")
     p1 = result["devices"]["pixel1"]
-    lines.append("pixel1 coefficients: " + ", ".join(f"{f}={p1['coef'][f]:.4g}" for f in FEATURES))
-    for phone, entry in result["devices"].items():
-        base = entry["baseline"]["expected_error"]
-        lines.append(f"{phone}: scale {entry['scale']:.4f}  expected error (strict LOFO RMSPE) "
-                     f"{entry['expected_error'] * 100:.1f}%  baseline {base * 100:.1f}%")
-    for name, cv in result["cv"].items():
+    lines.append("coefficients: " + ", ".join(f"{f}={p1['coef'][f]:.4g}" for f in FEATURES))
+    for phone, e in result["devices"].items():
+        if "coverage" not in e:
+            lines.append(f"{phone}: scale {e['scale']:.4f}  rel_error {e['rel_error'] * 100:.1f}%"
+                         f"  expected_error {e['expected_error'] * 100:.1f}%  "
+                         f"({e['relative_costs']})")
+            continue
+        lines.append(f"{phone}: scale {e['scale']:.4f}  rel_error {e['rel_error'] * 100:.1f}%  "
+                     f"scale_error {e['scale_error'] * 100:.1f}%  expected_error "
+                     f"{e['expected_error'] * 100:.1f}% (covers {e['coverage'] * 100:.0f}% of "
+                     f"held-out raw errors)  MAC+c LOFO "
+                     f"{e['baseline']['expected_error'] * 100:.1f}%")
+    p4 = result["cv"]["pixel4_leave_one_network_out"]
+    lines.append(f"pixel4 (EfficientNet-Lite, 4 threads), leave one network out: model "
+                 f"{_m(p4['model'])}; MACs x scale {_m(p4['macs'])}")
+    lines.append(f"pooled coverage {result['errors']['coverage'] * 100:.0f}%; " +
+                 result["pixel2_pixel3"])
+    for name in ("lofo_v2_v3", "lofo_v2_v3large_v3small", "baseline_lofo_v2_v3",
+                 "lofo_v2_v3_shared_factors"):
         lines.append(f"\n{name}")
-        lines.append(f"  {'device':8s} {'held out':20s} {'n':>3s} {'RMSPE':>7s} {'<=10%':>6s} "
-                     f"{'max':>6s} {'bias':>6s} {'Spearman':>8s}")
-        for phone, entry in cv["devices"].items():
+        for phone, entry in result["cv"][name]["devices"].items():
             extra = [("(seen sources)", entry["seen_sources"])] if "seen_sources" in entry else []
             for fam, m in [*entry["families"].items(), ("(pooled)", entry["pooled"]), *extra]:
-                rho = f"{m['spearman']:.3f}" if "spearman" in m else "-"
-                lines.append(
-                    f"  {phone:8s} {fam:20s} {m['n']:3d} {m['rmspe'] * 100:6.1f}% "
-                    f"{m['within10'] * 100:5.0f}% {m['max_abs_error'] * 100:5.1f}% "
-                    f"{m['bias'] * 100:+5.1f}% {rho:>8s}"
-                )
+                lines.append(f"  {phone:7s} {fam:20s} {_m(m)}")
+    lines.append("\nleave one source out (raw = fold's reference scale)")
+    for g, e in result["cv"]["leave_one_source_out"].items():
+        for k in ("published", "blocks", "networks"):
+            if k in e:
+                lines.append(f"  {g:10s} {k:9s} {_m(e[k])}")
+    sh = result["cv"]["fbnet_leave_one_shape_out"]
+    lines.append(f"\nFBNet leave one block shape out ({sh['folds']} folds)")
+    lines.append(f"  blocks    {_m(sh['blocks'])}")
+    lines.append(f"  networks  {_m(sh['networks'])}")
+    lines.append(f"  MACs x one scale on the networks: {_m(result['cv']['fbnet_macs_one_scale'])}")
     return "\n".join(lines)
 
 

@@ -95,10 +95,14 @@ def test_cross_validation_holds_the_family_out(cal):
     assert set(p1["families"]) == {"mobilenet_v2", "mobilenet_v3"}
     assert p1["pooled"]["n"] == int((cal.rows.device == "pixel1").sum())
     assert np.isfinite(cv["predictions"]).all()
-    # the shipped expected errors are these cross-validated RMSPEs
-    for phone in PHONES:
-        assert load_phone_model(phone).expected_error == pytest.approx(
-            cv["devices"][phone]["pooled"]["rmspe"])
+    # the shipped relative errors are these cross-validated RMSPEs (calibrated sources), and
+    # the expected raw error adds the runtime-scale uncertainty in quadrature
+    for phone in PHONES[:3]:
+        model = load_phone_model(phone)
+        d = cv["devices"][phone]
+        assert model.info["rel_error"] == pytest.approx(d.get("seen_sources", d["pooled"])["rmspe"])
+        assert model.expected_error == pytest.approx(
+            math.hypot(model.info["rel_error"], model.info["scale_error"]))
 
 
 @pytest.mark.parametrize("device", ["pixel", "pixel1", "pixel2", "pixel3"])
@@ -107,7 +111,8 @@ def test_predictions_carry_provenance(device):
     assert isinstance(lat, Latency)
     assert lat.source == "model" and lat.device == canonical_device(device)
     assert 0 < lat.expected_error < 0.5 and lat.ms > 0
-    assert "model(" in lat.provenance() and "expected RMSPE" in lat.provenance()
+    assert "model(" in lat.provenance() and "expected raw error" in lat.provenance()
+    assert "relative/rank error" in lat.provenance()
     assert lat.to_dict()["ms"] == lat.ms
 
 
@@ -121,7 +126,8 @@ def test_wider_and_larger_networks_are_slower(device):
 
 def test_device_scales_order_the_phones():
     spec = preset("mobilenet_v2")
-    p1, p2, p3 = (predict(spec, d).ms for d in PHONES)
+    p1, p2, p3, p4 = (predict(spec, d).ms for d in PHONES)
+    assert p4 < p3  # Pixel 4 at 4 threads
     assert p3 < p1 < p2  # Pixel 3 fastest, Pixel 2 slowest in every published row
 
 
@@ -168,11 +174,10 @@ def test_held_out_labels_do_not_move_their_predictions(cal, held_out):
     assert not np.allclose(moved["predictions"][~test], base["predictions"][~test])
 
 
-def test_expected_error_is_the_strict_figure(cal):
-    strict = cross_validate(cal, "family2")["devices"]["pixel1"]["pooled"]["rmspe"]
-    leaky = cross_validate(cal, "family2", strict=False)["devices"]["pixel1"]["pooled"]["rmspe"]
-    assert load_phone_model("pixel").expected_error == pytest.approx(strict)
-    assert strict > leaky + 0.02  # the shared factors flattered the figure
+def test_expected_error_covers_two_in_three_held_out_errors():
+    shipped = json.loads(open(model_path()).read())
+    assert shipped["errors"]["coverage"] == pytest.approx(2 / 3, abs=0.02)
+    assert 0 < shipped["errors"]["scale_error"] < 0.5
 
 
 def test_far_extrapolation_warns_and_widens():
@@ -186,3 +191,129 @@ def test_far_extrapolation_warns_and_widens():
     wide = predict(preset("mobilenet_v2", 3.0), "pixel1")
     assert any("width_mult 3" in w for w in wide.detail["warnings"])
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Operator-level model: strict leave-one-source-out, fusions, shapes
+
+
+@pytest.mark.parametrize("source", ["v2_readme", "hwnas"])
+def test_leave_one_source_out_never_sees_the_held_out_source(cal, source):
+    """Scrambling a source's labels leaves its held-out predictions (rows, or FBNet network
+    sums) exactly alone, while it does move the other folds."""
+    from lotto.latency.calibrate import leave_one_source_out
+
+    base = leave_one_source_out(cal)
+    rng = np.random.default_rng(1)
+    if source == "hwnas":
+        blocks = cal.blocks.copy()
+        blocks["pixel3_ms"] *= rng.uniform(0.5, 2.0, len(blocks))
+        moved = leave_one_source_out(dataclasses.replace(cal, blocks=blocks))
+        np.testing.assert_allclose(moved["hwnas"]["network_predictions"],
+                                   base["hwnas"]["network_predictions"], rtol=1e-12)
+    else:
+        rows = cal.rows.copy()
+        test = (rows.group == source).to_numpy()
+        rows.loc[test, "latency_ms"] *= rng.uniform(0.5, 2.0, test.sum())
+        moved = leave_one_source_out(dataclasses.replace(cal, rows=rows))
+        np.testing.assert_allclose(moved[source]["predictions"], base[source]["predictions"],
+                                   rtol=1e-12)
+    assert not np.allclose(moved["v3_paper"]["predictions"], base["v3_paper"]["predictions"])
+
+
+def test_fbnet_networks_from_held_out_blocks_beat_macs(cal):
+    from lotto.latency.calibrate import fbnet_macs_baseline, leave_one_shape_out
+
+    shape = leave_one_shape_out(cal)["networks"]
+    macs = fbnet_macs_baseline(cal)
+    assert shape["rmspe_after_scale"] <= 0.05 and shape["spearman"] >= 0.97
+    assert shape["rmspe_after_scale"] < 0.5 * macs["rmspe_after_scale"]
+
+
+def test_fused_activations_cost_nothing_hswish_does():
+    from lotto.latency.ops import Op, layer_ops, op_features
+
+    spec = preset("mobilenet_v3_large")
+    relu = calibration_spec("mobilenet_v3_large [relu everywhere]")
+    for a, b in zip(spec.layers(), relu.layers()):
+        ops_a, ops_b = layer_ops(a), layer_ops(b)
+        assert len(ops_a) == len(ops_b) + (a.act == "hswish")  # ReLU / BN: no kernel
+    conv = Op("pw", 14, 14, 64, 14, 14, 128)
+    assert op_features(conv).tolist() == op_features(conv).tolist()
+    hs = Op("hswish", 14, 14, 128, 14, 14, 128)
+    model = load_phone_model("pixel1")
+    assert float(op_features(hs) @ model._layer_coef) > 0
+
+
+def test_operator_costs_follow_shape():
+    from lotto.latency.ops import Op, op_features
+
+    model = load_phone_model("pixel1")
+
+    def ms(op):
+        return float(op_features(op) @ model._layer_coef)
+
+    dw = [ms(Op("dw", 56, 56, 144, 56, 56, 144, k=k, groups=144)) for k in (3, 5, 7)]
+    assert dw[0] < dw[1] < dw[2]  # depthwise cost grows with the kernel
+    assert dw[2] / dw[0] < 49 / 9  # ... but less than its MACs: memory traffic is kernel-free
+    pw = [ms(Op("pw", h, h, 96, h, h, 96)) for h in (7, 14, 28, 56, 112)]
+    assert pw == sorted(pw)
+    # per MAC, big tensors (beyond the cache) are dearer than small ones
+    assert pw[4] / (112 * 112) > pw[2] / (28 * 28)
+    wide = [ms(Op("pw", 14, 14, c, 14, 14, c)) for c in (16, 64, 256)]
+    assert wide == sorted(wide)
+    assert wide[0] / 16**2 > wide[2] / 256**2  # narrow layers are less efficient per MAC
+
+
+def test_fbnet_block_is_its_kernels():
+    from lotto.latency.ops import fbnet_ops
+
+    ops = fbnet_ops("ConvBlock_H56_W56_Cin24_Cout24_exp6_kernel5_stride1_group1")
+    assert [o.kind for o in ops] == ["pw", "dw", "pw", "add"]
+    assert ops[1].cin == 144 and ops[1].k == 5
+    g2 = fbnet_ops("ConvBlock_H28_W28_Cin32_Cout64_exp1_kernel3_stride2_group2")
+    assert [o.kind for o in g2] == ["pw", "shuffle", "dw", "pw"] and g2[2].ho == 14
+    assert [o.kind for o in fbnet_ops("Skip_H56_W56_Cin24_Cout32_stride2")] == ["pw"]
+    with pytest.raises(ValueError):
+        fbnet_ops("Mystery_H1")
+
+
+def test_every_fbnet_network_key_is_in_the_table(cal):
+    from lotto.latency.ops import fbnet_networks
+
+    keys = set(cal.blocks.key)
+    assert all(k in keys for net in fbnet_networks(50) for k in net)
+
+
+def test_independent_checks_are_recorded_and_honest():
+    from lotto.latency.checks import efficientnet_lite, proxylessnas_mobile
+
+    shipped = json.loads(open(model_path()).read())
+    px = shipped["cv"]["proxylessnas_mobile_pixel1"]
+    assert px["published_ms"] == 78.0
+    assert proxylessnas_mobile().validate().macs() / 1e6 == pytest.approx(320, rel=0.02)
+    assert px["within"] == (abs(px["error"]) <= px["expected_error"])
+    # EfficientNet-Lite MACs close to the README's 407M / 2.64B
+    assert efficientnet_lite(0).validate().macs() / 1e6 == pytest.approx(407, rel=0.06)
+    assert efficientnet_lite(4).validate().macs() / 1e9 == pytest.approx(2.64, rel=0.06)
+    p4 = shipped["cv"]["pixel4_leave_one_network_out"]
+    assert p4["model"]["n"] == 5 and p4["model"]["spearman"] == pytest.approx(1.0)
+    assert load_phone_model("pixel4").info["rel_error"] == pytest.approx(p4["model"]["rmspe"])
+
+
+def test_pixel4_scale_is_leave_one_network_out(cal):
+    """Each EfficientNet-Lite prediction uses a scale fitted on the other four: changing one
+    figure leaves its own prediction alone."""
+    from lotto.latency import checks
+    from lotto.latency.calibrate import fit_devices, pixel4_check
+
+    coef = fit_devices(cal)["coef"]
+    base = pixel4_check(coef)
+    saved = dict(checks.EFFICIENTNET_LITE_PIXEL4_MS)
+    try:
+        checks.EFFICIENTNET_LITE_PIXEL4_MS[2] = 99.0
+        moved = pixel4_check(coef)
+    finally:
+        checks.EFFICIENTNET_LITE_PIXEL4_MS.update(saved)
+    assert moved["model"]["predictions"][2] == pytest.approx(base["model"]["predictions"][2])
+    assert moved["model"]["predictions"][0] != pytest.approx(base["model"]["predictions"][0])

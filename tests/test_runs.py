@@ -142,6 +142,18 @@ def test_metrics_log_round_trip_and_find(lottery_cfg: Callable[..., DictConfig])
     assert other.csv.name == "curves.csv" and other.rows == []
 
 
+def test_text_column_read_back_as_numbers_still_writes_parquet(
+        lottery_cfg: Callable[..., DictConfig]) -> None:
+    # netadapt's `block` column: "1", "3" read back from the CSV as floats, then "4,5" appended
+    run = RunDir.open(lottery_cfg(), "lottery")
+    MetricsLog(run).append([{"block": "1", "ms": 1.0}, {"block": "", "ms": 2.0}])
+    back = MetricsLog(run)
+    back.append({"block": "4,5", "ms": 3.0})
+    parquet = pd.read_parquet(run.file("metrics.parquet"))
+    assert parquet.block.tolist()[0] == "1" and parquet.block.tolist()[2] == "4,5"
+    assert pd.isna(parquet.block.tolist()[1])
+
+
 def test_corrupt_metrics_csv(lottery_cfg: Callable[..., DictConfig]) -> None:
     run = RunDir.open(lottery_cfg(), "lottery")
     run.file("metrics.csv").write_bytes(b'\x00\xff\x00garbage\n"unclosed')

@@ -230,6 +230,9 @@ def _show_host_validation(result: BenchResult) -> None:
 
 def _show_phone_validation(result: BenchResult) -> None:
     s = result.summary
+    if s["device"] == "pixel4":
+        _show_pixel4(s)
+        return
     table = Table(title=f"{s['device']}: strict leave-one-family-out cross-validation "
                         "(published latencies, float rows)")
     for col in ("held out", "n", "model RMSPE %", "within 10 %", "Spearman",
@@ -254,15 +257,66 @@ def _show_phone_validation(result: BenchResult) -> None:
         "three families held out in turn: " + ", ".join(
             f"{f} {m['rmspe'] * 100:.1f}% (rho {_rho(m)})" for f, m in three["families"].items())
         + f"; pooled {three['pooled']['rmspe'] * 100:.1f}%", highlight=False)
+    loso = Table(title="Strict leave one source out (every row of a source out of the fit)")
+    for col in ("source", "what", "n", "raw RMSPE %", "bias %", "after one scale %", "scale",
+                "Spearman"):
+        loso.add_column(col, justify="left" if col in ("source", "what") else "right")
+    for g, e in s["leave_one_source_out"].items():
+        for what in ("published", "networks"):
+            if what in e:
+                m = e[what]
+                loso.add_row(g, what if what == "published" else "300 FBNet networks",
+                             str(m["n"]), f"{m['rmspe'] * 100:.1f}", f"{m['bias'] * 100:+.1f}",
+                             f"{m['rmspe_after_scale'] * 100:.1f}", f"{m['scale']:.3f}", _rho(m))
+    console.print(loso)
+    sh, mac = s["fbnet_leave_one_shape_out"], s["fbnet_macs_one_scale"]
     console.print(
-        f"Expected error quoted for {s['device']}: the strict pooled RMSPE, "
-        f"{cv['pooled']['rmspe'] * 100:.1f}%. Strict: per-source factors (onto the MobileNetV3 "
-        "paper's scale), coefficients and scales come from the training rows only; a held-out "
-        "row of a source no training row shares (the V2 README when V2 is held out) is scored on "
-        "its own scale, runtime drift included. '(seen sources)': held-out rows whose source the "
-        "fit had calibrated. 'shared-factor': factors from all label pairs, held-out ones "
-        "included (leaky; shown for comparison). Baseline = multiply-adds + constant, same "
-        "protocol.", highlight=False)
+        f"FBNet Pixel-3 networks (sums of blocks), each block predicted with its table position "
+        f"held out ({sh['folds']} folds): after one scale "
+        f"{sh['networks']['rmspe_after_scale'] * 100:.1f}% "
+        f"(raw {sh['networks']['rmspe'] * 100:.1f}%), Spearman {_rho(sh['networks'])}; "
+        f"multiply-adds x one scale {mac['rmspe_after_scale'] * 100:.1f}%, Spearman {_rho(mac)}. "
+        f"Single blocks: {sh['blocks']['rmspe'] * 100:.1f}%, Spearman {_rho(sh['blocks'])}.",
+        highlight=False)
+    px = s.get("proxylessnas_mobile")
+    if px:
+        console.print(
+            f"ProxylessNAS-Mobile on Pixel 1 (in no fit): predicted {px['predicted_ms']:.1f} ms vs "
+            f"{px['published_ms']:.0f} ms published ({px['error'] * 100:+.1f}%, "
+            f"{'within' if px['within'] else 'OUTSIDE'} the quoted "
+            f"{px['expected_error'] * 100:.1f}%); ratio to MobileNetV2 1.0 {px['ratio_to_v2']:.3f} "
+            f"vs {px['published_ratio_to_v2']:.3f} in the same paper.", highlight=False)
+    err = s["errors"]
+    console.print(
+        f"Quoted for {s['device']}: relative/rank error {err['rel_error'] * 100:.1f}% (strict "
+        f"leave-one-family-out RMSPE, rows of calibrated sources), runtime-scale error "
+        f"{err['scale_error'] * 100:.1f}%, expected raw error {err['expected_error'] * 100:.1f}% "
+        f"= their quadrature sum; it covers {err['coverage'] * 100:.0f}% of this phone's "
+        f"held-out raw errors ({err['coverage_pooled'] * 100:.0f}% pooled over phones, each "
+        "source weighing the same). Strict: coefficients, phone scales and source factors come "
+        "from the training rows only; a held-out row of a source no training row shares is "
+        "scored on the fold's reference scale, runtime drift included. 'shared-factor': source "
+        "factors from all rows (leaky; for comparison). Baseline = multiply-adds + constant, "
+        "same protocol.", highlight=False)
+    if s["device"] != "pixel1":
+        console.print(f"Note: {s['relative_costs']}.", highlight=False)
+
+
+def _show_pixel4(s: dict[str, Any]) -> None:
+    c = s["pixel4"]
+    table = Table(title="pixel4: one scale on the shared operator costs, leave one network out")
+    for col in ("network", "published ms", "model ms", "error %", "MACs x scale ms"):
+        table.add_column(col, justify="left" if col == "network" else "right")
+    for i, name in enumerate(c["networks"]):
+        table.add_row(name, f"{c['measured_ms'][i]:.1f}", f"{c['model']['predictions'][i]:.1f}",
+                      f"{(c['model']['predictions'][i] / c['measured_ms'][i] - 1) * 100:+.1f}",
+                      f"{c['macs']['predictions'][i]:.1f}")
+    console.print(table)
+    console.print(
+        f"model RMSPE {c['model']['rmspe'] * 100:.1f}% (Spearman {_rho(c['model'])}); MACs x one "
+        f"scale {c['macs']['rmspe'] * 100:.1f}%. Source: {s['source']}. Pixel 4 has no "
+        "single-thread rows: its relative operator costs are pixel1's, only the scale is its "
+        "own, and its figures are 4-thread ones.", highlight=False)
 
 
 def _rho(m: dict[str, Any]) -> str:

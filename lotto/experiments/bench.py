@@ -450,13 +450,13 @@ def _validate_host(cfg: DictConfig, run: RunDir, lut: Lut, space: Space,
 
 
 def _validate_phone(run: RunDir, device: str) -> BenchResult:
-    from lotto.latency.calibrate import cross_validate, load_calibration
+    from lotto.latency.calibrate import SHARED_SHAPE_NOTE, _plain, load_calibration, validation
 
     cal = load_calibration()
-    cv = cross_validate(cal, "family2")  # strict: the shipped expected error
-    base = cross_validate(cal, "family2", baseline=True)
-    leaky = cross_validate(cal, "family2", strict=False)
-    cv3 = cross_validate(cal, "family")
+    if device == "pixel4":
+        return _validate_pixel4(run, cal)
+    v = validation(cal)  # strict: the shipped errors come from it
+    cv, base, leaky, cv3 = v["cv"], v["cv_base"], v["cv_leaky"], v["cv3"]
     sel = (cal.rows.device == device).to_numpy()
     rows = []
     for i in np.where(sel)[0]:
@@ -486,10 +486,50 @@ def _validate_phone(run: RunDir, device: str) -> BenchResult:
         "cv_lofo_v2_v3large_v3small": pick(cv3),
         "cv_lofo_v2_v3_shared_factors": pick(leaky),
         "baseline_lofo_v2_v3": pick(base),
+        "leave_one_source_out": _plain(v["loso"]),
+        "fbnet_leave_one_shape_out": _plain(v["shape"]),
+        "fbnet_macs_one_scale": v["fbnet_macs"],
+        "proxylessnas_mobile": _proxyless(cal, v, device),
+        "errors": {**_plain(v["quoted"])["devices"][device],
+                   "scale_error": v["quoted"]["scale_error"],
+                   "coverage_pooled": v["quoted"]["coverage"]},
+        "relative_costs": ("own" if device == "pixel1" else SHARED_SHAPE_NOTE),
         "data_sha256": cal.sha256,
         "float_rows": int(len(cal.rows)),
         "excluded": cal.excluded,
     }
+    return BenchResult("validate", summary, rows)
+
+
+def _proxyless(cal: Any, v: dict[str, Any], device: str) -> dict[str, Any] | None:
+    if device != "pixel1":
+        return None
+    from lotto.latency.calibrate import fit_devices, proxyless_check
+
+    return proxyless_check(fit_devices(cal), v["quoted"]["devices"]["pixel1"]["expected_error"])
+
+
+def _validate_pixel4(run: RunDir, cal: Any) -> BenchResult:
+    """Pixel 4: no single-thread calibration rows; one scale on the shared operator costs from
+    EfficientNet-Lite0..4 (4 threads), validated leave-one-network-out."""
+    from lotto.latency.calibrate import fit_devices, pixel4_check
+    from lotto.latency.checks import EFFICIENTNET_LITE_SOURCE
+
+    check = pixel4_check(fit_devices(cal)["coef"])
+    rows = []
+    for i, name in enumerate(check["networks"]):
+        row: dict[str, Any] = dict.fromkeys(METRIC_COLUMNS)
+        row.update(kind="phone_cv", network=name, device="pixel4", source="model",
+                   latency_ms=check["model"]["predictions"][i],
+                   measured_ms=check["measured_ms"][i],
+                   error=check["model"]["predictions"][i] / check["measured_ms"][i] - 1,
+                   baseline_ms=check["macs"]["predictions"][i])
+        rows.append(row)
+    log = MetricsLog(run)
+    if not log.find(kind="phone_cv", device="pixel4"):
+        log.append(rows)
+    summary = {"mode": "validate", "device": "pixel4", "pixel4": check,
+               "source": EFFICIENTNET_LITE_SOURCE, "data_sha256": cal.sha256}
     return BenchResult("validate", summary, rows)
 
 

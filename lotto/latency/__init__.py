@@ -51,8 +51,10 @@ class Latency:
     source: measured (timed on this host) | lut (sum of a host lookup table) | model (a fitted
     cost model: the phone models, or a host table's fallback model).
     expected_error: relative; measured = IQR/median of the timing, lut = the table's validation
-    RMSPE (plus misses, at their leave-one-out error over table entries), model = the strict
-    cross-validated RMSPE (phones) or the host model's leave-one-out error. Outside the
+    RMSPE (plus misses, at their leave-one-out error over table entries), model = the phones'
+    expected raw error (strict cross-validation; `detail["rel_error"]` is the relative/rank
+    part, `detail["scale_error"]` the runtime-scale part) or the host model's leave-one-out
+    error. Outside the
     calibration range it is widened and `detail["warnings"]` says so; `detail
     ["expected_error_basis"]` is `guess` where nothing measured it yet.
     detail: measured -> p25_ms, p75_ms, mean_ms, std_ms, n, threads, fingerprint, ...;
@@ -220,6 +222,8 @@ def _predict_phone(spec: ArchSpec | None, module: nn.Module | None, dev: str,
     distance = outside_range(where, ranges)
     detail = {"provenance": model.provenance(), "model": model.version, "n_rows": model.n_rows,
               "scale": model.scale, "expected_error_basis": "cross-validation"}
+    if model.info.get("rel_error") is not None:  # relative/rank vs runtime-scale parts
+        detail.update(rel_error=model.info["rel_error"], scale_error=model.info["scale_error"])
     error = model.expected_error
     if distance:
         error = widen(error, distance)

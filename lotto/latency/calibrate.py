@@ -1,30 +1,40 @@
-"""Fitting the phone models to published latencies, and cross-validating them.
+"""Fitting the operator-level phone models, and validating them strictly.
 
-Data: `data/pixel_published_latency.csv` (a copy of shared/data, with its sources), the only
-calibration input. Float rows only: the 12 int8 rows (paper Table 4) are excluded, not modelled.
+Data (lotto/latency/data/, copies of shared/data with their sources in SOURCES.md):
 
-Steps (docs/latency.md, phone model: fitting and validation):
+- `pixel_published_latency.csv`: published whole-network Pixel 1/2/3 latencies (float rows;
+  the 12 int8 rows of the MobileNetV3 paper's Table 4 are excluded, not modelled). Sources:
+  the MobileNetV2 README table (`v2_readme`, 2018 TFLite), the MobileNetV3 paper Tables 3, 5, 9
+  (`v3_paper`, the reference scale) and the MobileNetV3 README's minimalistic rows
+  (`v3_readme`).
+- `pixel3_fbnet_blocks.csv`: 225 FBNet-space blocks timed one by one on a Pixel 3 (HW-NAS-Bench,
+  `hwnas`): the per-operator evidence. Each block is priced as the sum of its runtime kernels
+  (`ops.fbnet_ops`), with no per-network fixed cost (HW-NAS-Bench times blocks alone).
 
-1. Source harmonisation. Labels move with the TFLite version: the MobileNetV2 README table is
-   older than the MobileNetV3 paper (V2 1.0 @ 224 on Pixel 1: 73.8 ms vs 64 ms). Rows are put
-   on the paper's scale (the reference: it is the only source with all three phones and both
-   families) by one factor per source group: the geometric mean ratio over the networks both
-   groups report. The factor uses labels only, no model; it is applied before any fit.
-2. Pixel-1 coefficients: non-negative least squares on relative error (rows weighted by 1/y),
-   features scaled to unit range, plus a prior pseudo-row for the h-swish term (the paper: the
-   optimised h-swish costs about 1 ms over ReLU on V3-Large 1.0), so that a fit without any
-   MobileNetV3 row still prices h-swish.
-3. Pixel 2 / 3: the Pixel-1 model times one scale per phone (relative least squares).
-4. Cross-validation: leave one family out (MobileNetV2 vs MobileNetV3, and V2 / V3-Large /
-   V3-Small), strictly: everything estimated from data (harmonisation factors, coefficients,
-   feature scaling, Pixel-2/3 scales) comes from the training rows only, so a held-out row's
-   label never enters the fit that predicts it. A held-out row whose source group has no
-   training row (the V2 README rows when V2 is held out) keeps its own scale: the runtime drift
-   of an unseen source is part of the error, as it is for a user comparing with their own phone.
-   RMSPE, share within +-10% and Spearman per held-out family; `seen_sources` repeats the
-   pooled metrics over the rows whose source the fit had calibrated. The pooled strict RMSPE is
-   the shipped expected error. `strict=False` (factors from all label pairs, held-out ones
-   included) is kept only to show how much that leak flattered the figure.
+Model: y_row = factor[source] * scale[phone] * (X_row . c), c >= 0 shared by all phones (the
+relative operator costs), one scale per phone (Pixel 1 = 1), one factor per source (the runtime
+version: `v3_paper` = 1). Fitted by alternating non-negative least squares on relative error
+(coefficients given the scales, then each scale in closed form), with a prior pseudo-row for
+the h-swish term (the MobileNetV3 paper: optimised h-swish costs ~1 ms over ReLU on V3-Large).
+Block rows weigh `BLOCK_WEIGHT` each against 1 for a whole network.
+
+Validation, all strict (a held-out row's label never enters the fit that predicts it):
+
+- leave one family out (published rows; MobileNetV2 vs MobileNetV3, and V2 / V3-Large /
+  V3-Small): the FBNet blocks and the other family train; a held-out row keeps the factor of its
+  source when the training rows calibrated that source, else 1 (its runtime drift is error).
+- leave one source out: every row of a source out of the fit (its factor included), predicted
+  raw on the fold's reference scale; reported raw (runtime scale included) and after one scale
+  (relative / rank error). The FBNet source's 300 networks (sums of blocks) are scored too.
+- leave one block shape out (FBNet blocks): all candidates at one (H, Cin, Cout, stride) out
+  at a time; the 300 network sums are then built from out-of-fold block predictions only.
+
+Quoted errors (per phone): `rel_error` = the pooled strict leave-one-family-out RMSPE on rows of
+calibrated sources (relative error: what ranks and ratios carry); `scale_error` = the RMS over
+held-out sources of their unexplained log scale (the runtime version: what absolute
+milliseconds carry on top); `expected_error` = sqrt(rel^2 + scale^2), the raw error of a
+prediction against a phone on an unknown runtime. Its coverage of held-out raw errors is
+checked in `coverage`.
 """
 
 from __future__ import annotations
@@ -43,37 +53,60 @@ from scipy.optimize import nnls
 from scipy.stats import spearmanr
 
 from lotto.errors import LottoError
+from lotto.latency.ops import fbnet_networks, fbnet_ops, ops_features
 from lotto.latency.phone import (
     BASELINE_FEATURES,
     FEATURES,
-    PHONES,
     baseline_features,
     spec_features,
 )
 from lotto.latency.variants import calibration_spec
 
+# phones with published single-thread figures in the calibration data (pixel4: see pixel4_check)
+PHONES = ("pixel1", "pixel2", "pixel3")
 DATA_FILE = "pixel_published_latency.csv"
+BLOCKS_FILE = "pixel3_fbnet_blocks.csv"
 COLUMNS = (
     "network", "width_mult", "resolution", "published_mmacs", "device", "precision",
     "latency_ms", "source",
 )
 REFERENCE_GROUP = "v3_paper"
-VERSION = "pixel-additive-v2"  # v2: per-kernel op counts, strict CV
+BLOCK_GROUP = "hwnas"
+GROUPS = ("v3_paper", "v2_readme", "v3_readme", BLOCK_GROUP)
+VERSION = "pixel-operator-v3"  # v3: runtime kernels, FBNet Pixel-3 blocks, per-source factors
 # Paper text (MobileNetV3 5.2): optimised h-swish costs ~1 ms more than ReLU on V3-Large 1.0.
 HSWISH_PRIOR_MS = 1.0
 PRIOR_WEIGHT = 1.0  # the prior pseudo-row weighs as much as one data row's relative error
+BLOCK_WEIGHT = 0.1  # one FBNet block row against one whole-network row (chosen by the strict CVs)
+FBNET_NETWORKS = 300
+ITERATIONS = 60
+SOURCES = {
+    "v3_paper": "Howard et al., Searching for MobileNetV3, arXiv 1905.02244, Tables 3, 5, 9 "
+                "(reference scale)",
+    "v2_readme": "tensorflow/models research/slim/nets/mobilenet README, MobileNetV2 "
+                 "checkpoint table",
+    "v3_readme": "tensorflow/models research/slim/nets/mobilenet README, MobileNetV3 "
+                 "minimalistic checkpoints",
+    "hwnas": "HW-NAS-Bench (Li et al., ICLR 2021), FBNet-space Pixel-3 block table "
+             "(GATECH-EIC/HW-NAS-Bench, HW-NAS-Bench-v1_0.pickle)",
+}
 
 
 def data_path() -> Path:
     return Path(str(resources.files("lotto.latency") / "data" / DATA_FILE))
 
 
+def blocks_path() -> Path:
+    return Path(str(resources.files("lotto.latency") / "data" / BLOCKS_FILE))
+
+
 def source_group(source: str) -> str:
-    """Rows that share a runtime version share a group (and a harmonisation factor)."""
+    """Rows that share a runtime version share a group (and a factor)."""
     if "MobileNetV2 checkpoint table" in source:
         return "v2_readme"  # 2018 TFLite, tensorflow/models README
-    # MobileNetV3 paper Tables 3, 5, 9 and the README's V3 rows (which repeat the paper's values)
-    return REFERENCE_GROUP
+    if "minimalistic" in source:
+        return "v3_readme"  # tensorflow/models README, networks the paper does not report
+    return REFERENCE_GROUP  # MobileNetV3 paper Tables 3, 5, 9
 
 
 def family(network: str) -> str:
@@ -91,24 +124,66 @@ def family2(fam: str) -> str:
     return "mobilenet_v2" if fam == "mobilenet_v2" else "mobilenet_v3"
 
 
+def block_shape(key: str) -> str:
+    """The FBNet table position a block sits at (all its candidates share it)."""
+    m = re.match(r"^(ConvBlock|Skip)_H(\d+)_W\d+_Cin(\d+)_Cout(\d+)_.*stride(\d+)", key)
+    if m:
+        return f"H{m.group(2)}_Cin{m.group(3)}_Cout{m.group(4)}_s{m.group(5)}"
+    return key.split("_")[0] + "_" + key.split("_")[1]  # stem / head / pool / FC: their own
+
+
 @dataclass
 class Calibration:
-    """Float rows of the calibration CSV with their features (X) and baseline features (B)."""
+    """Published float rows (X, B) and the FBNet Pixel-3 blocks (XB, yb), with data hashes."""
 
     rows: pd.DataFrame
     X: np.ndarray
     B: np.ndarray
     sha256: str
     excluded: dict[str, int]
+    blocks: pd.DataFrame
+    XB: np.ndarray
+    blocks_sha256: str
+
+    def design(self, use_blocks: bool = True) -> dict[str, np.ndarray]:
+        """All rows stacked: published first, then blocks (`use_blocks`)."""
+        r, b = self.rows, self.blocks
+        parts = {
+            "X": [self.X], "y": [r.latency_ms.to_numpy(float)], "group": [r.group.to_numpy()],
+            "device": [r.device.to_numpy()], "w": [np.ones(len(r))],
+            "published": [np.ones(len(r), bool)],
+        }
+        if use_blocks:
+            parts["X"].append(self.XB)
+            parts["y"].append(b.pixel3_ms.to_numpy(float))
+            parts["group"].append(np.full(len(b), BLOCK_GROUP, dtype=object))
+            parts["device"].append(np.full(len(b), "pixel3", dtype=object))
+            parts["w"].append(np.full(len(b), BLOCK_WEIGHT))
+            parts["published"].append(np.zeros(len(b), bool))
+        return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def load_calibration(path: Path | None = None) -> Calibration:
-    path = Path(path) if path is not None else data_path()
+def _read(path: Path, what: str) -> tuple[bytes, pd.DataFrame]:
     try:
-        raw = path.read_bytes()
-        frame = pd.read_csv(path)
+        return path.read_bytes(), pd.read_csv(path)
     except (OSError, pd.errors.ParserError) as e:
-        raise LottoError(f"cannot read calibration data {path}: {e}") from None
+        raise LottoError(f"cannot read {what} {path}: {e}") from None
+
+
+def load_blocks(path: Path | None = None) -> tuple[pd.DataFrame, np.ndarray, str]:
+    path = Path(path) if path is not None else blocks_path()
+    raw, frame = _read(path, "FBNet block data")
+    if list(frame.columns) != ["key", "pixel3_ms"]:
+        raise LottoError(f"FBNet block data {path}: expected columns key, pixel3_ms")
+    frame = frame.copy()
+    frame["shape"] = [block_shape(k) for k in frame.key]
+    XB = np.array([[*ops_features(fbnet_ops(k)), 0.0] for k in frame.key])
+    return frame, XB, hashlib.sha256(raw).hexdigest()
+
+
+def load_calibration(path: Path | None = None, blocks: Path | None = None) -> Calibration:
+    path = Path(path) if path is not None else data_path()
+    raw, frame = _read(path, "calibration data")
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise LottoError(f"calibration data {path} lacks column(s) {', '.join(missing)}")
@@ -128,7 +203,9 @@ def load_calibration(path: Path | None = None) -> Calibration:
         B.append(baseline_features(spec))
         counted.append(spec.macs() / 1e6)
     rows["counted_mmacs"] = counted
-    return Calibration(rows, np.array(X), np.array(B), hashlib.sha256(raw).hexdigest(), excluded)
+    bl, XB, bsha = load_blocks(blocks)
+    return Calibration(rows, np.array(X), np.array(B), hashlib.sha256(raw).hexdigest(), excluded,
+                       bl, XB, bsha)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +213,8 @@ def load_calibration(path: Path | None = None) -> Calibration:
 
 
 def harmonisation_factors(rows: pd.DataFrame) -> dict[str, float]:
-    """Factor per source group = geomean(label / reference label) over shared settings."""
+    """Label-only factor per source group = geomean(label / reference label) over shared
+    settings (a model-free view of the runtime drift; the fit estimates its own factors)."""
     key = ["network", "width_mult", "resolution", "device"]
     ref = rows[rows.group == REFERENCE_GROUP].groupby(key).latency_ms.mean()
     factors = {REFERENCE_GROUP: 1.0}
@@ -158,9 +236,8 @@ def hswish_prior(features: Sequence[str]) -> dict[str, float] | None:
     if "hswish_elems" not in features:
         return None
     from lotto.arch import preset
-    from lotto.latency.phone import spec_features as sf
 
-    n = sf(preset("mobilenet_v3_large"))[FEATURES.index("hswish_elems")]
+    n = spec_features(preset("mobilenet_v3_large"))[FEATURES.index("hswish_elems")]
     return {"hswish_elems": HSWISH_PRIOR_MS / n}
 
 
@@ -169,12 +246,14 @@ def fit_coefficients(
     y: np.ndarray,
     features: Sequence[str],
     prior: dict[str, float] | None = None,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    """min sum(((X c - y) / y)^2) + prior rows, c >= 0 (NNLS on unit-range columns)."""
+    """min sum(w ((X c - y) / y)^2) + prior rows, c >= 0 (NNLS on unit-range columns)."""
     scale = np.abs(X).max(axis=0)
     scale[scale == 0] = 1.0
-    A = (X / scale) / y[:, None]
-    b = np.ones(len(y))
+    sw = np.sqrt(weights) if weights is not None else np.ones(len(y))
+    A = (X / scale) / y[:, None] * sw[:, None]
+    b = sw.copy()
     for name, value in (prior or {}).items():
         j = list(features).index(name)
         row = np.zeros(len(features))
@@ -186,10 +265,11 @@ def fit_coefficients(
     return coef / scale
 
 
-def fit_scale(pred: np.ndarray, y: np.ndarray) -> float:
-    """The s minimising sum(((s * pred - y) / y)^2)."""
+def fit_scale(pred: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The s minimising sum(w ((s * pred - y) / y)^2)."""
     r = pred / y
-    return float(np.sum(r) / np.sum(r * r))
+    w = np.ones(len(y)) if weights is None else weights
+    return float(np.sum(w * r) / np.sum(w * r * r))
 
 
 def metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -206,52 +286,98 @@ def metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return out
 
 
+def scaled_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Raw metrics, plus the relative error after one least-squares scale (`scale`)."""
+    s = fit_scale(pred, y)
+    after = metrics(s * pred, y)
+    return {**metrics(pred, y), "scale": s, "rmspe_after_scale": after["rmspe"],
+            "within10_after_scale": after["within10"]}
+
+
 # ---------------------------------------------------------------------------------------------
-# Fitting and cross-validation
+# The joint fit
 
 
-def _design(cal: Calibration, baseline: bool) -> tuple[np.ndarray, tuple[str, ...]]:
-    return (cal.B, BASELINE_FEATURES) if baseline else (cal.X, FEATURES)
+def fit_joint(X: np.ndarray, y: np.ndarray, group: np.ndarray, device: np.ndarray,
+              w: np.ndarray, features: Sequence[str], prior: dict[str, float] | None,
+              reference: str | None = None) -> dict[str, Any]:
+    """Shared coefficients, one scale per phone (pixel1 = 1) and one factor per source group
+    (`reference` = 1; default v3_paper, else the first group present with Pixel-1 rows)."""
+    groups = [g for g in GROUPS if (group == g).any()]
+    if reference is None:
+        reference = REFERENCE_GROUP if REFERENCE_GROUP in groups else next(
+            g for g in groups if ((group == g) & (device == "pixel1")).any())
+    factors = {g: 1.0 for g in groups}
+    scales = {p: 1.0 for p in PHONES if (device == p).any()}
+    if "pixel1" not in scales:
+        raise LottoError("the phone fit needs Pixel-1 rows")
+    coef = np.zeros(X.shape[1])
+    f_row = np.ones(len(y))
+    d_row = np.ones(len(y))
+    for _ in range(ITERATIONS):
+        m = f_row * d_row
+        coef = fit_coefficients(X * m[:, None], y, features, prior, w)
+        base = X @ coef
+        for p in scales:
+            if p != "pixel1":
+                sel = device == p
+                scales[p] = fit_scale(base[sel] * f_row[sel], y[sel], w[sel])
+        d_row = np.array([scales[p] for p in device])
+        for g in factors:
+            if g != reference:
+                sel = group == g
+                factors[g] = fit_scale(base[sel] * d_row[sel], y[sel], w[sel])
+        f_row = np.array([factors[g] for g in group])
+    return {"coef": coef, "scales": scales, "factors": factors, "reference": reference,
+            "counts": {p: int((device == p).sum()) for p in PHONES}}
 
 
-def fit_devices(
-    cal: Calibration, train: np.ndarray, baseline: bool = False, strict: bool = False
-) -> dict[str, Any]:
-    """Pixel-1 coefficients and Pixel-2/3 scales from the rows where `train` is True."""
-    X, names = _design(cal, baseline)
-    rows = cal.rows
-    factors = harmonisation_factors(rows[train] if strict else rows)
-    y = harmonised(rows, factors)
-    p1 = train & (rows.device == "pixel1").to_numpy()
+def _design(cal: Calibration, baseline: bool, use_blocks: bool) -> dict[str, np.ndarray]:
+    d = cal.design(use_blocks=use_blocks and not baseline)
+    if baseline:
+        d["X"] = cal.B
+    return d
+
+
+def fit_devices(cal: Calibration, train: np.ndarray | None = None, baseline: bool = False,
+                use_blocks: bool = True) -> dict[str, Any]:
+    """Fit on the published rows where `train` is True (default all), plus the FBNet blocks
+    (not for the baseline, which is multiply-adds + constant on the published rows)."""
+    d = _design(cal, baseline, use_blocks)
+    n_pub = len(cal.rows)
+    keep = np.ones(len(d["y"]), bool)
+    if train is not None:
+        keep[:n_pub] = train
+    names = BASELINE_FEATURES if baseline else FEATURES
     prior = None if baseline else hswish_prior(names)
-    coef = fit_coefficients(X[p1], y[p1], names, prior)
-    scales = {"pixel1": 1.0}
-    counts = {"pixel1": int(p1.sum())}
-    for phone in PHONES[1:]:
-        sel = train & (rows.device == phone).to_numpy()
-        counts[phone] = int(sel.sum())
-        scales[phone] = fit_scale(X[sel] @ coef, y[sel]) if sel.any() else float("nan")
-    return {"coef": coef, "scales": scales, "factors": factors, "counts": counts}
+    fit = fit_joint(d["X"][keep], d["y"][keep], d["group"][keep], d["device"][keep],
+                    d["w"][keep], names, prior)
+    fit["counts"] = {p: int(((cal.rows.device == p).to_numpy() & keep[:n_pub]).sum())
+                     for p in PHONES}
+    return fit
 
 
 def cross_validate(
     cal: Calibration, by: str = "family2", baseline: bool = False, strict: bool = True
 ) -> dict[str, Any]:
-    """Leave-one-family-out predictions and metrics, per phone and held-out family."""
-    X, _ = _design(cal, baseline)
+    """Leave-one-family-out predictions and metrics on the published rows, per phone and
+    held-out family. The FBNet blocks train every fold (they are not a published family).
+    strict=False: held-out rows take their source's factor from a fit on all rows (leaky:
+    shown only to say how much knowing the runtime scale is worth)."""
+    X = cal.B if baseline else cal.X
     rows = cal.rows
     pred = np.full(len(rows), np.nan)
-    truth = np.full(len(rows), np.nan)
+    truth = rows.latency_ms.to_numpy(float).copy()
     seen = np.zeros(len(rows), dtype=bool)
+    full = None if strict else fit_devices(cal, None, baseline)
     for fam in sorted(rows[by].unique()):
         test = (rows[by] == fam).to_numpy()
-        fit = fit_devices(cal, ~test, baseline, strict)
-        scale = rows.device.map(fit["scales"]).to_numpy(float)
-        # predictions on each row's own label scale (reference-scale model x its source's
-        # factor from this fold's fit, 1 for an unseen source), scored against the raw label
-        factor = np.array([fit["factors"].get(g, 1.0) for g in rows.group])
+        fit = fit_devices(cal, ~test, baseline)
+        factors = fit["factors"] if strict else full["factors"]  # type: ignore[index]
+        ref = fit["factors"].get(fit["reference"], 1.0)
+        scale = rows.device.map(fit["scales"]).fillna(np.nan).to_numpy(float)
+        factor = np.array([factors.get(g, ref) for g in rows.group])
         pred[test] = (X[test] @ fit["coef"]) * scale[test] * factor[test]
-        truth[test] = rows.latency_ms.to_numpy(float)[test]
         seen[test] = rows.group[test].isin(list(fit["factors"])).to_numpy()
     out: dict[str, Any] = {"by": by, "baseline": baseline, "strict": strict, "devices": {}}
     for phone in PHONES:
@@ -266,49 +392,284 @@ def cross_validate(
         out["devices"][phone] = entry
     out["predictions"] = pred
     out["truth"] = truth
+    out["seen"] = seen
+    out["devices_of_rows"] = list(rows.device)
+    out["groups_of_rows"] = list(rows.group)
     return out
 
 
+def fbnet_network_sums(values: dict[str, float], n: int = FBNET_NETWORKS) -> np.ndarray:
+    """The `n` FBNet networks' latencies as sums of per-key values (HW-NAS-Bench's rule)."""
+    return np.array([sum(values[k] for k in net) for net in fbnet_networks(n)])
+
+
+def leave_one_source_out(cal: Calibration) -> dict[str, Any]:
+    """Every source held out in turn: its rows (and factor) out of the fit, predicted raw on
+    the fold's reference scale. Published sources score their rows; the FBNet source scores its
+    blocks and the 300 network sums, next to multiply-adds x one scale."""
+    d = cal.design()
+    n_pub = len(cal.rows)
+    out: dict[str, Any] = {}
+    names = FEATURES
+    prior = hswish_prior(names)
+    truth_blocks = dict(zip(cal.blocks.key, cal.blocks.pixel3_ms))
+    for g in GROUPS:
+        test = d["group"] == g
+        fit = fit_joint(d["X"][~test], d["y"][~test], d["group"][~test], d["device"][~test],
+                        d["w"][~test], names, prior)
+        ref = fit["factors"][fit["reference"]]
+        scale = np.array([fit["scales"].get(p, np.nan) for p in d["device"]])
+        pred = (d["X"] @ fit["coef"]) * scale * ref
+        entry: dict[str, Any] = {"reference": fit["reference"], "rows": int(test.sum())}
+        if g == BLOCK_GROUP:
+            entry["blocks"] = scaled_metrics(pred[test], d["y"][test])
+            pb = dict(zip(cal.blocks.key, pred[n_pub:]))
+            pn, yn = fbnet_network_sums(pb), fbnet_network_sums(truth_blocks)
+            entry["networks"] = scaled_metrics(pn, yn)
+            entry["network_predictions"] = pn
+            entry["network_truth"] = yn
+        else:
+            entry["published"] = scaled_metrics(pred[test], d["y"][test])
+            entry["devices"] = {p: scaled_metrics(pred[test & (d["device"] == p)],
+                                                  d["y"][test & (d["device"] == p)])
+                                for p in PHONES if (test & (d["device"] == p)).sum() > 1}
+            entry["predictions"] = pred[test]
+            entry["truth"] = d["y"][test]
+            entry["devices_of_rows"] = list(d["device"][test])
+        out[g] = entry
+    return out
+
+
+def leave_one_shape_out(cal: Calibration) -> dict[str, Any]:
+    """FBNet blocks: every candidate at one table position out at a time (the published rows
+    and all other blocks train); the 300 networks summed from out-of-fold predictions only.
+    Reported on the HW-NAS-Bench scale (factor x Pixel-3 scale from the fold's fit)."""
+    d = cal.design()
+    n_pub = len(cal.rows)
+    prior = hswish_prior(FEATURES)
+    pred = np.full(len(cal.blocks), np.nan)
+    for shape in sorted(cal.blocks["shape"].unique()):
+        test = np.zeros(len(d["y"]), bool)
+        test[n_pub:] = (cal.blocks["shape"] == shape).to_numpy()
+        fit = fit_joint(d["X"][~test], d["y"][~test], d["group"][~test], d["device"][~test],
+                        d["w"][~test], FEATURES, prior)
+        m = fit["factors"][BLOCK_GROUP] * fit["scales"]["pixel3"]
+        pred[test[n_pub:]] = (d["X"][test] @ fit["coef"]) * m
+    y = cal.blocks.pixel3_ms.to_numpy(float)
+    pn = fbnet_network_sums(dict(zip(cal.blocks.key, pred)))
+    yn = fbnet_network_sums(dict(zip(cal.blocks.key, y)))
+    return {"blocks": scaled_metrics(pred, y), "networks": scaled_metrics(pn, yn),
+            "folds": int(cal.blocks["shape"].nunique()), "block_predictions": pred,
+            "network_predictions": pn}
+
+
+def fbnet_macs_baseline(cal: Calibration) -> dict[str, Any]:
+    """Multiply-adds x one scale on the 300 FBNet network sums (the baseline to beat)."""
+    from lotto.latency.ops import fbnet_ops as ops_of
+
+    macs = {k: float(sum(o.macs for o in ops_of(k))) for k in cal.blocks.key}
+    truth = dict(zip(cal.blocks.key, cal.blocks.pixel3_ms))
+    return scaled_metrics(fbnet_network_sums(macs), fbnet_network_sums(truth))
+
+
+COVER = 2 / 3  # the share of held-out raw errors the quoted expected_error should cover
+
+
+def quoted_errors(cv: dict[str, Any], loso: dict[str, Any]) -> dict[str, Any]:
+    """Per phone: rel_error (strict leave-one-family-out RMSPE over rows of calibrated
+    sources: what ranks and ratios carry) and expected_error = sqrt(rel^2 + scale^2), the raw
+    error against a phone on an unknown runtime. scale_error (the runtime-scale uncertainty,
+    shared by the phones) is the smallest value for which expected_error covers COVER of the
+    held-out raw errors (leave-one-source-out rows and FBNet networks, leave-one-family-out
+    rows), each source weighing the same in total; `coverage` reports the share per phone and
+    pooled, and `source_log_scales` the |log| scale each held-out source needed."""
+    logs = {g: abs(float(np.log(e[k]["scale"]))) for g, e in loso.items()
+            for k in ("published", "networks") if k in e}
+    rel = {}
+    for p in PHONES:
+        dev = cv["devices"][p]
+        rel[p] = dev.get("seen_sources", dev["pooled"])["rmspe"]
+    errs: list[tuple[str, str, float]] = []  # (phone, source, |raw error|)
+    for g, e in loso.items():
+        if "published" in e:
+            errs += [(d, g, abs(pr / y - 1)) for d, pr, y in
+                     zip(e["devices_of_rows"], e["predictions"], e["truth"])]
+        else:
+            errs += [("pixel3", g, float(x)) for x in
+                     np.abs(e["network_predictions"] / e["network_truth"] - 1)]
+    groups = cv.get("groups_of_rows", ["lofo"] * len(cv["predictions"]))
+    errs += [(d, f"lofo:{g}", abs(pr / y - 1)) for d, g, pr, y in
+             zip(cv["devices_of_rows"], groups, cv["predictions"], cv["truth"])]
+    phone = np.array([e[0] for e in errs])
+    src = np.array([e[1] for e in errs])
+    err = np.array([e[2] for e in errs])
+    weight = np.array([1.0 / np.sum(src == g) for g in src])
+
+    def covered(scale: float) -> np.ndarray:
+        q = np.array([np.hypot(rel[p], scale) for p in phone])
+        return err <= q
+
+    lo, hi = 0.0, 2.0
+    for _ in range(60):  # coverage grows with scale: bisection
+        mid = (lo + hi) / 2
+        if np.sum(weight * covered(mid)) / np.sum(weight) >= COVER:
+            hi = mid
+        else:
+            lo = mid
+    scale_error = hi
+    inside = covered(scale_error)
+    out: dict[str, Any] = {"scale_error": scale_error, "source_log_scales": logs, "devices": {},
+                           "coverage": float(np.sum(weight * inside) / np.sum(weight)),
+                           "coverage_unweighted": float(np.mean(inside))}
+    for p in PHONES:
+        sel = phone == p
+        out["devices"][p] = {"rel_error": rel[p],
+                             "expected_error": float(np.hypot(rel[p], scale_error)),
+                             "coverage": float(np.sum(weight[sel] * inside[sel])
+                                               / np.sum(weight[sel])),
+                             "coverage_n": int(sel.sum())}
+    return out
+
+
+_ARRAYS = ("predictions", "truth", "seen", "devices_of_rows", "groups_of_rows",
+           "network_predictions",
+           "network_truth", "block_predictions")
+
+
 def _plain(cv: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cv.items() if k not in ("predictions", "truth")}
+    out = {}
+    for k, v in cv.items():
+        if k in _ARRAYS:
+            continue
+        out[k] = _plain(v) if isinstance(v, dict) else v
+    return out
+
+
+def validation(cal: Calibration) -> dict[str, Any]:
+    """Every strict check of the model (what `bench --validate` and the model file show)."""
+    cv = cross_validate(cal, "family2")
+    loso = leave_one_source_out(cal)
+    return {
+        "cv": cv,
+        "cv3": cross_validate(cal, "family"),
+        "cv_base": cross_validate(cal, "family2", baseline=True),
+        "cv_leaky": cross_validate(cal, "family2", strict=False),
+        "loso": loso,
+        "shape": leave_one_shape_out(cal),
+        "fbnet_macs": fbnet_macs_baseline(cal),
+        "quoted": quoted_errors(cv, loso),
+    }
+
+
+def pixel4_check(coef: np.ndarray) -> dict[str, Any]:
+    """Pixel 4 (EfficientNet-Lite0..4, 4 threads, checks.py): one scale on the shared operator
+    costs, validated leave-one-network-out (each network's scale from the other four); the
+    multiply-adds x one scale baseline the same way."""
+    from lotto.latency.checks import EFFICIENTNET_LITE_PIXEL4_MS, efficientnet_lite
+
+    specs = [efficientnet_lite(i) for i in sorted(EFFICIENTNET_LITE_PIXEL4_MS)]
+    y = np.array([EFFICIENTNET_LITE_PIXEL4_MS[i] for i in sorted(EFFICIENTNET_LITE_PIXEL4_MS)])
+    model = np.array([spec_features(s) @ coef for s in specs])
+    macs = np.array([float(s.macs()) for s in specs])
+    out: dict[str, Any] = {"networks": [s.name for s in specs], "measured_ms": y.tolist(),
+                           "scale": fit_scale(model, y)}
+    for name, x in (("model", model), ("macs", macs)):
+        pred = np.empty(len(y))
+        for i in range(len(y)):
+            keep = np.arange(len(y)) != i
+            pred[i] = x[i] * fit_scale(x[keep], y[keep])
+        out[name] = {**metrics(pred, y), "predictions": pred.tolist()}
+    return out
+
+
+def proxyless_check(fit: dict[str, Any], expected_error: float) -> dict[str, Any]:
+    """ProxylessNAS-Mobile on a Pixel 1 (78 ms; its paper's source is in no fit): predicted on
+    the reference scale, against the quoted expected error; and the ratio to MobileNetV2 1.0,
+    which the same paper times at 75 ms under the same protocol (relative check)."""
+    from lotto.arch import preset
+    from lotto.latency.checks import (
+        PROXYLESS_MOBILE_PIXEL1_MS,
+        PROXYLESS_SAME_PROTOCOL_V2_MS,
+        PROXYLESS_SOURCE,
+        proxylessnas_mobile,
+    )
+
+    ms = float(spec_features(proxylessnas_mobile()) @ fit["coef"])
+    v2 = float(spec_features(preset("mobilenet_v2")) @ fit["coef"])
+    error = ms / PROXYLESS_MOBILE_PIXEL1_MS - 1
+    return {"predicted_ms": ms, "published_ms": PROXYLESS_MOBILE_PIXEL1_MS, "error": error,
+            "expected_error": expected_error, "within": bool(abs(error) <= expected_error),
+            "ratio_to_v2": ms / v2,
+            "published_ratio_to_v2": PROXYLESS_MOBILE_PIXEL1_MS / PROXYLESS_SAME_PROTOCOL_V2_MS,
+            "source": PROXYLESS_SOURCE}
+
+
+# Pixel 2 and 3 share Pixel 1's relative operator costs: the data has 8 float rows per phone
+# (MobileNetV3 paper Table 3, README minimalistic rows), too few to fit their own; the FBNet
+# Pixel-3 blocks come from another runtime (HW-NAS-Bench) and inform the shared shape.
+SHARED_SHAPE_NOTE = ("pixel2 and pixel3 share pixel1's relative operator costs (one scale "
+                     "each): 8 published float rows per phone are too few for their own; the "
+                     "Pixel-3 FBNet blocks (another runtime) inform the shared costs")
 
 
 def fit_all(cal: Calibration | None = None) -> dict[str, Any]:
     """Everything `data/phone_model.json` holds (deterministic: same data, same numbers)."""
     cal = cal or load_calibration()
-    everything = np.ones(len(cal.rows), dtype=bool)
-    final = fit_devices(cal, everything)
-    base = fit_devices(cal, everything, baseline=True)
-    cv = cross_validate(cal, "family2")
-    cv3 = cross_validate(cal, "family")
-    cv_leaky = cross_validate(cal, "family2", strict=False)
-    cv_base = cross_validate(cal, "family2", baseline=True)
+    final = fit_devices(cal)
+    base = fit_devices(cal, baseline=True)
+    v = validation(cal)
+    quoted = v["quoted"]
+    p4 = pixel4_check(final["coef"])
     devices = {}
     for phone in PHONES:
+        q = quoted["devices"][phone]
         devices[phone] = {
             "coef": {f: float(c) for f, c in zip(FEATURES, final["coef"])},
             "scale": final["scales"][phone],
-            "expected_error": cv["devices"][phone]["pooled"]["rmspe"],
-            "n_rows": final["counts"]["pixel1"],
+            "expected_error": q["expected_error"],
+            "rel_error": q["rel_error"],
+            "scale_error": quoted["scale_error"],
+            "coverage": q["coverage"],
+            "n_rows": int(len(cal.rows) + len(cal.blocks)),
             "n_scale_rows": final["counts"][phone] if phone != "pixel1" else 0,
+            "relative_costs": "own" if phone == "pixel1" else "shared with pixel1",
             "baseline": {
                 "coef": {f: float(c) for f, c in zip(BASELINE_FEATURES, base["coef"])},
                 "scale": base["scales"][phone],
-                "expected_error": cv_base["devices"][phone]["pooled"]["rmspe"],
+                "expected_error": v["cv_base"]["devices"][phone]["pooled"]["rmspe"],
             },
         }
+    rel4 = p4["model"]["rmspe"]
+    devices["pixel4"] = {
+        "coef": devices["pixel1"]["coef"],
+        "scale": p4["scale"],
+        "expected_error": float(np.hypot(rel4, quoted["scale_error"])),
+        "rel_error": rel4,
+        "scale_error": quoted["scale_error"],
+        "n_rows": devices["pixel1"]["n_rows"],
+        "n_scale_rows": len(p4["measured_ms"]),
+        "relative_costs": "shared with pixel1; 4-thread figures: one scale only",
+        "threads": 4,
+    }
     return {
-        "schema": 1,
+        "schema": 2,
         "version": VERSION,
         "features": list(FEATURES),
-        "units": "ms per MAC / byte / op / element; fixed in ms",
+        "units": "ms per MAC / element / weight byte / kernel; fixed in ms (Pixel 1, v3_paper "
+                 "runtime scale)",
+        "sources": SOURCES,
         "data": {
             "file": DATA_FILE,
             "sha256": cal.sha256,
             "float_rows": int(len(cal.rows)),
             "excluded": cal.excluded,
+            "blocks_file": BLOCKS_FILE,
+            "blocks_sha256": cal.blocks_sha256,
+            "block_rows": int(len(cal.blocks)),
+            "block_weight": BLOCK_WEIGHT,
         },
-        "harmonisation": final["factors"],
+        "factors": final["factors"],
+        "pixel2_pixel3": SHARED_SHAPE_NOTE,
         # what the rows span: predictions outside it are warned about and widened
         "calibration_range": {
             "resolution": [int(cal.rows.resolution.min()), int(cal.rows.resolution.max())],
@@ -319,12 +680,19 @@ def fit_all(cal: Calibration | None = None) -> dict[str, Any]:
         "priors": {"hswish_elems": hswish_prior(FEATURES)["hswish_elems"],  # type: ignore[index]
                    "hswish_prior_ms_on_v3_large": HSWISH_PRIOR_MS, "weight": PRIOR_WEIGHT},
         "devices": devices,
+        "errors": _plain(quoted),
         "cv": {
-            "lofo_v2_v3": _plain(cv),  # strict: the quoted expected error
-            "lofo_v2_v3large_v3small": _plain(cv3),
-            "baseline_lofo_v2_v3": _plain(cv_base),
-            # not strict: factors from all label pairs, held-out ones included (for comparison)
-            "lofo_v2_v3_shared_factors": _plain(cv_leaky),
+            "lofo_v2_v3": _plain(v["cv"]),  # strict: rel_error comes from it
+            "lofo_v2_v3large_v3small": _plain(v["cv3"]),
+            "baseline_lofo_v2_v3": _plain(v["cv_base"]),
+            # not strict: held-out rows take their source factor from a fit on all rows
+            "lofo_v2_v3_shared_factors": _plain(v["cv_leaky"]),
+            "leave_one_source_out": _plain(v["loso"]),
+            "fbnet_leave_one_shape_out": _plain(v["shape"]),
+            "fbnet_macs_one_scale": v["fbnet_macs"],
+            "pixel4_leave_one_network_out": p4,
+            "proxylessnas_mobile_pixel1": proxyless_check(
+                final, quoted["devices"]["pixel1"]["expected_error"]),
         },
     }
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from lotto.errors import LottoError
 
 HOST_DEVICES = ("cpu", "cuda")
-PHONES = ("pixel1", "pixel2", "pixel3")
+PHONES = ("pixel1", "pixel2", "pixel3", "pixel4")  # pixel4: a scale from 4-thread figures
 ALIASES = {"pixel": "pixel1"}
 # measured through a mobile runtime: ExecuTorch + XNNPACK on this host, or on a phone over adb
 RUNTIME_DEVICES = ("xnnpack", "adb")

@@ -30,48 +30,21 @@ from torch import nn
 from lotto.arch import ArchSpec, Layer
 from lotto.errors import LottoError
 from lotto.latency.devices import ALIASES, PHONES, phone_name  # noqa: F401 (re-exported)
+from lotto.latency.ops import OP_FEATURES, Op, layer_ops, ops_features
 from lotto.latency.units import UnitCache
 
-# per-layer features; "fixed" (one per network) is added at the model level
-LAYER_FEATURES = (
-    "conv_macs", "dw_macs", "fc_macs", "act_bytes", "weight_bytes", "ops", "hswish_elems",
-    "se_elems",
-)
+# per-layer features: the operator features of the runtime kernels a layer becomes (ops.py);
+# "fixed" (one per network) is added at the model level
+LAYER_FEATURES = OP_FEATURES
 FEATURES = (*LAYER_FEATURES, "fixed")
 BASELINE_FEATURES = ("all_macs", "fixed")
-FLOAT_BYTES = 4
 MODEL_FILE = "phone_model.json"
 
 
-# Kernels a TFLite-style runtime launches per spec layer: the per-op overhead t_op is paid per
-# kernel, not per spec layer. BN and ReLU/ReLU6 fuse into the conv before them; an SE is a mean,
-# two 1x1 convs (ReLU fused), the gate and the multiply; h-swish is a kernel of its own.
-SE_KERNELS = 5
-
-
-def runtime_kernels(op: str, act: str | None) -> float:
-    """Runtime kernels of one spec layer (op as in `ArchSpec.layers()`)."""
-    return float((SE_KERNELS if op == "se" else 1) + (act == "hswish"))
-
-
 def layer_features(layer: Layer) -> np.ndarray:
-    """The feature vector (LAYER_FEATURES order) of one row of `ArchSpec.layers()`."""
-    f = np.zeros(len(LAYER_FEATURES))
-    op = layer.op
-    if op in ("conv", "pwconv"):
-        f[0] = layer.macs
-    elif op == "dwconv":
-        f[1] = layer.macs
-    elif op in ("fc", "se"):
-        f[2] = layer.macs
-    f[3] = layer.bytes_in + layer.bytes_out
-    f[4] = layer.bytes_weights
-    f[5] = runtime_kernels(op, layer.act)
-    if layer.act == "hswish":
-        f[6] = layer.out_h * layer.out_w * layer.out_c
-    if op == "se":
-        f[7] = layer.in_h * layer.in_w * layer.in_c
-    return f
+    """The feature vector (LAYER_FEATURES order) of one row of `ArchSpec.layers()`: the sum over
+    its runtime kernels (BN and ReLU fused into the conv, h-swish a kernel of its own)."""
+    return ops_features(layer_ops(layer))
 
 
 def spec_features(spec: ArchSpec) -> np.ndarray:
@@ -102,53 +75,51 @@ def unit_features(spec: ArchSpec) -> dict[str, np.ndarray]:
 # Features of an arbitrary nn.Module (no spec): traced with forward hooks
 
 
-def module_features(module: nn.Module, input_shape: tuple[int, ...]) -> np.ndarray:
-    """FEATURES of a module by tracing its leaves at batch 1 (BN and activations fused away).
+def module_ops(module: nn.Module, input_shape: tuple[int, ...]) -> list[Op]:
+    """The runtime kernels of a module, traced with forward hooks at batch 1.
 
-    Conv2d / Linear give MACs (counted by `lotto.flops.macs_by_module`), activation and weight
-    bytes and one op; Hardswish its elements; a torchvision SqueezeExcitation its gated
-    elements; pooling its bytes. Residual adds are not modules and are not seen: a spec prices
-    them, a module does not.
+    Conv2d / Linear become conv, pw, dw or fc ops (BN and ReLU fused away); Hardswish an
+    h-swish kernel; a torchvision SqueezeExcitation one SE op (its inner pool and convs are not
+    counted twice); pooling a pool op. Residual adds are not modules and are not seen: a spec
+    prices them, a module does not.
     """
     from torchvision.ops import SqueezeExcitation
 
-    from lotto.flops import macs_by_module
     from lotto.latency.measure import op_type
 
-    total = np.zeros(len(FEATURES))
-    total[-1] = 1.0
-    macs_column: dict[str, int] = {}  # conv / FC leaf -> which MACs feature it feeds
+    ops: list[Op] = []
+    inside_se: set[int] = set()
+    for m in module.modules():
+        if isinstance(m, SqueezeExcitation):
+            inside_se.update(id(c) for c in m.modules() if c is not m)
 
-    def hook(name: str) -> Any:
-        def record(mod: nn.Module, args: Any, out: Any) -> None:
-            x = args[0] if args else None
-            if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
-                return
-            n_in, n_out = x.numel(), out.numel()
-            if isinstance(mod, SqueezeExcitation):
-                total[7] += n_in
-                total[5] += SE_KERNELS - 3  # gate and multiply; pool and convs are leaves
-                return
-            kind = op_type(mod, tuple(x.shape), tuple(out.shape))
-            if kind in ("conv", "pw", "dw", "fc"):
-                macs_column[name] = {"conv": 0, "pw": 0, "dw": 1, "fc": 2}[kind]
-                total[3] += FLOAT_BYTES * (n_in + n_out)
-                total[4] += FLOAT_BYTES * sum(p.numel() for p in mod.parameters(recurse=False))
-                total[5] += 1
-            elif kind == "pool":
-                total[3] += FLOAT_BYTES * (n_in + n_out)
-                total[5] += 1
-            elif kind == "hswish":
-                total[6] += n_out
-                total[5] += 1  # a kernel of its own (see runtime_kernels)
+    def record(mod: nn.Module, args: Any, out: Any) -> None:
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
+            return
+        if id(mod) in inside_se:
+            return
+        n, c = x.shape[:2] if x.dim() >= 2 else (1, x.numel())
+        h, w = (x.shape[2], x.shape[3]) if x.dim() == 4 else (1, 1)
+        oc = out.shape[1] if out.dim() >= 2 else out.numel()
+        oh, ow = (out.shape[2], out.shape[3]) if out.dim() == 4 else (1, 1)
+        dims = (int(h), int(w), int(c), int(oh), int(ow), int(oc))
+        if isinstance(mod, SqueezeExcitation):
+            ops.append(Op("se", *dims, mid=int(mod.fc1.out_channels)))
+            return
+        kind = op_type(mod, tuple(x.shape), tuple(out.shape))
+        if kind in ("conv", "pw", "dw") and isinstance(mod, nn.Conv2d):
+            ops.append(Op(kind, *dims, k=int(mod.kernel_size[0]), stride=int(mod.stride[0]),
+                          groups=int(mod.groups)))
+        elif kind == "fc":
+            ops.append(Op("fc", 1, 1, int(x.numel() // n), 1, 1, int(out.numel() // n)))
+        elif kind == "pool":
+            ops.append(Op("pool", *dims))
+        elif kind == "hswish":
+            ops.append(Op("hswish", *dims))
 
-        return record
-
-    handles = [
-        m.register_forward_hook(hook(name))
-        for name, m in module.named_modules()
-        if not list(m.children()) or type(m).__name__ == "SqueezeExcitation"
-    ]
+    handles = [m.register_forward_hook(record) for m in module.modules()
+               if not list(m.children()) or isinstance(m, SqueezeExcitation)]
     try:
         with torch.inference_mode():
             was = module.training
@@ -158,9 +129,14 @@ def module_features(module: nn.Module, input_shape: tuple[int, ...]) -> np.ndarr
     finally:
         for h in handles:
             h.remove()
-    macs = macs_by_module(module, torch.zeros(input_shape))
-    for name, column in macs_column.items():
-        total[column] += macs.get(name, 0)
+    return ops
+
+
+def module_features(module: nn.Module, input_shape: tuple[int, ...]) -> np.ndarray:
+    """FEATURES of a module (its traced runtime kernels, plus fixed = 1)."""
+    total = np.zeros(len(FEATURES))
+    total[:-1] = ops_features(module_ops(module, input_shape))
+    total[-1] = 1.0
     return total
 
 
@@ -214,12 +190,19 @@ class PhoneModel:
             return (f"model({self.device}, {self.version}, fitted on {self.n_rows} latencies "
                     f"measured on {self.info['calibrated_from']}; expected RMSPE ~ "
                     f"{self.expected_error * 100:.0f}% from {self.info.get('cv_rule', 'CV')})")
-        fitted = f"fitted on {self.n_rows} published Pixel-1 latencies"
+        blocks = int(self.info.get("block_rows") or 0)
+        fitted = (f"operator costs fitted on {self.n_rows - blocks} published latencies and "
+                  f"{blocks} Pixel-3 FBNet blocks")
         if self.device != "pixel1":
-            fitted += f", {self.device} scale {self.scale:.3f} from {self.n_scale_rows}"
+            fitted += (f"; {self.device}: pixel1's relative costs x {self.scale:.3f} "
+                       f"(from {self.n_scale_rows} rows"
+                       f"{', 4 threads' if self.info.get('threads') == 4 else ''})")
+        rel, scl = self.info.get("rel_error"), self.info.get("scale_error")
+        parts = (f"relative/rank error ~{rel * 100:.0f}%, runtime-scale error ~{scl * 100:.0f}%; "
+                 if rel is not None and scl is not None else "")
         return (
-            f"model({self.device}, {self.version}, {fitted}; "
-            f"expected RMSPE ~ {self.expected_error * 100:.0f}% from leave-one-family-out CV)"
+            f"model({self.device}, {self.version}, {fitted}; {parts}expected raw error ~ "
+            f"{self.expected_error * 100:.0f}% from strict leave-one-source/family-out CV)"
         )
 
 
@@ -285,6 +268,8 @@ def _load_shipped(name: str) -> PhoneModel:
         version=str(data["version"]),
         n_rows=int(entry["n_rows"]),
         n_scale_rows=int(entry.get("n_scale_rows", 0)),
-        info={"cv": entry.get("cv", {}), "data_sha256": data["data"]["sha256"],
+        info={"data_sha256": data["data"]["sha256"], "block_rows": data["data"].get("block_rows"),
+              "rel_error": float(entry["rel_error"]), "scale_error": float(entry["scale_error"]),
+              "relative_costs": entry.get("relative_costs"), "threads": entry.get("threads", 1),
               "calibration_range": data.get("calibration_range", {})},
     )
