@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from lotto.cli.app import console, lotto_command
+from lotto.cli.app import console, err_console, lotto_command
 
+MAX_KEYS = 4  # differing config keys shown as columns per command (all of them in --json)
 STATUS_STYLE = {"complete": "green", "incomplete": "yellow", "failed": "bold red"}
 
 
@@ -36,10 +37,13 @@ def runs(
 
     if command is not None and command not in COMMANDS:
         raise LottoError(f"--command {command!r}: choose one of {', '.join(COMMANDS)}")
+    def warn(message: str) -> None:
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
     if targets:
-        found = [r for r in resolve(targets, runs_dir) if command in (None, r.command)]
+        found = [r for r in resolve(targets, runs_dir, warn) if command in (None, r.command)]
     elif Path(runs_dir).expanduser().is_dir():
-        found = find_runs(runs_dir, command)
+        found = find_runs(runs_dir, command, warn)
     else:
         found = []
     by_command = {c: [r for r in found if r.command == c] for c in COMMANDS}
@@ -65,19 +69,27 @@ def show(by_command: dict, keys: dict) -> None:
     for command, found in by_command.items():
         if not found:
             continue
+        shown = keys[command][:MAX_KEYS]
         table = Table(title=f"{command} ({len(found)})", box=box.SIMPLE_HEAD, padding=(0, 1),
                       title_justify="left")
-        for head in ("name", "status", "progress", "started", *keys[command], "headline"):
-            table.add_column(head, no_wrap=head in ("name", "started"),
-                             overflow="fold")
+        # headers never wrap mid-word (min_width): the headline takes what is left, folded
+        for head in ("name", "status", "progress", "started", *shown):
+            table.add_column(head, no_wrap=head in ("name", "started"), overflow="fold",
+                             min_width=min(len(head), 30))
+        table.add_column("headline", overflow="fold", ratio=1, min_width=20)
         for r in found:
             counts[r.status] = counts.get(r.status, 0) + 1
             flat = r.flat()
             style = STATUS_STYLE.get(r.status, "")
             table.add_row(r.name, f"[{style}]{r.status}[/]", r.progress,
-                          r.as_dict()["started"], *(show_value(flat.get(k))
-                                                    for k in keys[command]), r.headline)
+                          r.as_dict()["started"], *(show_value(flat.get(k)) for k in shown),
+                          r.headline)
         console.print(table)
+        more = keys[command][MAX_KEYS:]
+        if more:
+            console.print(f"{len(more)} more config keys differ between the {command} runs: "
+                          f"{', '.join(more)} (lotto runs --json)", highlight=False,
+                          soft_wrap=True)
     total = sum(counts.values())
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     console.print(f"{total} runs ({parts}); config keys equal across a command's runs are "
