@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
-import yaml
 from conftest import METRICS_COLUMNS
 from report_runs import assert_user_error, copy_run, real_runs
 from typer.testing import CliRunner
