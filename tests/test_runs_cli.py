@@ -3,13 +3,16 @@ config keys that differ, a headline; --json; bad inputs are one line and exit st
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from report_runs import assert_user_error, copy_run, real_runs
+from rich.console import Console
 from typer.testing import CliRunner
 
 from lotto.cli import app
@@ -170,7 +173,8 @@ def test_bench_runs_made_with_arch_show_no_preset(tmp_path: Path) -> None:
     assert "mobilenet_v3_large" not in table
 
 
-def test_headers_do_not_wrap_and_keys_are_capped(root: Path, tmp_path: Path) -> None:
+def test_headers_do_not_wrap_and_keys_are_capped(root: Path, tmp_path: Path,
+                                                  monkeypatch) -> None:
     runs = tmp_path / "runs"
     keys = {"train": {"lr": 0.1, "batch_size": 60, "weight_decay": 0.0},
             "data": {"val_size": 5000}, "lottery": {"prune_rate": 0.2},
@@ -183,14 +187,31 @@ def test_headers_do_not_wrap_and_keys_are_capped(root: Path, tmp_path: Path) -> 
                 cfg.setdefault(section, {})[k] = v if i == 0 else (
                     v + 1 if isinstance(v, (int, float)) else f"{v}x")
         (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    result = invoke("--runs-dir", str(runs))
+    keys = ("data.val_size", "lottery.prune_rate", "model.name", "train.lr",
+            "train.batch_size", "train.weight_decay")
+    result = invoke("--runs-dir", str(runs))  # not a terminal: 140 columns
     assert result.exit_code == 0, result.output
-    differing = [line for line in result.output.splitlines() if "more config keys" in line]
-    assert len(differing) == 1 and "2 more config keys differ" in differing[0], result.output
-    header = next(line for line in result.output.splitlines() if " name " in line)
-    shown = [k for k in ("data.val_size", "lottery.prune_rate", "model.name", "train.lr",
-                         "train.batch_size", "train.weight_decay") if k in header]
-    assert len(shown) == 4, header  # each whole on the header line: no word cut in two
+    assert_whole(result.output, keys, 4)
+    module = sys.modules["lotto.cli.runs"]
+    for width, columns in ((100, 1), (80, 0)):  # narrower terminals: fewer key columns
+        buffer = io.StringIO()
+        monkeypatch.setattr(module, "console", Console(width=width, file=buffer))
+        assert invoke("--runs-dir", str(runs)).exit_code == 0
+        assert_whole(buffer.getvalue(), keys, columns)
+
+
+def assert_whole(output: str, keys: tuple[str, ...], columns: int) -> None:
+    """`columns` of the differing keys on the header line, each whole (no word cut in two),
+    the others named on one line below; every status whole."""
+    lines = output.splitlines()
+    header = next(line for line in lines if " name " in line)
+    assert header.split()[:4] == ["name", "status", "progress", "started"], header
+    assert header.split()[-1] == "headline", header
+    shown = [k for k in keys if k in header]
+    assert len(shown) == len(header.split()) - 5 == columns, (header, output)
+    more = [line for line in lines if "more config keys differ" in line]
+    assert len(more) == 1 and f"{len(keys) - columns} more" in more[0], output
+    assert sum(" complete " in line for line in lines) == 2, output
 
 
 def test_command_filter_and_targets(root: Path) -> None:

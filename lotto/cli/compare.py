@@ -44,7 +44,8 @@ def compare(
 
     if out is not None:
         check_out(out)
-    runs = resolve(targets, runs_dir)
+    runs = resolve(targets, runs_dir, lambda message: err_console.print(
+        f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True))
     keys = [k.strip() for b in by or [] for k in b.split(",") if k.strip()]
     cmp = aggregate.load(runs, keys)
     sections = aggregate.sections(cmp)

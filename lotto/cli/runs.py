@@ -10,6 +10,7 @@ import typer
 from lotto.cli.app import console, err_console, lotto_command
 
 MAX_KEYS = 4  # differing config keys shown as columns per command (all of them in --json)
+HEADLINE_MIN = 32  # columns kept for the headline (folded) before key columns are dropped
 STATUS_STYLE = {"complete": "green", "incomplete": "yellow", "failed": "bold red"}
 
 
@@ -69,14 +70,22 @@ def show(by_command: dict, keys: dict) -> None:
     for command, found in by_command.items():
         if not found:
             continue
-        shown = keys[command][:MAX_KEYS]
+        rows = [[r.name, r.status, r.progress, r.as_dict()["started"]] for r in found]
+        fixed = ("name", "status", "progress", "started")
+        used = sum(max(len(h), *(len(row[i]) for row in rows)) + 2 for i, h in enumerate(fixed))
+        shown = []  # the differing keys that fit whole beside a readable headline, at most 4
+        for k in keys[command][:MAX_KEYS]:
+            width = max(len(k), *(len(show_value(r.flat().get(k))) for r in found)) + 2
+            if used + width + HEADLINE_MIN > console.width:
+                break
+            shown.append(k)
+            used += width
         table = Table(title=f"{command} ({len(found)})", box=box.SIMPLE_HEAD, padding=(0, 1),
                       title_justify="left")
-        # headers never wrap mid-word (min_width): the headline takes what is left, folded
-        for head in ("name", "status", "progress", "started", *shown):
-            table.add_column(head, no_wrap=head in ("name", "started"), overflow="fold",
-                             min_width=min(len(head), 30))
-        table.add_column("headline", overflow="fold", ratio=1, min_width=20)
+        # no header or value cut mid-word: keys that do not fit go to the line below the table
+        for head in (*fixed, *shown):
+            table.add_column(head, no_wrap=True)
+        table.add_column("headline", overflow="fold", min_width=HEADLINE_MIN - 2)
         for r in found:
             counts[r.status] = counts.get(r.status, 0) + 1
             flat = r.flat()
@@ -85,7 +94,7 @@ def show(by_command: dict, keys: dict) -> None:
                           r.as_dict()["started"], *(show_value(flat.get(k)) for k in shown),
                           r.headline)
         console.print(table)
-        more = keys[command][MAX_KEYS:]
+        more = keys[command][len(shown):]
         if more:
             console.print(f"{len(more)} more config keys differ between the {command} runs: "
                           f"{', '.join(more)} (lotto runs --json)", highlight=False,
