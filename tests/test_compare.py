@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 from conftest import METRICS_COLUMNS
-from report_runs import assert_user_error, real_runs
+from report_runs import assert_user_error, copy_run, real_runs
 from typer.testing import CliRunner
 
 from lotto.cli import app
@@ -33,11 +34,10 @@ def assert_figure(out: Path, name: str) -> None:
 
 
 def by_hand(values: list[float]) -> tuple[float, float, float, float]:
-    """Mean, sample std and the 95% percentile bootstrap interval (2000 resamples, seed 0)."""
-    x = np.array(values)
-    idx = np.random.default_rng(0).integers(0, len(x), size=(2000, len(x)))
-    lo, hi = np.quantile(x[idx].mean(axis=1), [0.025, 0.975])
-    return statistics.mean(values), statistics.stdev(values), lo, hi
+    """Mean, sample std and the 95% Student-t interval of the mean."""
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    half = scipy.stats.t.ppf(0.975, len(values) - 1) * std / len(values) ** 0.5
+    return mean, std, mean - half, mean + half
 
 
 def test_lottery_frame_aggregation_figure_report(root: Path, tmp_path: Path) -> None:
@@ -132,21 +132,90 @@ def test_build_v3_latency_vs_madds(root: Path, tmp_path: Path) -> None:
     assert_figure(out, "build-v3")
 
 
-def test_mixed_commands_compare_what_they_share(root: Path, tmp_path: Path) -> None:
-    out = tmp_path / "mixed"
+def test_mixed_commands_get_one_section_each(root: Path, tmp_path: Path) -> None:
+    """Runs of different commands are never averaged together: each command's table is the one
+    it gets alone; a shared accuracy-vs-latency figure where both have those columns."""
+    out, alone = tmp_path / "mixed", tmp_path / "alone"
+    compare(str(root / "lottery" / "fifth"), str(root / "rethink" / "tiny"), "--out", str(out))
+    compare(str(root / "lottery" / "fifth"), "--out", str(alone / "lottery"))
+    compare(str(root / "rethink" / "tiny"), "--out", str(alone / "rethink"))
+    for command in ("lottery", "rethink"):
+        mixed = pd.read_csv(out / f"{command}.csv").dropna(axis=1, how="all")
+        single = pd.read_csv(alone / command / f"{command}.csv").dropna(axis=1, how="all")
+        pd.testing.assert_frame_equal(mixed, single)
+        assert_figure(out, command)
+    assert not (out / "shared.csv").exists()  # lottery and rethink share no latency
+    html = (out / "report.html").read_text()
+    assert "<h2>lottery</h2>" in html and "<h2>rethink</h2>" in html
+    # every row of both in the frame, each with its own columns
+    frame = pd.read_parquet(out / "compare.parquet")
+    assert set(frame.command) == {"lottery", "rethink"} and {"variant", "mode"} <= set(frame)
+
+    out = tmp_path / "mixed2"
     result = compare(str(root / "netadapt" / "adapt"), str(root / "search" / "rl-run"),
                      "--out", str(out))
-    assert "left out" in result.stderr and "kind" in result.stderr  # netadapt's own columns
-    frame = pd.read_parquet(out / "compare.parquet")
-    assert {"latency_ms", "val_accuracy"} <= set(frame.columns)
-    assert "kind" not in frame.columns and "reward" not in frame.columns
+    assert "netadapt" in result.output and "search" in result.output
+    assert pd.read_csv(out / "netadapt.csv").iloc[0].final_accuracy == 0.76
+    assert pd.read_csv(out / "search.csv").iloc[0].best_accuracy == 0.85
+    shared = pd.read_csv(out / "shared.csv").set_index("label")
+    assert shared.loc["adapt"].best_accuracy == 0.80 and shared.loc["rl-run"].best_latency_ms == 90
     assert_figure(out, "shared")
+
+
+def test_same_name_in_two_folders_gets_two_labels(root: Path, tmp_path: Path) -> None:
+    a = copy_run(root / "lottery" / "fifth", tmp_path / "a" / "runs", "x")
+    b = copy_run(root / "lottery" / "half", tmp_path / "b" / "runs", "x")
+    out = tmp_path / "out"
+    result = compare(str(a), str(b), "--out", str(out))
+    table = pd.read_csv(out / "lottery.csv")
+    assert set(table.label) == {"a/runs/lottery/x", "b/runs/lottery/x"}, set(table.label)
+    dense = table[table["round"] == 0].set_index("label").test_accuracy
+    own = [pd.read_csv(r / "metrics.csv").query("round == 0").test_accuracy.mean() for r in (a, b)]
+    assert dense.to_dict() == pytest.approx(dict(zip(["a/runs/lottery/x", "b/runs/lottery/x"],
+                                                     own)))
+    assert own[0] != own[1]
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(runs.run) == ["a/runs/lottery/x", "b/runs/lottery/x"]
+    assert "a/runs/lottery/x" in result.output
+
+
+def test_duplicate_seeds_are_no_replicates(root: Path, tmp_path: Path) -> None:
+    copy = copy_run(root / "lottery" / "fifth", tmp_path / "runs", "fifth-copy")
+    result = CliRunner().invoke(app, ["compare", str(root / "lottery" / "fifth"), str(copy),
+                                      "--by", "prune_rate"])
+    assert_user_error(result, "fifth-copy", "both have seed 0", "prune_rate=0.2")
+    # a different seed under the same label pools; without --by each run is its own label
+    compare(str(root / "lottery" / "fifth"), str(root / "lottery" / "fifth-s1"), "--by",
+            "prune_rate")
+    compare(str(root / "lottery" / "fifth"), str(copy))
+
+
+def test_rethink_table_has_the_scratch_b_multiplier(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rethink"
+    compare(str(root / "rethink" / "tiny"), "--out", str(out))
+    factors = pd.read_csv(out / "rethink.csv").query("mode == 'scratch_b'").budget_factor
     html = (out / "report.html").read_text()
-    assert "adapt" in html and "rl-run" in html and "left out" in html
-    # lottery + rethink share no latency: a table, no figure, and still exit 0
-    result = compare(str(root / "lottery" / "fifth"), str(root / "rethink" / "tiny"),
-                     "--out", str(tmp_path / "m2"))
-    assert (tmp_path / "m2" / "shared.csv").exists() and "left out" in result.stderr
+    assert "scratch-B ×" in html and "scratch-B ×" in (out / "rethink.md").read_text()
+    for f in factors:
+        assert f"<td>{f:.1f}</td>" in html
+
+
+def test_bench_keeps_networks_of_one_name_apart(tmp_path: Path) -> None:
+    """mobilenet_v3_small at 96 px and at 224 px are two networks, even pooled by --by."""
+    runs = tmp_path / "runs"
+    for px in ("96", "224"):
+        result = CliRunner().invoke(app, ["bench", "--device", "pixel1", "--model",
+                                          "mobilenet_v3_small", "--resolution", px,
+                                          "--runs-dir", str(runs), "--name", f"r{px}"])
+        assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    compare(str(runs / "bench" / "*"), "--by", "device", "--out", str(out))
+    table = pd.read_csv(out / "bench.csv")
+    table = table[table.kind == "bench"].sort_values("resolution")
+    assert list(table.resolution) == [96, 224] and (table.seeds == 1).all()
+    own = [pd.read_csv(runs / "bench" / f"r{px}" / "metrics.csv").query("kind == 'bench'")
+           .latency_ms.item() for px in ("96", "224")]
+    assert list(table.latency_ms) == pytest.approx(own) and own[0] < own[1]
 
 
 def test_without_out_nothing_is_written(root: Path, tmp_path: Path, monkeypatch) -> None:
@@ -168,3 +237,14 @@ def test_bad_inputs_are_one_line(root: Path, tmp_path: Path) -> None:
     # a glob under --runs-dir: relative names work
     ok = run(app, ["compare", "lottery/fifth*", "--runs-dir", str(root)])
     assert ok.exit_code == 0 and "fifth-s1" in ok.output
+    # --out: an existing file, or a run directory (its own lottery.png would be overwritten)
+    (tmp_path / "file.txt").write_text("mine")
+    assert_user_error(run(app, ["compare", str(root / "lottery" / "half"), "--out",
+                                str(tmp_path / "file.txt")]), "--out", "not a folder")
+    assert (tmp_path / "file.txt").read_text() == "mine"
+    half = copy_run(root / "lottery" / "half", tmp_path / "runs")
+    figure = (half / "lottery.png").read_bytes()
+    for out in (half, half / "report"):
+        assert_user_error(run(app, ["compare", str(half), "--out", str(out)]),
+                          "inside the run directory")
+    assert (half / "lottery.png").read_bytes() == figure and not (half / "report").exists()

@@ -1,4 +1,4 @@
-"""The shared plotting module and the statistics under it: bootstrap intervals and aggregation
+"""The shared plotting module and the statistics under it: t-intervals and aggregation
 against hand-computed numbers, Pareto fronts, the figures (also written by single runs)."""
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 from report_runs import real_runs
 
 from lotto.report import aggregate, plots
 from lotto.report.aggregate import (
     Comparison,
-    bootstrap_ci,
     cell,
     pareto_front,
     parse_target,
+    t_interval,
 )
 from lotto.report.aggregate import (
     aggregate as agg,
@@ -27,17 +28,29 @@ from lotto.report.aggregate import (
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_bootstrap_ci_by_hand() -> None:
+def test_t_interval_by_hand() -> None:
+    # [1, 2, 3]: mean 2, s = 1, s/sqrt(3) = 0.57735, t(0.975, df 2) = 4.302653
+    assert t_interval([1.0, 2.0, 3.0]) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-6)
     x = np.array([0.61, 0.64, 0.70, 0.72])
-    idx = np.random.default_rng(0).integers(0, 4, size=(2000, 4))
-    expected = np.quantile(x[idx].mean(axis=1), [0.025, 0.975])
-    assert bootstrap_ci(x) == pytest.approx(tuple(expected))
-    assert bootstrap_ci(x) == bootstrap_ci(list(x))  # seeded: the same every time
-    lo, hi = bootstrap_ci(x)
-    assert x.min() <= lo < x.mean() < hi <= x.max()
-    assert all(math.isnan(v) for v in bootstrap_ci([0.5, 0.6]))  # < 3 seeds: no interval
-    assert bootstrap_ci([0.5, 0.5, 0.5]) == (0.5, 0.5)
-    assert bootstrap_ci([0.5, float("nan"), 0.7, 0.9]) == bootstrap_ci([0.5, 0.7, 0.9])
+    sem = statistics.stdev(x) / math.sqrt(len(x))
+    expected = scipy.stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=sem)
+    assert t_interval(x) == pytest.approx(tuple(expected))
+    lo, hi = t_interval(x)
+    assert lo < x.min() and hi > x.max()  # at 4 seeds wider than [min, max], as it must be
+    assert all(math.isnan(v) for v in t_interval([0.5, 0.6]))  # < 3 seeds: no interval
+    assert t_interval([0.5, 0.5, 0.5]) == (0.5, 0.5)
+    assert t_interval([0.5, float("nan"), 0.7, 0.9]) == t_interval([0.5, 0.7, 0.9])
+
+
+def test_t_interval_covers_the_mean_95_percent_of_the_time() -> None:
+    """What the interval is for: at 3 seeds it covers the true mean in 95% of experiments (a
+    percentile bootstrap, about [min, max] at 3 values, covers it about 75% of the time)."""
+    rng = np.random.default_rng(0)
+    trials = rng.normal(0.9, 0.01, size=(4000, 3))
+    hits = sum(lo <= 0.9 <= hi for lo, hi in map(t_interval, trials))
+    assert 0.94 < hits / len(trials) < 0.96
+    span = np.mean([(x.min() <= 0.9 <= x.max()) for x in trials])
+    assert span < 0.8  # [min, max] of 3 misses one time in four
 
 
 def test_aggregate_mean_std_seeds_by_hand() -> None:
@@ -51,7 +64,7 @@ def test_aggregate_mean_std_seeds_by_hand() -> None:
     a0 = table.loc[("a", 0)]
     assert a0.acc == pytest.approx(0.7) and a0.seeds == 3
     assert a0.acc_std == pytest.approx(statistics.stdev([0.5, 0.7, 0.9]))
-    assert (a0.acc_lo, a0.acc_hi) == pytest.approx(bootstrap_ci([0.5, 0.7, 0.9]))
+    assert (a0.acc_lo, a0.acc_hi) == pytest.approx(t_interval([0.5, 0.7, 0.9]))
     a1 = table.loc[("a", 1)]
     assert a1.seeds == 1 and a1.acc_std == 0 and math.isnan(a1.acc_lo)
     assert "missing" not in table.columns  # columns a run does not have are skipped

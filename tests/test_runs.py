@@ -263,3 +263,32 @@ def test_stale_temp_files_are_removed_on_open(lottery_cfg: Callable[..., DictCon
     keep.write_bytes(b"x")
     RunDir.open(lottery_cfg(), "lottery")
     assert temp_files(run.path) == [] and keep.exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_run_files_honour_the_umask(lottery_cfg: Callable[..., DictConfig], umask: int) -> None:
+    """Every run file gets 0666 less the process's umask, as `open(path, "w")` gives (a temp
+    file from mkstemp is 0600 and a rename keeps it: results only their owner could read)."""
+    import matplotlib.pyplot as plt
+
+    from lotto.report.plots import save
+
+    old = os.umask(umask)
+    try:
+        run = RunDir.open(lottery_cfg(), "lottery")
+        run.write_json("summary.json", {"a": 1})
+        run.save_tensors("seed0/a.safetensors", {"w": torch.ones(2)})
+        log = MetricsLog(run)
+        log.append({"round": 0, "variant": "ticket", "seed": 0, "acc": 0.5})
+        fig = plt.figure()
+        save(fig, [run.file("fig.png")], write=atomic_write)
+        plt.close(fig)
+        write_text(run.file("config.yaml"), run.file("config.yaml").read_text())  # rewritten
+    finally:
+        os.umask(old)
+    files = [p for p in run.path.rglob("*") if p.is_file()]
+    names = {p.relative_to(run.path).as_posix() for p in files}
+    assert {"config.yaml", "summary.json", "seed0/a.safetensors", "metrics.csv",
+            "metrics.parquet", "fig.png"} <= names, names
+    modes = {p.relative_to(run.path).as_posix(): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes

@@ -37,12 +37,15 @@ def compare(
                         ] = "runs",
 ) -> None:
     """Load the runs' metrics into one frame (differing config keys as columns), aggregate over
-    seeds (mean, std, 95% bootstrap interval with >= 3 seeds) and show each command's table;
-    --out adds the figures and report.html. Mixed commands: what the runs share."""
+    seeds (mean, std, 95% t-interval of the mean with >= 3 seeds) and show each command's
+    table; --out adds the figures and report.html. Runs of several commands: one table each."""
     from lotto.report import aggregate
     from lotto.report.discover import resolve, show_value
 
-    runs = resolve(targets, runs_dir)
+    if out is not None:
+        check_out(out)
+    runs = resolve(targets, runs_dir, lambda message: err_console.print(
+        f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True))
     keys = [k.strip() for b in by or [] for k in b.split(",") if k.strip()]
     cmp = aggregate.load(runs, keys)
     sections = aggregate.sections(cmp)
@@ -74,13 +77,30 @@ def compare(
                   highlight=False, soft_wrap=True)
 
 
+def check_out(out: Path) -> None:
+    """--out must be a folder of its own: not a file, not a run directory (nor inside one),
+    whose own figures (lottery.png, rethink.png...) the report would overwrite."""
+    from lotto.errors import LottoError
+    from lotto.report.discover import is_run
+
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise LottoError(f"--out {out}: exists and is not a folder (give a folder for the "
+                         "report's files)")
+    for folder in (out, *out.resolve().parents):
+        if is_run(folder):
+            raise LottoError(f"--out {out}: inside the run directory {folder}, whose own files "
+                             "the report would overwrite; give a folder outside the runs")
+
+
 def _runs_table(cmp, show_value) -> pd.DataFrame:  # noqa: ANN001
     import pandas as pd
 
     rows = []
     for r in cmp.runs:
         flat = r.flat()
-        row = {"run": r.name, "command": r.command, "label": cmp.labels.get(r.name, r.name),
+        rid = cmp.id(r)
+        row = {"run": rid, "command": r.command, "label": cmp.labels.get(rid, rid),
                "status": r.status, "progress": r.progress}
         row.update({k: show_value(flat.get(k)) for k in cmp.keys})
         row.update(headline=r.headline, path=str(r.path))

@@ -161,6 +161,9 @@ def run_bench(cfg: DictConfig, *, force: bool = False, progress: Progress | None
     from lotto.latency.devices import add_runs_dir
 
     add_runs_dir(cfg.run.runs_dir)  # calibrated devices stored there are known by name
+    if cfg.calibrate_as and not cfg.calibrate:
+        raise LottoError("--as NAME names the device a --calibrate fit registers: give "
+                         "--calibrate RUN[,RUN...] too (bench runs measured on the device)")
     if cfg.calibrate:
         return run_calibrate(cfg, force=force)
     device = resolve_bench_device(str(cfg.device))
@@ -579,16 +582,28 @@ def _calibration_batches(cfg: DictConfig,
 
 
 def _run_dirs(text: str) -> list[Path]:
+    """The bench run directories `--calibrate` names: runs, or folders of them (their bench runs).
+
+    A run of another command (lottery, search...) is a one-line error, not a KeyError on its
+    metrics columns.
+    """
+    from lotto.report.discover import is_run, open_run
+
     out: list[Path] = []
     for part in [p.strip() for p in str(text).split(",") if p.strip()]:
         path = Path(part).expanduser()
-        if (path / "metrics.csv").is_file():
+        if is_run(path):
+            command = open_run(path).command
+            if command != "bench":
+                raise LottoError(f"--calibrate {part}: a {command} run, not a bench run "
+                                 "(measure networks with lotto bench --device ... first)")
             out.append(path)
         elif path.is_dir():
-            found = sorted(p.parent for p in path.glob("*/metrics.csv"))
+            found = sorted(p.parent for p in path.glob("*/metrics.csv") if is_run(p.parent)
+                           and open_run(p.parent).command == "bench")
             if not found:
                 raise LottoError(f"--calibrate {part}: neither a bench run directory nor a "
-                                 "folder of them (no metrics.csv)")
+                                 "folder of them (no bench run with a metrics.csv)")
             out.extend(found)
         else:
             raise LottoError(f"--calibrate {part}: no such run directory")
@@ -597,13 +612,24 @@ def _run_dirs(text: str) -> list[Path]:
 
 def collect_measurements(text: str) -> tuple[list[ArchSpec], list[dict[str, Any]]]:
     """Measured rows (kind bench, source measured) of the run(s) and their specs."""
+    import io
+
     import pandas as pd
     from omegaconf import OmegaConf
 
+    from lotto.report.discover import committed_text
+
     specs, rows = [], []
     for run in _run_dirs(text):
-        frame = pd.read_csv(run / "metrics.csv")
-        frame = frame[(frame.get("kind") == "bench") & (frame.get("source") == "measured")]
+        # the committed rows only: a row past .metrics.csv.length was never finished
+        committed = committed_text(run / "metrics.csv")
+        try:
+            frame = pd.read_csv(io.StringIO(committed)) if committed.strip() else pd.DataFrame()
+        except (ValueError, pd.errors.ParserError):
+            raise LottoError(f"--calibrate: {run / 'metrics.csv'} is corrupt") from None
+        if frame.empty or not {"kind", "source", "latency_ms"} <= set(frame.columns):
+            continue
+        frame = frame[(frame["kind"] == "bench") & (frame["source"] == "measured")]
         if frame.empty:
             continue
         try:

@@ -6,10 +6,12 @@ columns `command, run, label`, the config keys that differ between the runs (dot
 have none) and the metrics columns. `label` names a group: the run, or with `--by key` the
 key's value, so that runs differing only in their seed pool as replicates.
 
-Runs of different commands keep only the metrics columns they all have (what was left out goes
-to `Comparison.notes`). `sections(cmp)` gives each command's table in its natural layout:
-mean, std (ddof 1) and, with >= 3 seeds, a 95% percentile bootstrap interval of the mean
-(2000 resamples, seeded: the same numbers every time).
+`sections(cmp)` gives each command's table in its natural layout, one section per command
+(runs of different commands are never averaged together): mean, std (ddof 1) and, with >= 3
+seeds, a 95% Student-t interval of the mean (mean ± t(0.975, n-1) · std/√n; n is the table's
+`seeds` or `runs` column). At 3 seeds a percentile bootstrap is always about [min, max] and
+covers the mean far less often than 95%; the t-interval is exact for normal replicates.
+Runs of one label that share a seed are no replicates: `load` refuses them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import io
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,33 +29,35 @@ import pandas as pd
 from lotto.errors import LottoError
 from lotto.report.discover import Run, committed_text, differing_keys, hidden, show_value
 
-N_BOOT = 2000
 CI_MIN_SEEDS = 3
-BOOT_SEED = 0
+CI_LEVEL = 0.95
 NAN = float("nan")
 ACCURACY_COLUMNS = ("val_accuracy", "test_accuracy", "early_stop_test_accuracy", "accuracy")
+# commands whose replicates differ by their training seed (bench and build-v3 rows are
+# measurements or counts: two runs of one network are repeated measurements, not seeds)
+SEEDED = ("lottery", "rethink", "search", "netadapt")
 
 
 # ------------------------------------------------------------------------------ statistics
 
 
-def bootstrap_ci(values: Iterable[float], level: float = 0.95, n_boot: int = N_BOOT,
-                 seed: int = BOOT_SEED) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean; (nan, nan) with fewer than 3 values."""
+def t_interval(values: Iterable[float], level: float = CI_LEVEL) -> tuple[float, float]:
+    """Student-t interval of the mean, mean ± t(1 - (1-level)/2, n-1) · s/√n (s: sample std);
+    (nan, nan) with fewer than 3 values (NaNs dropped)."""
+    from scipy.stats import t
+
     x = np.asarray(list(values), dtype=float)
     x = x[~np.isnan(x)]
     if len(x) < CI_MIN_SEEDS:
         return NAN, NAN
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(means, [tail, 1 - tail])
-    return float(lo), float(hi)
+    mean = float(x.mean())
+    half = float(t.ppf(1 - (1 - level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return mean - half, mean + half
 
 
 def aggregate(frame: pd.DataFrame, keys: Sequence[str], values: Sequence[str],
               group: str = "label") -> pd.DataFrame:
-    """Per (group, keys): `<v>` mean, `<v>_std`, `<v>_lo`/`<v>_hi` (bootstrap, >= 3 seeds) of
+    """Per (group, keys): `<v>` mean, `<v>_std`, `<v>_lo`/`<v>_hi` (t-interval, >= 3 seeds) of
     each value column, and `seeds` (rows pooled: one per seed or run)."""
     cols = [c for c in values if c in frame.columns]
     by = [group, *[k for k in keys if k in frame.columns]]
@@ -66,7 +71,7 @@ def aggregate(frame: pd.DataFrame, keys: Sequence[str], values: Sequence[str],
             ok = x[~np.isnan(x)]
             rec[c] = float(ok.mean()) if len(ok) else NAN
             rec[f"{c}_std"] = float(ok.std(ddof=1)) if len(ok) > 1 else (0.0 if len(ok) else NAN)
-            rec[f"{c}_lo"], rec[f"{c}_hi"] = bootstrap_ci(ok)
+            rec[f"{c}_lo"], rec[f"{c}_hi"] = t_interval(ok)
         rec["seeds"] = len(rows)
         records.append(rec)
     return pd.DataFrame(records)
@@ -99,7 +104,13 @@ class Comparison:
     frame: pd.DataFrame  # every metrics row
     notes: list[str] = field(default_factory=list)  # what was left out, and why
     columns: dict[str, str] = field(default_factory=dict)  # config key -> frame column
-    labels: dict[str, str] = field(default_factory=dict)  # run name -> its label
+    labels: dict[str, str] = field(default_factory=dict)  # run id -> its label
+    ids: dict[Path, str] = field(default_factory=dict)  # run path -> its id (the frame's `run`)
+    # each command's rows with its own columns and dtypes (the frame has every command's)
+    by_command: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def id(self, run: Run) -> str:
+        return self.ids.get(run.path, run.name)
 
 
 def run_frame(run: Run) -> pd.DataFrame:
@@ -110,6 +121,20 @@ def run_frame(run: Run) -> pd.DataFrame:
         return pd.read_csv(io.StringIO(text))
     except (ValueError, pd.errors.ParserError):
         raise LottoError(f"{run.path / 'metrics.csv'} is corrupt") from None
+
+
+def run_ids(runs: Sequence[Run]) -> list[str]:
+    """A unique name per run: its name, or where names repeat (runs/a/lottery/x and
+    runs/b/lottery/x) the shortest end of its path that tells it apart (a/lottery/x)."""
+    ids = []
+    for run in runs:
+        parts = run.path.parts
+        same = [r.path.parts for r in runs if r.name == run.name and r.path != run.path]
+        k = 1
+        while k < len(parts) and any(o[-k:] == parts[-k:] for o in same):
+            k += 1
+        ids.append("/".join(parts[-k:]))
+    return ids
 
 
 def resolve_by(name: str, runs: list[Run]) -> str:
@@ -127,46 +152,52 @@ def resolve_by(name: str, runs: list[Run]) -> str:
     raise LottoError(f"--by {name}: not a config key of these runs ({hint})")
 
 
+def _seeds(frame: pd.DataFrame) -> set[str]:
+    return {show_value(v) for v in frame["seed"].dropna().unique()} if "seed" in frame else set()
+
+
+def check_replicates(parts: Sequence[tuple[str, str, str, pd.DataFrame]]) -> None:
+    """Refuse two runs of one label (and command) that share a seed: the same seed is the same
+    replicate (a copy, or a re-run), and counting it twice shrinks the interval for nothing."""
+    seen: dict[tuple[str, str, str], str] = {}
+    for command, rid, label, frame in parts:
+        if command not in SEEDED:
+            continue
+        for seed in sorted(_seeds(frame)):
+            other = seen.setdefault((command, label, seed), rid)
+            if other != rid:
+                group = f"label {label!r}" if label != rid else "one label"
+                raise LottoError(f"runs {other} and {rid} both have seed {seed} under {group}: "
+                                 "the same seed is no second replicate; drop one, or compare "
+                                 "them without --by")
+
+
 def load(runs: list[Run], by: Sequence[str] = ()) -> Comparison:
-    keys = differing_keys(runs)
+    commands = list(dict.fromkeys(r.command for r in runs))
+    # differing keys per command (a key of one command's schema is no difference between
+    # runs of different commands), and the keys every run has that differ across commands
+    keys = [k for c in commands for k in differing_keys([r for r in runs if r.command == c])]
+    if len(commands) > 1:
+        flats = [r.flat() for r in runs]
+        keys += [k for k in differing_keys(runs) if all(k in f for f in flats)]
+    keys = list(dict.fromkeys(keys))
     by_keys = [resolve_by(b, runs) for b in by]
     frames = [run_frame(r) for r in runs]
-    commands = list(dict.fromkeys(r.command for r in runs))
+    ids = run_ids(runs)
     notes = []
-    if len(commands) > 1:  # keys of one command's schema only: not a difference between runs
-        flats = [r.flat() for r in runs]
-        keys = [k for k in keys if all(k in f for f in flats)]
-    empty = [r.name for r, f in zip(runs, frames) if f.empty]
+    empty = [i for i, f in zip(ids, frames) if f.empty]
     if empty:
         notes.append(f"no metrics rows yet, left out: {', '.join(empty)}")
-    if len(commands) > 1:
-        have = {c: set().union(*(set(f.columns) for r, f in zip(runs, frames)
-                                 if r.command == c and not f.empty)) for c in commands}
-        have = {c: v for c, v in have.items() if v}
-        shared = set.intersection(*have.values()) if have else set()
-        for c, cols in have.items():
-            left = sorted(cols - shared)
-            if left:
-                notes.append(f"{c}: columns not shared by {', '.join(x for x in have if x != c)}"
-                             f" left out: {', '.join(left)}")
-        if not shared:
-            notes.append("these runs share no metrics column: only the runs are listed")
-        frames = [f[[c for c in f.columns if c in shared]] for f in frames]
-    names = [r.name for r in runs]
     labels = []
-    for r in runs:
+    for r, rid in zip(runs, ids):
         if by_keys:
             flat = r.flat()
             labels.append(", ".join(f"{b}={show_value(flat.get(k))}" for b, k in zip(by, by_keys)))
-        elif names.count(r.name) > 1:
-            labels.append(f"{r.command}/{r.name}" if len({x.command for x in runs
-                                                           if x.name == r.name}) > 1
-                          else str(r.path))
         else:
-            labels.append(r.name)
+            labels.append(rid)
     columns: dict[str, str] = {}
     parts = []
-    for run, f, label in zip(runs, frames, labels):
+    for run, f, rid, label in zip(runs, frames, ids, labels):
         if f.empty:
             continue
         f = f.copy()
@@ -178,13 +209,19 @@ def load(runs: list[Run], by: Sequence[str] = ()) -> Comparison:
         if "seed" not in f.columns:
             f["seed"] = flat.get("seed")
         f.insert(0, "label", label)
-        f.insert(0, "run", run.name)
+        f.insert(0, "run", rid)
         f.insert(0, "command", run.command)
         parts.append(f)
+    check_replicates([(p.command.iloc[0], p.run.iloc[0], p.label.iloc[0], p) for p in parts])
     frame = pd.concat(parts, ignore_index=True, sort=False) if parts else pd.DataFrame(
         columns=["command", "run", "label"])
+    own = {c: pd.concat([p for p in parts if p.command.iloc[0] == c], ignore_index=True,
+                        sort=False) for c in commands if any(p.command.iloc[0] == c for p in parts)}
+    if len(commands) > 1:  # the config keys of the other commands' schemas
+        own = {c: f.drop(columns=[k for k in columns.values() if f[k].isna().all()])
+               for c, f in own.items()}
     return Comparison(runs, commands, keys, by_keys, frame, notes, columns,
-                      dict(zip(names, labels)))
+                      dict(zip(ids, labels)), {r.path: i for r, i in zip(runs, ids)}, own)
 
 
 def parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
@@ -241,7 +278,8 @@ def _lottery(frame: pd.DataFrame, cmp: Comparison) -> Section:
         "seeds": table.seeds,
     })
     return Section("lottery", "lottery: test accuracy (end, early stop) and early-stop iteration "
-                   "per round; mean ± std [95% bootstrap CI] over seeds", frame, table, shown)
+                   "per round; mean ± std [95% t-interval of the mean, n = seeds] over seeds",
+                   frame, table, shown)
 
 
 MODES = ("baseline", "finetune", "scratch_e", "scratch_b", "ticket", "reinit")
@@ -269,10 +307,14 @@ def _rethink(frame: pd.DataFrame, cmp: Comparison) -> Section:
                "FLOP %": f"{at.flops_pct.mean():.1f}"}
         for m in modes:
             row[MODE_HEADS.get(m, m)] = cell(recs[m], "test_accuracy", 100) if m in recs else ""
+        if "scratch_b" in modes:  # the paper's budget multiplier (as `lotto rethink` shows)
+            b = recs.get("scratch_b", {}).get("budget_factor")
+            row["scratch-B ×"] = "" if b is None or b != b else f"{b:.1f}"
         row["seeds"] = int(at.seeds.max())
         rows.append(row)
     return Section("rethink", "rethink: test accuracy % per pruning and mode; mean ± std "
-                   "[95% bootstrap CI] over seeds", frame, table, pd.DataFrame(rows))
+                   "[95% t-interval of the mean, n = seeds] over seeds; scratch-B ×: its "
+                   "training budget over the baseline's", frame, table, pd.DataFrame(rows))
 
 
 def _fmt(value: Any, scale: float, digits: int) -> str:
@@ -282,11 +324,16 @@ def _fmt(value: Any, scale: float, digits: int) -> str:
 
 
 def _bench(frame: pd.DataFrame, cmp: Comparison) -> Section:
-    values = ["latency_ms", "expected_error", "macs", "params", "measured_ms"]
-    table = aggregate(frame, ["kind", "network", "device", "source"], values)
+    values = ["latency_ms", "expected_error", "params", "measured_ms"]
+    # a network is its name at one resolution and width (the name alone is the family: a
+    # 0.35x 96 px and a 1.0x 224 px mobilenet_v3_small are not averaged), MACs to be sure
+    keys = ["kind", "network", "resolution", "width_mult", "macs", "device", "source"]
+    table = aggregate(frame, keys, values)
     recs = table.to_dict("records")
     shown = pd.DataFrame({
         "run": table.label, "kind": table.get("kind"), "network": table.get("network"),
+        "px": [_fmt(r.get("resolution"), 1, 0) for r in recs],
+        "width": [_fmt(r.get("width_mult"), 1, 2) for r in recs],
         "device": table.get("device"), "source": table.get("source"),
         "latency ms": [cell(r, "latency_ms", 1, 3) for r in recs],
         "expected error %": [_fmt(r.get("expected_error"), 100, 1) for r in recs],
@@ -374,7 +421,7 @@ def _search(frame: pd.DataFrame, cmp: Comparison) -> Section:
     for r in cmp.runs:
         k = target_key(r)
         if k is not None:
-            targets[r.name] = parse_target(r.flat().get(k))
+            targets[cmp.id(r)] = parse_target(r.flat().get(k))
 
     def summarize(rows: pd.DataFrame) -> dict:
         out: dict[str, Any] = {"samples": len(rows)}
@@ -414,8 +461,9 @@ def _search(frame: pd.DataFrame, cmp: Comparison) -> Section:
         shown["best reward"] = [cell(r, "best_reward", 1, 4) for r in recs]
     if "pareto_points" in table:
         shown["Pareto points"] = [cell(r, "pareto_points", 1, 0) for r in recs]
-    return Section("search", "search: best sample per run (mean ± std [95% CI] over runs of a "
-                   "label); latency as the search priced it", frame, table, shown,
+    return Section("search", "search: best sample per run (mean ± std [95% t-interval, "
+                   "n = runs] over the runs of a label); latency as the search priced it",
+                   frame, table, shown,
                    {"targets": targets, "accuracy": acc})
 
 
@@ -461,10 +509,10 @@ def _netadapt(frame: pd.DataFrame, cmp: Comparison) -> Section:
     targets = {}
     for r in cmp.runs:
         k = target_key(r)
-        seed_ms = per_run.loc[per_run.run == r.name, "seed_latency_ms"] if (
+        seed_ms = per_run.loc[per_run.run == cmp.id(r), "seed_latency_ms"] if (
             "seed_latency_ms" in per_run) else pd.Series(dtype=float)
         if k is not None:
-            targets[r.name] = parse_target(r.flat().get(k),
+            targets[cmp.id(r)] = parse_target(r.flat().get(k),
                                            float(seed_ms.iloc[0]) if len(seed_ms) else None)
     values = ["steps", "seed_latency_ms", "final_latency_ms", "final_accuracy",
               *(f"{k}_accuracy" for k in kinds)]
@@ -480,40 +528,42 @@ def _netadapt(frame: pd.DataFrame, cmp: Comparison) -> Section:
             head = KIND_HEADS.get(k, k.replace("_", " "))
             shown[f"{head} %"] = [cell(r, f"{k}_accuracy", 100) for r in recs]
     return Section("netadapt", "netadapt: latency and accuracy from the seed to the last step "
-                   "(mean ± std [95% CI] over runs of a label)", frame, table, shown,
+                   "(mean ± std [95% t-interval, n = runs] over the runs of a label)",
+                   frame, table, shown,
                    {"accuracy": acc, "targets": targets})
 
 
-def _shared(frame: pd.DataFrame, cmp: Comparison) -> Section:
+def _shared(frame: pd.DataFrame, cmp: Comparison) -> Section | None:
+    """Runs of different commands that all have an accuracy and a latency: each run's most
+    accurate row and its latency, side by side (one row per run: nothing is averaged across
+    commands). None when they do not share both."""
     acc = accuracy_column(frame)
-    skip = {"command", "run", "label", "seed", *cmp.columns.values()}
-    numeric = [c for c in frame.columns if c not in skip
-               and pd.to_numeric(frame[c], errors="coerce").notna().any()]
+    if acc is None or "latency_ms" not in frame.columns:
+        return None
+    have = [_num(rows, acc).notna().any() and _num(rows, "latency_ms").notna().any()
+            for _, rows in frame.groupby("command", sort=False)]
+    if len(have) < 2 or not all(have):
+        return None
 
     def summarize(rows: pd.DataFrame) -> dict:
         out: dict[str, Any] = {"command": rows.command.iloc[0], "rows": len(rows)}
-        if acc and "latency_ms" in rows.columns:
-            a = _num(rows, acc)
-            if a.notna().any():
-                best = a.idxmax()
-                out.update(best_accuracy=a[best], best_latency_ms=_num(rows, "latency_ms")[best])
-            out["min_latency_ms"] = _num(rows, "latency_ms").min()
-        else:
-            out.update({c: _num(rows, c).mean() for c in numeric[:6]})
+        a = _num(rows, acc)
+        best = a.idxmax()
+        out.update(best_accuracy=a[best], best_latency_ms=_num(rows, "latency_ms")[best],
+                   min_latency_ms=_num(rows, "latency_ms").min())
         return out
 
-    per_run = _per_run(frame, summarize) if not frame.empty else pd.DataFrame()
-    values = [c for c in per_run.columns if c not in ("label", "run", "command")]
-    table = aggregate(per_run, ["command"], values) if not per_run.empty else per_run
+    per_run = _per_run(frame, summarize)
+    values = ["rows", "best_accuracy", "best_latency_ms", "min_latency_ms"]
+    table = aggregate(per_run, ["command"], values)
     recs = table.to_dict("records")
-    shown = pd.DataFrame({"run": table.get("label"), "command": table.get("command")})
-    for c in values:
-        scale, digits = (100, 2) if "accuracy" in c else (1, 3 if "ms" in c else
-                                                          0 if c == "rows" else 2)
-        shown[c.replace("_", " ") + (" %" if scale == 100 else "")] = [
-            cell(r, c, scale, digits) for r in recs]
-    return Section("shared", f"{' vs '.join(cmp.commands)}: what the runs share", frame, table,
-                   shown, {"accuracy": acc})
+    shown = pd.DataFrame({"run": table.get("label"), "command": table.get("command"),
+                          "rows": [cell(r, "rows", 1, 0) for r in recs],
+                          f"best {acc} %": [cell(r, "best_accuracy", 100) for r in recs],
+                          "its latency ms": [cell(r, "best_latency_ms", 1, 3) for r in recs],
+                          "lowest latency ms": [cell(r, "min_latency_ms", 1, 3) for r in recs]})
+    return Section("shared", f"{' vs '.join(cmp.commands)}: each run's most accurate row "
+                   f"({acc}) and its latency", frame, table, shown, {"accuracy": acc})
 
 
 SECTIONS: dict[str, Callable[[pd.DataFrame, Comparison], Section]] = {
@@ -523,14 +573,21 @@ SECTIONS: dict[str, Callable[[pd.DataFrame, Comparison], Section]] = {
 
 
 def sections(cmp: Comparison) -> list[Section]:
-    """One section per command (runs of one command), or one `shared` section (mixed)."""
+    """One section per command, in its layout, from the rows of that command's runs only;
+    with runs of several commands that share accuracy and latency, a `shared` section too."""
+    out: list[Section] = []
     if cmp.frame.empty:
-        return []
+        return out
+    for command in cmp.commands:
+        rows = cmp.by_command.get(command, cmp.frame) if len(cmp.commands) > 1 else cmp.frame
+        if rows.empty:
+            continue
+        try:
+            out.append(SECTIONS[command](rows, cmp))
+        except KeyError as e:  # a column the layout needs is missing (an older or partial run)
+            cmp.notes.append(f"{command}: column {e} missing from its metrics, no table")
     if len(cmp.commands) > 1:
-        return [_shared(cmp.frame, cmp)]
-    (command,) = cmp.commands
-    try:
-        return [SECTIONS[command](cmp.frame, cmp)]
-    except KeyError as e:  # a column the layout needs is missing (an older or partial run)
-        cmp.notes.append(f"{command}: column {e} missing, showing what the runs share")
-        return [_shared(cmp.frame, cmp)]
+        shared = _shared(cmp.frame, cmp)
+        if shared is not None:
+            out.append(shared)
+    return out

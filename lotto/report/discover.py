@@ -22,7 +22,7 @@ import glob
 import io
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,10 @@ class Run:
         return self.path.name
 
     def flat(self) -> dict[str, Any]:
-        return flatten(self.config)
+        flat = flatten(self.config)
+        if flat.get("arch") and "model" in flat:  # bench: `arch` (a spec file) wins over `model`
+            flat["model"] = None
+        return flat
 
     def as_dict(self, keys: Iterable[str] = ()) -> dict[str, Any]:
         flat = self.flat()
@@ -104,7 +107,11 @@ def open_run(path: Path) -> Run:
     run.summary = _read_json(path / "summary.json")
     times = [e.stat().st_mtime for e in path.iterdir() if not e.name.startswith(".")]
     run.started, run.updated = min(times), max(times)
-    _status(run)
+    try:
+        _status(run)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a hand-edited config
+        raise LottoError(f"{path / 'config.yaml'}: not a {command} config ({type(e).__name__}: "
+                         f"{e})") from None
     try:
         run.headline = HEADLINES.get(command, _generic_headline)(run)
     except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError):
@@ -112,24 +119,41 @@ def open_run(path: Path) -> Run:
     return run
 
 
-def find_runs(runs_dir: str | Path, command: str | None = None) -> list[Run]:
-    """Every run under `runs_dir/<command>/<name>/`, oldest first."""
+def _open_all(paths: Iterable[Path], warn: Callable[[str], None] | None) -> list[Run]:
+    """The runs among `paths`; one that cannot be read (a corrupt config.yaml...) is skipped
+    with a warning, so that it hides no other run."""
+    runs = []
+    for p in paths:
+        try:
+            runs.append(open_run(p))
+        except LottoError as e:
+            if warn is not None:
+                warn(f"skipped {p}: {e}")
+    return runs
+
+
+def find_runs(runs_dir: str | Path, command: str | None = None,
+              warn: Callable[[str], None] | None = None) -> list[Run]:
+    """Every run under `runs_dir/<command>/<name>/`, oldest first; unreadable ones skipped
+    (each told to `warn`)."""
     root = Path(runs_dir).expanduser()
     if not root.is_dir():
         raise LottoError(f"runs directory {root} does not exist (--runs-dir)")
     if command is not None and command not in COMMANDS:
         raise LottoError(f"--command {command!r}: choose one of {', '.join(COMMANDS)}")
     commands = [command] if command else COMMANDS
-    runs = [open_run(p) for c in commands if (root / c).is_dir()
-            for p in sorted((root / c).iterdir()) if p.is_dir() and is_run(p)]
+    runs = _open_all([p for c in commands if (root / c).is_dir()
+                      for p in sorted((root / c).iterdir()) if p.is_dir() and is_run(p)], warn)
     return sorted(runs, key=lambda r: (r.started, r.command, r.name))
 
 
-def resolve(targets: Iterable[str], runs_dir: str | Path = "runs") -> list[Run]:
+def resolve(targets: Iterable[str], runs_dir: str | Path = "runs",
+            warn: Callable[[str], None] | None = None) -> list[Run]:
     """Run directories named by paths or globs (also tried under `runs_dir`), in order, once each.
 
     A glob that matches no run, or a path that is not a run directory, is a LottoError; a glob's
-    matches that are not runs (e.g. `runs/bench/lut`, the lookup-table cache) are skipped.
+    matches that are not runs (e.g. `runs/bench/lut`, the lookup-table cache) are skipped, and
+    so are its runs that cannot be read (told to `warn`). A run named by its path must read.
     """
     root = Path(runs_dir).expanduser()
     found: dict[Path, Run] = {}
@@ -146,8 +170,8 @@ def resolve(targets: Iterable[str], runs_dir: str | Path = "runs") -> list[Run]:
             if not path.exists() and not path.is_absolute() and (root / target).exists():
                 path = root / target
             paths = [path]
-        for p in paths:
-            run = open_run(p)
+        globbed = any(ch in target for ch in "*?[")
+        for run in _open_all(paths, warn) if globbed else [open_run(p) for p in paths]:
             found.setdefault(run.path, run)
     if not found:
         raise LottoError("no runs given: name run directories or globs, e.g. 'runs/lottery/*'")
@@ -385,17 +409,37 @@ def _search_headline(run: Run) -> str:
 
 
 def _netadapt_headline(run: Run) -> str:
+    """The last chosen step's latency, the number of steps (chosen proposals: the seed row is
+    no step), and the accuracy of the long fine-tune (the result NetAdapt reports) once it ran,
+    else the last step's short fine-tune accuracy."""
     acc = _accuracy_column(run.rows)
     rows = [r for r in run.rows if "latency_ms" in r]
-    if "chosen" in (rows[0] if rows else {}):
-        rows = [r for r in rows if str(r.get("chosen")).lower() in ("true", "1", "1.0")]
     if not rows:
         return ""
-    last = rows[-1]
-    text = f"latency {_num(last['latency_ms']):.2f} ms"
-    if acc and _num(last.get(acc)) == _num(last.get(acc)):
-        text += f", {acc} {_pct(last[acc])}"
-    return text + f" after {len(rows)} steps"
+    kinds = "kind" in rows[0]
+    if kinds:
+        steps = [r for r in rows if r.get("kind") == "proposal"
+                 and str(r.get("chosen")).lower() in ("true", "1", "1.0")]
+        steps.sort(key=lambda r: _num(r.get("step")))
+        path = [r for r in rows if r.get("kind") == "seed"][-1:] + steps
+    else:  # an older table: every row a step, the first one the seed
+        path = [r for r in rows if str(r.get("chosen", "true")).lower() in ("true", "1", "1.0")]
+        steps = path[1:]
+    if not path:
+        return ""
+    last = path[-1]
+    text = f"latency {_num(last['latency_ms']):.2f} ms after {len(steps)} steps"
+    long_ft = [r for r in rows if r.get("kind") == "long_ft"] if kinds else []
+    row, what = (long_ft[-1], "long fine-tune") if long_ft else (last, "short fine-tune")
+    # the long fine-tune is tested: its test accuracy is the number to quote
+    column = "test_accuracy" if long_ft and _known(row.get("test_accuracy")) else acc
+    if column and _known(row.get(column)):
+        text += f", {what} {column} {_pct(row[column])}"
+    return text
+
+
+def _known(value: Any) -> bool:
+    return _num(value) == _num(value)
 
 
 def _generic_headline(run: Run) -> str:

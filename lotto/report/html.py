@@ -77,13 +77,14 @@ def write_report(out: Path, cmp: Comparison, sections: list[Section],
 def page(cmp: Comparison, sections: list[Section], images: dict[str, str],
          runs: pd.DataFrame) -> str:
     e = html.escape
-    names = ", ".join(r.name for r in cmp.runs)
+    names = ", ".join(cmp.id(r) for r in cmp.runs)
     parts = [
         "<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
         f"<title>lotto compare: {e(names)}</title><style>{CSS}</style></head><body>",
         f"<h1>lotto compare: {len(cmp.runs)} runs ({e(', '.join(cmp.commands))})</h1>",
         f"<p>Written {e(time.strftime('%Y-%m-%d %H:%M %Z'))}. Mean ± std over seeds, "
-        "[95% bootstrap interval of the mean] with 3 seeds or more. "
+        "[95% Student-t interval of the mean] with 3 seeds or more (n: each table's seeds or "
+        "runs column). "
         "Every row is in <code>compare.parquet</code>.</p>",
         "<h2>Runs</h2>", runs.to_html(index=False, escape=True, na_rep="-"),
     ]

@@ -6,7 +6,7 @@ pyplot (`matplotlib.figure.Figure`, Agg canvas), so nothing global changes in th
 `run_figure(command, metrics, name)` draws one run's figure from its metrics frame; `save`
 writes a figure atomically in one or more formats (by the path's suffix).
 
-Bands and error bars: the 95% bootstrap interval of the mean with >= 3 seeds, mean ± std with
+Bands and error bars: the 95% t-interval of the mean with >= 3 seeds, mean ± std with
 2, none with 1.
 """
 
@@ -39,7 +39,7 @@ def _colors(n: int) -> list[Any]:
 
 
 def band(table: pd.DataFrame, col: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """The interval drawn around `col`: bootstrap CI (>= 3 seeds), else mean ± std."""
+    """The interval drawn around `col`: t-interval of the mean (>= 3 seeds), else mean ± std."""
     mean = table[col].to_numpy(dtype=float)
     lo = table.get(f"{col}_lo", pd.Series(np.nan, index=table.index)).to_numpy(dtype=float)
     hi = table.get(f"{col}_hi", pd.Series(np.nan, index=table.index)).to_numpy(dtype=float)
@@ -131,7 +131,7 @@ def lottery_figure(section: Section) -> Figure | None:
     axes[0].legend(fontsize=8)
     seeds = int(table.seeds.max())
     spread = {1: "1 seed", 2: "band = mean ± std over 2 seeds"}.get(
-        seeds, f"band = 95% bootstrap CI over {seeds} seeds")
+        seeds, f"band = 95% t-interval over {seeds} seeds")
     fig.suptitle(f"Iterative magnitude pruning: mean over seeds, {spread}")
     fig.tight_layout()
     return fig
