@@ -8,6 +8,7 @@ null included.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -110,11 +111,38 @@ def _set_dotted(target: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _check_against(schema: Any, value: Any, key: str) -> None:
+def dotted_keys(tree: Any, prefix: str = "", sections: bool = False) -> list[str]:
+    """Every leaf key of a nested mapping, dotted: ['seed', 'train.lr', ...] (and the sections,
+    'train', ..., with `sections`)."""
+    if not isinstance(tree, Mapping):
+        return [prefix] if prefix else []
+    out: list[str] = [prefix] if prefix and sections else []
+    for k, v in tree.items():
+        out += dotted_keys(v, f"{prefix}.{k}" if prefix else str(k), sections)
+    return out
+
+
+def suggest(name: str, keys: Sequence[str]) -> str:
+    """'; did you mean train.lr?' for a key close to `name` (or one with its last part in another
+    section: `train.prune_rate` -> `lottery.prune_rate`), else ''."""
+    depth = name.count(".")  # `trian` -> `train`, `train.lrr` -> `train.lr` (not `train`)
+    close = difflib.get_close_matches(name, [k for k in keys if k.count(".") == depth], n=3,
+                                      cutoff=0.7)
+    leaf = name.rsplit(".", 1)[-1]
+    close += [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k not in close][:3]
+    if not close:  # a misspelt last part: compare within the same section
+        section = name.rsplit(".", 1)[0] + "." if "." in name else ""
+        same = [k for k in keys if k.startswith(section) and "." not in k[len(section):]]
+        close = difflib.get_close_matches(name, same, n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _check_against(schema: Any, value: Any, key: str, root: Any = None) -> None:
     """Raise if `value` does not fit the type of the default `schema` (recursively)."""
+    root = schema if root is None else root
     if schema is None:
         if key in NULLABLE_TYPES and value is not None:
-            _check_against(NULLABLE_TYPES[key](), value, key)
+            _check_against(NULLABLE_TYPES[key](), value, key, root)
         return
     if isinstance(schema, dict):
         if not isinstance(value, dict):
@@ -122,8 +150,9 @@ def _check_against(schema: Any, value: Any, key: str) -> None:
         for sub, v in value.items():
             name = f"{key}.{sub}" if key else str(sub)
             if sub not in schema:
-                raise LottoError(f"unknown config key {name}")
-            _check_against(schema[sub], v, name)
+                hint = suggest(name, dotted_keys(root, sections=True))
+                raise LottoError(f"unknown config key {name}{hint}")
+            _check_against(schema[sub], v, name, root)
         return
     if value is None:
         if key in NULLABLE_TYPES:  # a key that may be null, whose command sets a value
@@ -201,6 +230,33 @@ def identity(cfg: DictConfig) -> dict:
         if isinstance(node, dict):
             node.pop(last, None)
     return data
+
+
+def differences(old: Mapping, new: Mapping, limit: int = 6) -> str:
+    """'train.lr: 0.0012 -> 0.01, lottery.rounds: 15 -> 3': the leaf keys whose values differ."""
+    a, b = _flat(old), _flat(new)
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+    shown = [f"{k}: {_show(a.get(k, _ABSENT))} -> {_show(b.get(k, _ABSENT))}" for k in keys]
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return ", ".join(shown[:limit]) + more
+
+
+_ABSENT = object()
+
+
+def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, name))
+        else:
+            out[name] = v
+    return out
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value)
 
 
 def _diff(default: Any, value: Any) -> Any:

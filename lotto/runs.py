@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lotto import distributed
-from lotto.config import config_hash, identity, to_yaml
+from lotto.config import config_hash, differences, identity, to_yaml
 from lotto.errors import LottoError
 from lotto.files import replace_atomically
 
@@ -88,9 +88,10 @@ class RunDir:
                 raise LottoError(
                     f"{saved} is unreadable; use --force to start this run afresh"
                 ) from None
-            if old != identity(cfg):
+            new = identity(cfg)
+            if old != new:
                 raise LottoError(
-                    f"run directory {path} holds a different config; "
+                    f"run directory {path} holds a different config ({differences(old, new)}); "
                     "pick another --name or use --force to start it afresh"
                 )
         run = cls(path, command)

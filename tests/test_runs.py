@@ -74,8 +74,11 @@ def test_open_resumes_same_config_and_refuses_different(
     run.write_json("marker.json", {"a": 1})
     again = RunDir.open(lottery_cfg("run.name=x"), "lottery")
     assert again.has("marker.json")
-    with pytest.raises(LottoError, match="different config"):
-        RunDir.open(lottery_cfg("run.name=x", "train.lr=0.5"), "lottery")
+    with pytest.raises(LottoError, match="different config") as info:
+        RunDir.open(lottery_cfg("run.name=x", "train.lr=0.5", "lottery.prune_rate=0.3"),
+                    "lottery")
+    # the keys that differ, old -> new; placement keys (run.*) are not among them
+    assert "(train.lr: 0.0012 -> 0.5, lottery.prune_rate: 0.2 -> 0.3)" in str(info.value)
     fresh = RunDir.open(lottery_cfg("run.name=x", "train.lr=0.5"), "lottery", force=True)
     assert not fresh.has("marker.json")
     assert "lr: 0.5" in fresh.file("config.yaml").read_text()
