@@ -281,5 +281,38 @@ def config_hash(cfg: DictConfig, command: str) -> str:
     return hashlib.sha1(payload.encode()).hexdigest()[:10]
 
 
+def default_run_name(cfg: DictConfig, command: str) -> str:
+    """`<command>-<what differs from the defaults>-<hash>`: the run name when none is given.
+
+    E.g. `lottery-digits-iterations_30it-rounds_2-3f9c01ab`, `search-defaults-5d1e0c22`. Stable
+    (the same command and config resume the same run) and distinct across commands: the hash
+    covers the command and the non-default part of the config (placement keys left out), so two
+    configs that differ only past the shortened description still get different names.
+    """
+    defaults = identity(load_defaults(command))
+    diff = _diff(defaults, identity(cfg))
+    diff = {} if diff is _SAME else diff
+    payload = json.dumps({"command": command, "config": diff}, sort_keys=True)
+    digest = hashlib.sha1(payload.encode()).hexdigest()[:8]
+    words = [_word(k, v) for k, v in _flat(diff).items()]
+    desc = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(words[:4]) or "defaults")
+    desc = desc[:60].strip("._-") or "config"
+    return f"{command}-{desc}-{digest}"
+
+
+_NAMED = ("name", "from", "model", "variant", "controller", "device", "arch")  # value alone
+
+
+def _word(key: str, value: Any) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    if isinstance(value, list):
+        value = "_".join(str(v) for v in value) or "none"
+    if leaf in _NAMED and isinstance(value, str):
+        return Path(value).name or value  # a spec file or run directory: its last part
+    if isinstance(value, float):
+        value = f"{value:g}"
+    return f"{leaf}_{value}"
+
+
 def to_yaml(cfg: DictConfig | ListConfig) -> str:
     return OmegaConf.to_yaml(cfg)

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lotto import distributed
-from lotto.config import config_hash, differences, identity, to_yaml
+from lotto.config import config_hash, default_run_name, differences, identity, to_yaml
 from lotto.errors import LottoError
 from lotto.files import replace_atomically
 
@@ -61,6 +61,16 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def _default_name(cfg: DictConfig, command: str, parent: Path) -> str:
+    """`default_run_name`, or the bare hash that named default runs before it, when a run of
+    that name exists and none of the new name does (so that older runs still resume)."""
+    name = default_run_name(cfg, command)
+    legacy = config_hash(cfg, command)
+    if not (parent / name).exists() and (parent / legacy / "config.yaml").exists():
+        return legacy
+    return name
+
+
 class RunDir:
     """One run's directory. Use `RunDir.open` to create or resume it."""
 
@@ -71,9 +81,9 @@ class RunDir:
     @classmethod
     def open(cls, cfg: DictConfig, command: str, force: bool = False) -> RunDir:
         """Create or resume `runs_dir/command/name`; refuse if a saved config differs."""
-        name = cfg.run.name or config_hash(cfg, command)
-        validate_name(str(name))
         root = Path(cfg.run.runs_dir).expanduser()
+        name = cfg.run.name or _default_name(cfg, command, root / command)
+        validate_name(str(name))
         path = (root / command / str(name)).resolve()
         if not path.is_relative_to((root / command).resolve()):
             raise LottoError(f"run name {name!r} escapes the runs directory")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from lotto.config import config_hash
+from lotto.config import config_hash, default_run_name, load_config, to_yaml
 from lotto.errors import LottoError
 from lotto.runs import MetricsLog, RunDir, atomic_write, validate_name, write_text
 
@@ -55,12 +56,12 @@ def test_failed_write_keeps_old_file_and_no_temp(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [target]
 
 
-def test_open_creates_hash_named_dir_with_config(
+def test_open_creates_default_named_dir_with_config(
     lottery_cfg: Callable[..., DictConfig], runs_dir: Path
 ) -> None:
     cfg = lottery_cfg()
     run = RunDir.open(cfg, "lottery")
-    assert run.path == (runs_dir / "lottery" / config_hash(cfg, "lottery")).resolve()
+    assert run.path == (runs_dir / "lottery" / default_run_name(cfg, "lottery")).resolve()
     assert (run.path / "config.yaml").exists()
     assert temp_files(runs_dir) == []
     named = RunDir.open(lottery_cfg("run.name=mine"), "lottery")
@@ -254,3 +255,35 @@ def test_stale_temp_files_are_removed_on_open(lottery_cfg: Callable[..., DictCon
     keep.write_bytes(b"x")
     RunDir.open(lottery_cfg(), "lottery")
     assert temp_files(run.path) == [] and keep.exists()
+
+
+def test_default_names_are_readable_distinct_per_command_and_stable(runs_dir: Path) -> None:
+    place = [f"run.runs_dir={runs_dir}"]
+    names = {c: default_run_name(load_config(c, overrides=place), c)
+             for c in ("lottery", "rethink", "search", "netadapt", "build-v3", "bench")}
+    assert len(set(names.values())) == len(names), names  # no more one hash for every command
+    assert names["search"].startswith("search-defaults-")
+    tiny = load_config("lottery", overrides=[*place, "data.name=digits", "lottery.prune_rate=0.5"])
+    name = default_run_name(tiny, "lottery")
+    assert re.fullmatch(r"lottery-digits-prune_rate_0\.5-[0-9a-f]{8}", name), name
+    # stable: the same config again, or placed elsewhere, gets the same name
+    again = load_config("lottery", overrides=["data.name=digits", "lottery.prune_rate=0.5",
+                                               "run.runs_dir=/elsewhere", "parallel.workers=2"])
+    assert default_run_name(again, "lottery") == name
+    # a difference past the shortened description still changes the hash
+    more = [*place, "data.name=digits", "lottery.prune_rate=0.5", "train.lr=0.1",
+            "train.gamma=0.5", "train.momentum=0.5", "train.warmup=1it"]
+    other = [*more[:-1], "train.warmup=2it"]  # the 5th difference: not in the description
+    a, b = (default_run_name(load_config("lottery", overrides=o), "lottery") for o in (more, other))
+    assert a != b and a.rsplit("-", 1)[0] == b.rsplit("-", 1)[0]
+    validate_name(a)
+
+
+def test_run_named_by_the_old_bare_hash_still_resumes(
+    lottery_cfg: Callable[..., DictConfig], runs_dir: Path
+) -> None:
+    cfg = lottery_cfg()
+    legacy = runs_dir / "lottery" / config_hash(cfg, "lottery")
+    legacy.mkdir(parents=True)
+    (legacy / "config.yaml").write_text(to_yaml(cfg))
+    assert RunDir.open(cfg, "lottery").path == legacy.resolve()

@@ -185,7 +185,9 @@ OverridesArg = Annotated[
     list[str] | None, typer.Argument(help="key=value overrides of the command's YAML defaults.")
 ]
 NameOpt = Annotated[
-    str | None, typer.Option("--name", help="Run name (default: hash of the config).")
+    str | None,
+    typer.Option("--name", help="Run name (default: <command>-<what differs from the "
+                 "defaults>-<hash>)."),
 ]
 RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="Root of the run directories.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
