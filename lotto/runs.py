@@ -78,32 +78,45 @@ class RunDir:
         self.path = path
         self.command = command
 
-    @classmethod
-    def open(cls, cfg: DictConfig, command: str, force: bool = False) -> RunDir:
-        """Create or resume `runs_dir/command/name`; refuse if a saved config differs."""
+    @staticmethod
+    def locate(cfg: DictConfig, command: str) -> Path:
+        """Where `open` puts the run of `cfg` (creating nothing): `runs_dir/command/name`."""
         root = Path(cfg.run.runs_dir).expanduser()
         name = cfg.run.name or _default_name(cfg, command, root / command)
         validate_name(str(name))
         path = (root / command / str(name)).resolve()
         if not path.is_relative_to((root / command).resolve()):
             raise LottoError(f"run name {name!r} escapes the runs directory")
+        return path
+
+    @staticmethod
+    def conflict(cfg: DictConfig, path: Path) -> str | None:
+        """Why the run directory `path` cannot resume `cfg` (None: it can, or it is new)."""
+        saved = path / "config.yaml"
+        if not saved.exists():
+            return None
+        try:
+            old = identity(OmegaConf.load(saved))
+        except Exception:
+            return f"{saved} is unreadable; use --force to start this run afresh"
+        new = identity(cfg)
+        if old != new:
+            return (f"run directory {path} holds a different config ({differences(old, new)}); "
+                    "pick another --name or use --force to start it afresh")
+        return None
+
+    @classmethod
+    def open(cls, cfg: DictConfig, command: str, force: bool = False) -> RunDir:
+        """Create or resume `runs_dir/command/name`; refuse if a saved config differs."""
+        path = cls.locate(cfg, command)
         saved = path / "config.yaml"
         main = distributed.is_main()  # under torchrun, rank 0 writes; the others only read
         if force and path.exists() and main:
             shutil.rmtree(path)
-        if saved.exists() and not force:  # (with --force, rank 0 may be deleting it now)
-            try:
-                old = identity(OmegaConf.load(saved))
-            except Exception:
-                raise LottoError(
-                    f"{saved} is unreadable; use --force to start this run afresh"
-                ) from None
-            new = identity(cfg)
-            if old != new:
-                raise LottoError(
-                    f"run directory {path} holds a different config ({differences(old, new)}); "
-                    "pick another --name or use --force to start it afresh"
-                )
+        if not force:  # (with --force, rank 0 may be deleting it now)
+            why = cls.conflict(cfg, path)
+            if why is not None:
+                raise LottoError(why)
         run = cls(path, command)
         if main:
             path.mkdir(parents=True, exist_ok=True)

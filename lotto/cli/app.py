@@ -206,6 +206,52 @@ ForceOpt = Annotated[
 ]
 
 
+DryRunOpt = Annotated[
+    bool,
+    typer.Option("--dry-run", help="Print the resolved config, the trainings planned, what a "
+                 "past run would reuse and a rough time estimate; train nothing, create no run "
+                 "directory."),
+]
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:
+        return "unknown"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def show_plan(plan: Any) -> None:
+    """Print a `lotto.experiments.plan.Plan` (the --dry-run of lottery and rethink)."""
+    from lotto.config import to_yaml
+
+    say = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
+    say(f"# lotto {plan.command} --dry-run: the resolved config (nothing is trained and no run "
+        "directory is created)")
+    say(to_yaml(plan.cfg).rstrip())
+    n, todo = len(plan.trainings), plan.todo
+    if plan.conflict is not None:
+        say(f"run directory: {plan.run_path}: cannot be resumed: {plan.conflict}")
+    elif plan.exists:
+        say(f"run directory: {plan.run_path} (exists: {n - len(todo)} of {n} trainings "
+            "finished there are reused)")
+    else:
+        say(f"run directory: {plan.run_path} (new)")
+    for note in plan.notes:
+        say(note)
+    steps = sum(t.steps for t in todo)
+    evals = sum(t.evals for t in todo)
+    say(f"trainings: {n} planned, {n - len(todo)} reused, {len(todo)} to train "
+        f"({steps:,} steps, {evals:,} evaluations of {plan.eval_examples:,} examples)")
+    workers = f" on {plan.workers} workers" if plan.workers > 1 else ""
+    say(f"time: about {_duration(plan.seconds())}{workers} (rough: one training step of "
+        f"{plan.cfg.model.name} at batch {plan.cfg.train.batch_size} took "
+        f"{1000 * plan.step_seconds:.1f} ms here just now)")
+
+
 def with_workers(cfg: DictConfig, workers: int | None) -> DictConfig:
     """`--workers N` > 1 on the serial backend means local worker processes."""
     if workers is not None and workers > 1 and cfg.parallel.backend == "serial":
