@@ -124,6 +124,10 @@ def show(result: LotteryResult) -> None:
         out.add_row(*cells)
     console.print(out)
     s = result.summary
+    if s.get("warning"):
+        console.print(f"[bold yellow]warning:[/] {s['warning']}", highlight=False, soft_wrap=True)
+        console.print(f"run directory: {result.run.path}")
+        return
     for variant, hit in s["smallest_within_1pt"].items():
         where = (
             "never (not even the first pruning round)"

@@ -198,7 +198,10 @@ def show(result: RethinkResult) -> None:
     for modes, title in ((budget, "fine-tune vs scratch"), (init, "ticket vs random init")):
         if modes:
             console.print(paper_table(table, modes, f"{title}: test accuracy % ({spread})"))
-    for item in result.summary["comparisons"]:
+    warn = result.summary.get("warning")
+    if warn:
+        console.print(f"[bold yellow]warning:[/] {warn}", highlight=False, soft_wrap=True)
+    for item in [] if warn else result.summary["comparisons"]:
         where = f"{_label(item['pruning'], item['method'], item['ratio'])} @ lr {item['lr']:g}"
         notes = []
         if "best_scratch_minus_finetune" in item:
