@@ -28,6 +28,13 @@ from lotto.errors import LottoError
 # many trainings run at once and where: a run started serial resumes with --workers 2.
 PLACEMENT_KEYS = ("run", "data.workers", "parallel")
 
+# Keys that only say how far a run goes (OpenLTH's levels): a larger value continues a finished
+# run, reusing every unit done (round r of seed s, a rethink cell, a search step), a smaller one
+# runs nothing new. They are not part of a run's identity: left out of the "same config?" check
+# and of the default run name, so `lotto lottery --rounds 20` extends the default 15-round run.
+# Each names what it extends in its own command only (no other command has these keys).
+EXTENSION_KEYS = ("lottery.rounds", "lottery.seeds", "grid.seeds", "search.samples")
+
 # Keys whose default is null ("automatic") but whose value, when given, has one type: the schema
 # alone would take anything for them.
 NULLABLE_TYPES: dict[str, type] = {
@@ -219,10 +226,11 @@ def check(condition: bool, key: str, message: str) -> None:
         raise LottoError(f"config key {key}: {message}")
 
 
-def identity(cfg: DictConfig) -> dict:
-    """The part of a config that decides the results (placement keys removed)."""
+def identity(cfg: DictConfig, extensions: bool = False) -> dict:
+    """The part of a config that decides the results of each unit: placement keys and (unless
+    `extensions`) extension keys removed."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    for key in PLACEMENT_KEYS:
+    for key in PLACEMENT_KEYS + (() if extensions else EXTENSION_KEYS):
         *sections, last = key.split(".")
         node = data
         for section in sections:
@@ -274,9 +282,10 @@ _SAME = object()
 
 
 def config_hash(cfg: DictConfig, command: str) -> str:
-    """Short hash of the non-default part of the config: the default run name."""
-    defaults = identity(load_defaults(command))
-    diff = _diff(defaults, identity(cfg))
+    """Short hash of the non-default part of the config: the default run name until run names
+    said the command (`default_run_name`); kept so that such runs still resume."""
+    defaults = identity(load_defaults(command), extensions=True)
+    diff = _diff(defaults, identity(cfg, extensions=True))
     payload = json.dumps({} if diff is _SAME else diff, sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:10]
 
