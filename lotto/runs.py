@@ -74,9 +74,19 @@ def _default_name(cfg: DictConfig, command: str, parent: Path) -> str:
 class RunDir:
     """One run's directory. Use `RunDir.open` to create or resume it."""
 
-    def __init__(self, path: Path, command: str):
+    def __init__(self, path: Path, command: str, tensorboard: bool = False):
         self.path = path
         self.command = command
+        self.tensorboard = tensorboard  # run.tensorboard: mirror metrics rows (lotto.tracking)
+        self._mirror: Any = None
+
+    def mirror(self) -> Any:
+        """The TensorBoard mirror of this run (None when run.tensorboard is off)."""
+        if self.tensorboard and self._mirror is None:
+            from lotto.tracking import TensorBoardMirror
+
+            self._mirror = TensorBoardMirror(self.path / "tensorboard")
+        return self._mirror
 
     @staticmethod
     def locate(cfg: DictConfig, command: str) -> Path:
@@ -117,12 +127,13 @@ class RunDir:
             why = cls.conflict(cfg, path)
             if why is not None:
                 raise LottoError(why)
-        run = cls(path, command)
+        run = cls(path, command, bool(cfg.run.get("tensorboard", False)))
         if main:
             path.mkdir(parents=True, exist_ok=True)
             for stale in path.rglob(".*.tmp"):  # left by a process killed mid-write: never trusted
                 stale.unlink(missing_ok=True)
             write_text(saved, to_yaml(cfg))
+            run.mirror()  # run.tensorboard without the package: an error before any training
         distributed.barrier()  # the other ranks read the directory only once it is set up
         return run
 
@@ -165,6 +176,7 @@ class MetricsLog:
         self.csv = run.file(f"{stem}.csv")
         self.parquet = run.file(f"{stem}.parquet")
         self.length_file = run.file(f".{stem}.csv.length")
+        self.stem, self.run = stem, run
         self.rows: list[dict] = []
         self.columns: list[str] = []  # the CSV header; empty while there is no CSV
         self._rewrite = True  # the next append writes the CSV whole
@@ -208,6 +220,9 @@ class MetricsLog:
             write_text(self.length_file, f"{length}\n")
         if flush:
             self.flush()
+        mirror = self.run.mirror() if isinstance(self.run, RunDir) else None
+        if mirror is not None:
+            mirror.rows(self.stem, new)
 
     def _write_whole(self) -> None:
         frame = self.frame()
