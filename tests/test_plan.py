@@ -56,7 +56,7 @@ def test_rethink_plan_counts_the_grid(tmp_path: Path) -> None:
     steps = {(t.key["pruning"], t.key["mode"]): t.steps for t in plan.trainings}
     assert steps[("none", "baseline")] == 6 and steps[("structured", "finetune")] == 2
     assert steps[("structured", "scratch_b")] == 24  # 6 x 1 / (1 - 0.5)^2
-    assert plan.step_seconds > 0 and plan.seconds() > 0
+    assert plan.step_seconds > 0 and plan.eval_seconds > 0 and plan.seconds() > 0
     assert not tmp_path.exists()
 
 
@@ -64,6 +64,8 @@ def test_estimate_scales_with_the_work(tmp_path: Path) -> None:
     small = plan_lottery(load_config("lottery", overrides=[*LOTTERY, f"run.runs_dir={tmp_path}"]))
     big = plan_lottery(load_config("lottery", overrides=[*LOTTERY, "lottery.rounds=3",
                                                          f"run.runs_dir={tmp_path}"]))
-    big.step_seconds = small.step_seconds  # the same machine speed: compare the work only
+    # the same machine speed: compare the work only
+    big.step_seconds, big.eval_seconds = small.step_seconds, small.eval_seconds
+    big.fixed_seconds = small.fixed_seconds
     assert len(big.trainings) == 7 and len(small.trainings) == 3
     assert abs(big.seconds() / small.seconds() - 7 / 3) < 1e-9

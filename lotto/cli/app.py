@@ -247,9 +247,10 @@ def show_plan(plan: Any) -> None:
     say(f"trainings: {n} planned, {n - len(todo)} reused, {len(todo)} to train "
         f"({steps:,} steps, {evals:,} evaluations of {plan.eval_examples:,} examples)")
     workers = f" on {plan.workers} workers" if plan.workers > 1 else ""
-    say(f"time: about {_duration(plan.seconds())}{workers} (rough: one training step of "
-        f"{plan.cfg.model.name} at batch {plan.cfg.train.batch_size} took "
-        f"{1000 * plan.step_seconds:.1f} ms here just now)")
+    say(f"time: about {_duration(plan.seconds())}{workers} (rough, without data loading: one "
+        f"training step of {plan.cfg.model.name} at batch {plan.cfg.train.batch_size} took "
+        f"{1000 * plan.step_seconds:.1f} ms here just now, one evaluation "
+        f"{plan.eval_seconds:.2f} s)")
 
 
 def with_workers(cfg: DictConfig, workers: int | None) -> DictConfig:

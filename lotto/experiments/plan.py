@@ -1,10 +1,11 @@
 """`--dry-run`: what a command would do, without doing it or creating its run directory.
 
 A plan lists the trainings of the resolved config, marks those a past run of the same name has
-finished (they would be reused), and estimates the rest from this machine's speed: a few timed
-training steps of the dense model at the configured batch size, scaled by each training's steps
-and evaluations. The estimate is rough (a pruned structured network is counted at its share of
-the dense network's FLOPs, evaluation at a third of a training step per example).
+finished (they would be reused), and estimates the rest from this machine's speed: a short real
+trainings of the dense model (lotto's trainer, the configured recipe) and one evaluation of
+the validation and test sets, scaled by each training's steps and evaluations. The
+estimate is rough: it ignores data loading and start-up, and a pruned structured network is
+counted at its share of the dense network's FLOPs.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lotto.data import Data
 from lotto.runs import RunDir
 from lotto.train import parse_step
 
-TIMED_SECONDS = 0.5  # timing the dense model's training step: at most this long (after warm-up)
+TIMED_STEPS = (5, 45)  # steps of the two timed trainings (their difference: the step time)
 
 
 @dataclass
@@ -45,6 +45,8 @@ class Plan:
     trainings: list[Training]
     eval_examples: int  # examples of one evaluation (validation + test)
     step_seconds: float = float("nan")  # measured: one dense training step here
+    eval_seconds: float = float("nan")  # measured: one evaluation (validation + test) here
+    fixed_seconds: float = 0.0  # measured: a training's set-up here
     workers: int = 1
     notes: list[str] = field(default_factory=list)
 
@@ -54,9 +56,9 @@ class Plan:
 
     def seconds(self) -> float:
         """Rough wall time of the trainings still to do."""
-        per_example = self.step_seconds / 3 / max(1, int(self.cfg.train.batch_size))
-        total = sum(t.scale * (t.steps * self.step_seconds + t.evals * self.eval_examples
-                               * per_example) for t in self.todo)
+        total = sum(self.fixed_seconds + t.scale * (t.steps * self.step_seconds
+                                                    + t.evals * self.eval_seconds)
+                    for t in self.todo)
         return total / max(1, self.workers)
 
 
@@ -86,24 +88,31 @@ def _mark_done(plan: Plan, keys: list[str]) -> None:
         t.done = tuple(_norm(t.key[k]) for k in keys) in done
 
 
-def time_step(model: nn.Module, data: Data, batch_size: int) -> float:
-    """Seconds of one training step (forward, backward, SGD update) of `model` here."""
-    x = torch.randn(batch_size, data.in_channels, data.image_size, data.image_size)
-    y = torch.randint(0, data.num_classes, (batch_size,))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+def time_training(model: nn.Module, data: Data, train_cfg: DictConfig,
+                  device: torch.device) -> tuple[float, float, float]:
+    """Seconds of one training step, of one evaluation (validation + test) and of a training's
+    fixed cost (set-up, the first epoch's draws) of `model` here, on lotto's own trainer with the
+    configured recipe: two short trainings, TIMED_STEPS[0] and TIMED_STEPS[1] steps."""
+    from lotto.train import evaluate, train
 
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
+    def timed(steps: int) -> float:
+        cfg = OmegaConf.create(OmegaConf.to_container(train_cfg, resolve=True))
+        cfg.iterations, cfg.eval_every, cfg.warmup = f"{steps}it", f"{10**9}it", "0it"
+        start = time.perf_counter()
+        train(model, data, cfg, seed=0, device=device, eval_start=False, eval_test=False)
+        return time.perf_counter() - start  # the steps and one validation pass at the end
 
-    for _ in range(3):
-        step()
-    n, start = 0, time.perf_counter()
-    while n < 5 or (time.perf_counter() - start < TIMED_SECONDS and n < 200):
-        step()
-        n += 1
-    return (time.perf_counter() - start) / n
+    timed(TIMED_STEPS[0])  # warm-up: first-call costs (allocations, kernels) are not per training
+    short, long = (timed(n) for n in TIMED_STEPS)
+    step = max(long - short, 0.0) / (TIMED_STEPS[1] - TIMED_STEPS[0])
+    start = time.perf_counter()
+    evaluate(model, data.val_x, data.val_y)
+    val = time.perf_counter() - start
+    start = time.perf_counter()
+    evaluate(model, data.test_x, data.test_y)
+    test = time.perf_counter() - start
+    fixed = max(short - val - step * TIMED_STEPS[0], 0.0)
+    return step, val + test, fixed
 
 
 def _evals(steps: int, eval_every: int) -> int:
@@ -120,7 +129,8 @@ def plan_lottery(cfg: DictConfig) -> Plan:
     from lotto.train import resolve_device
 
     validate(cfg)
-    data = shared_data(cfg.data, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    data = shared_data(cfg.data, device)
     per_epoch = max(1, len(data.train_y) // cfg.train.batch_size)
     total = parse_step(cfg.train.iterations, per_epoch)
     every = max(1, parse_step(cfg.train.eval_every, per_epoch))
@@ -138,7 +148,8 @@ def plan_lottery(cfg: DictConfig) -> Plan:
                 len(data.val_y) + len(data.test_y), workers=_workers(cfg))
     _mark_done(plan, ["seed", "round", "variant"])
     model = seeded_model(cfg.model.name, data, cfg.seed, dropout=cfg.model.dropout)
-    plan.step_seconds = time_step(model, data, int(cfg.train.batch_size))
+    plan.step_seconds, plan.eval_seconds, plan.fixed_seconds = time_training(
+        model, data, cfg.train, device)
     return plan
 
 
@@ -160,7 +171,8 @@ def plan_rethink(cfg: DictConfig) -> Plan:
         cfg = lottery.adopt(cfg)
         notes.append(f"reuses the lottery run {lottery.path} (its init, masks and recipe)")
     validate(cfg)
-    data = shared_data(cfg.data, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    data = shared_data(cfg.data, device)
     per_epoch = max(1, len(data.train_y) // cfg.train.batch_size)
     base = parse_step(cfg.train.iterations, per_epoch)
     ft = parse_step(cfg.finetune.iterations, per_epoch)
@@ -193,5 +205,6 @@ def plan_rethink(cfg: DictConfig) -> Plan:
                 len(data.val_y) + len(data.test_y), workers=_workers(cfg), notes=notes)
     _mark_done(plan, ["pruning", "method", "ratio", "mode", "lr", "seed"])
     model = seeded_model(cfg.model.name, data, cfg.seed, **model_options(cfg))
-    plan.step_seconds = time_step(model, data, int(cfg.train.batch_size))
+    plan.step_seconds, plan.eval_seconds, plan.fixed_seconds = time_training(
+        model, data, cfg.train, device)
     return plan
