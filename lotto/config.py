@@ -8,6 +8,7 @@ null included.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -26,6 +27,13 @@ from lotto.errors import LottoError
 # of the "same config?" check on resume (dotted for a key inside a section). `parallel` is how
 # many trainings run at once and where: a run started serial resumes with --workers 2.
 PLACEMENT_KEYS = ("run", "data.workers", "parallel")
+
+# Keys that only say how far a run goes (OpenLTH's levels): a larger value continues a finished
+# run, reusing every unit done (round r of seed s, a rethink cell, a search step), a smaller one
+# runs nothing new. They are not part of a run's identity: left out of the "same config?" check
+# and of the default run name, so `lotto lottery --rounds 20` extends the default 15-round run.
+# Each names what it extends in its own command only (no other command has these keys).
+EXTENSION_KEYS = ("lottery.rounds", "lottery.seeds", "grid.seeds", "search.samples")
 
 # Keys whose default is null ("automatic") but whose value, when given, has one type: the schema
 # alone would take anything for them.
@@ -110,11 +118,38 @@ def _set_dotted(target: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _check_against(schema: Any, value: Any, key: str) -> None:
+def dotted_keys(tree: Any, prefix: str = "", sections: bool = False) -> list[str]:
+    """Every leaf key of a nested mapping, dotted: ['seed', 'train.lr', ...] (and the sections,
+    'train', ..., with `sections`)."""
+    if not isinstance(tree, Mapping):
+        return [prefix] if prefix else []
+    out: list[str] = [prefix] if prefix and sections else []
+    for k, v in tree.items():
+        out += dotted_keys(v, f"{prefix}.{k}" if prefix else str(k), sections)
+    return out
+
+
+def suggest(name: str, keys: Sequence[str]) -> str:
+    """'; did you mean train.lr?' for a key close to `name` (or one with its last part in another
+    section: `train.prune_rate` -> `lottery.prune_rate`), else ''."""
+    depth = name.count(".")  # `trian` -> `train`, `train.lrr` -> `train.lr` (not `train`)
+    close = difflib.get_close_matches(name, [k for k in keys if k.count(".") == depth], n=3,
+                                      cutoff=0.7)
+    leaf = name.rsplit(".", 1)[-1]
+    close += [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k not in close][:3]
+    if not close:  # a misspelt last part: compare within the same section
+        section = name.rsplit(".", 1)[0] + "." if "." in name else ""
+        same = [k for k in keys if k.startswith(section) and "." not in k[len(section):]]
+        close = difflib.get_close_matches(name, same, n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _check_against(schema: Any, value: Any, key: str, root: Any = None) -> None:
     """Raise if `value` does not fit the type of the default `schema` (recursively)."""
+    root = schema if root is None else root
     if schema is None:
         if key in NULLABLE_TYPES and value is not None:
-            _check_against(NULLABLE_TYPES[key](), value, key)
+            _check_against(NULLABLE_TYPES[key](), value, key, root)
         return
     if isinstance(schema, dict):
         if not isinstance(value, dict):
@@ -122,8 +157,9 @@ def _check_against(schema: Any, value: Any, key: str) -> None:
         for sub, v in value.items():
             name = f"{key}.{sub}" if key else str(sub)
             if sub not in schema:
-                raise LottoError(f"unknown config key {name}")
-            _check_against(schema[sub], v, name)
+                hint = suggest(name, dotted_keys(root, sections=True))
+                raise LottoError(f"unknown config key {name}{hint}")
+            _check_against(schema[sub], v, name, root)
         return
     if value is None:
         if key in NULLABLE_TYPES:  # a key that may be null, whose command sets a value
@@ -190,10 +226,11 @@ def check(condition: bool, key: str, message: str) -> None:
         raise LottoError(f"config key {key}: {message}")
 
 
-def identity(cfg: DictConfig) -> dict:
-    """The part of a config that decides the results (placement keys removed)."""
+def identity(cfg: DictConfig, extensions: bool = False) -> dict:
+    """The part of a config that decides the results of each unit: placement keys and (unless
+    `extensions`) extension keys removed."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    for key in PLACEMENT_KEYS:
+    for key in PLACEMENT_KEYS + (() if extensions else EXTENSION_KEYS):
         *sections, last = key.split(".")
         node = data
         for section in sections:
@@ -201,6 +238,33 @@ def identity(cfg: DictConfig) -> dict:
         if isinstance(node, dict):
             node.pop(last, None)
     return data
+
+
+def differences(old: Mapping, new: Mapping, limit: int = 6) -> str:
+    """'train.lr: 0.0012 -> 0.01, lottery.rounds: 15 -> 3': the leaf keys whose values differ."""
+    a, b = _flat(old), _flat(new)
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+    shown = [f"{k}: {_show(a.get(k, _ABSENT))} -> {_show(b.get(k, _ABSENT))}" for k in keys]
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return ", ".join(shown[:limit]) + more
+
+
+_ABSENT = object()
+
+
+def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, name))
+        else:
+            out[name] = v
+    return out
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value)
 
 
 def _diff(default: Any, value: Any) -> Any:
@@ -218,11 +282,45 @@ _SAME = object()
 
 
 def config_hash(cfg: DictConfig, command: str) -> str:
-    """Short hash of the non-default part of the config: the default run name."""
-    defaults = identity(load_defaults(command))
-    diff = _diff(defaults, identity(cfg))
+    """Short hash of the non-default part of the config: the default run name until run names
+    said the command (`default_run_name`); kept so that such runs still resume."""
+    defaults = identity(load_defaults(command), extensions=True)
+    diff = _diff(defaults, identity(cfg, extensions=True))
     payload = json.dumps({} if diff is _SAME else diff, sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:10]
+
+
+def default_run_name(cfg: DictConfig, command: str) -> str:
+    """`<command>-<what differs from the defaults>-<hash>`: the run name when none is given.
+
+    E.g. `lottery-digits-iterations_30it-rounds_2-3f9c01ab`, `search-defaults-5d1e0c22`. Stable
+    (the same command and config resume the same run) and distinct across commands: the hash
+    covers the command and the non-default part of the config (placement keys left out), so two
+    configs that differ only past the shortened description still get different names.
+    """
+    defaults = identity(load_defaults(command))
+    diff = _diff(defaults, identity(cfg))
+    diff = {} if diff is _SAME else diff
+    payload = json.dumps({"command": command, "config": diff}, sort_keys=True)
+    digest = hashlib.sha1(payload.encode()).hexdigest()[:8]
+    words = [_word(k, v) for k, v in _flat(diff).items()]
+    desc = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(words[:4]) or "defaults")
+    desc = desc[:60].strip("._-") or "config"
+    return f"{command}-{desc}-{digest}"
+
+
+_NAMED = ("name", "from", "model", "variant", "controller", "device", "arch")  # value alone
+
+
+def _word(key: str, value: Any) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    if isinstance(value, list):
+        value = "_".join(str(v) for v in value) or "none"
+    if leaf in _NAMED and isinstance(value, str):
+        return Path(value).name or value  # a spec file or run directory: its last part
+    if isinstance(value, float):
+        value = f"{value:g}"
+    return f"{leaf}_{value}"
 
 
 def to_yaml(cfg: DictConfig | ListConfig) -> str:

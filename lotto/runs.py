@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lotto import distributed
-from lotto.config import config_hash, identity, to_yaml
+from lotto.config import config_hash, default_run_name, differences, identity, to_yaml
 from lotto.errors import LottoError
 from lotto.files import replace_atomically
 
@@ -61,44 +61,79 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def _default_name(cfg: DictConfig, command: str, parent: Path) -> str:
+    """`default_run_name`, or the bare hash that named default runs before it, when a run of
+    that name exists and none of the new name does (so that older runs still resume)."""
+    name = default_run_name(cfg, command)
+    legacy = config_hash(cfg, command)
+    if not (parent / name).exists() and (parent / legacy / "config.yaml").exists():
+        return legacy
+    return name
+
+
 class RunDir:
     """One run's directory. Use `RunDir.open` to create or resume it."""
 
-    def __init__(self, path: Path, command: str):
+    def __init__(self, path: Path, command: str, tensorboard: bool = False):
         self.path = path
         self.command = command
+        self.tensorboard = tensorboard  # run.tensorboard: mirror metrics rows (lotto.tracking)
+        self._mirror: Any = None
+
+    def mirror(self) -> Any:
+        """The TensorBoard mirror of this run (None when run.tensorboard is off)."""
+        if self.tensorboard and self._mirror is None:
+            from lotto.tracking import TensorBoardMirror
+
+            self._mirror = TensorBoardMirror(self.path / "tensorboard")
+        return self._mirror
+
+    @staticmethod
+    def locate(cfg: DictConfig, command: str) -> Path:
+        """Where `open` puts the run of `cfg` (creating nothing): `runs_dir/command/name`."""
+        root = Path(cfg.run.runs_dir).expanduser()
+        name = cfg.run.name or _default_name(cfg, command, root / command)
+        validate_name(str(name))
+        path = (root / command / str(name)).resolve()
+        if not path.is_relative_to((root / command).resolve()):
+            raise LottoError(f"run name {name!r} escapes the runs directory")
+        return path
+
+    @staticmethod
+    def conflict(cfg: DictConfig, path: Path) -> str | None:
+        """Why the run directory `path` cannot resume `cfg` (None: it can, or it is new)."""
+        saved = path / "config.yaml"
+        if not saved.exists():
+            return None
+        try:
+            old = identity(OmegaConf.load(saved))
+        except Exception:
+            return f"{saved} is unreadable; use --force to start this run afresh"
+        new = identity(cfg)
+        if old != new:
+            return (f"run directory {path} holds a different config ({differences(old, new)}); "
+                    "pick another --name or use --force to start it afresh")
+        return None
 
     @classmethod
     def open(cls, cfg: DictConfig, command: str, force: bool = False) -> RunDir:
         """Create or resume `runs_dir/command/name`; refuse if a saved config differs."""
-        name = cfg.run.name or config_hash(cfg, command)
-        validate_name(str(name))
-        root = Path(cfg.run.runs_dir).expanduser()
-        path = (root / command / str(name)).resolve()
-        if not path.is_relative_to((root / command).resolve()):
-            raise LottoError(f"run name {name!r} escapes the runs directory")
+        path = cls.locate(cfg, command)
         saved = path / "config.yaml"
         main = distributed.is_main()  # under torchrun, rank 0 writes; the others only read
         if force and path.exists() and main:
             shutil.rmtree(path)
-        if saved.exists() and not force:  # (with --force, rank 0 may be deleting it now)
-            try:
-                old = identity(OmegaConf.load(saved))
-            except Exception:
-                raise LottoError(
-                    f"{saved} is unreadable; use --force to start this run afresh"
-                ) from None
-            if old != identity(cfg):
-                raise LottoError(
-                    f"run directory {path} holds a different config; "
-                    "pick another --name or use --force to start it afresh"
-                )
-        run = cls(path, command)
+        if not force:  # (with --force, rank 0 may be deleting it now)
+            why = cls.conflict(cfg, path)
+            if why is not None:
+                raise LottoError(why)
+        run = cls(path, command, bool(cfg.run.get("tensorboard", False)))
         if main:
             path.mkdir(parents=True, exist_ok=True)
             for stale in path.rglob(".*.tmp"):  # left by a process killed mid-write: never trusted
                 stale.unlink(missing_ok=True)
             write_text(saved, to_yaml(cfg))
+            run.mirror()  # run.tensorboard without the package: an error before any training
         distributed.barrier()  # the other ranks read the directory only once it is set up
         return run
 
@@ -154,6 +189,7 @@ class MetricsLog:
         self.csv = run.file(f"{stem}.csv")
         self.parquet = run.file(f"{stem}.parquet")
         self.length_file = run.file(f".{stem}.csv.length")
+        self.stem, self.run = stem, run
         self.rows: list[dict] = []
         self.columns: list[str] = []  # the CSV header; empty while there is no CSV
         self._rewrite = True  # the next append writes the CSV whole
@@ -197,6 +233,9 @@ class MetricsLog:
             write_text(self.length_file, f"{length}\n")
         if flush:
             self.flush()
+        mirror = self.run.mirror() if isinstance(self.run, RunDir) else None
+        if mirror is not None:
+            mirror.rows(self.stem, new)
 
     def _write_whole(self) -> None:
         frame = self.frame()

@@ -69,6 +69,23 @@ def test_unknown_key_is_named(override: str, key: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.lrr=0.1", "unknown config key train.lrr; did you mean train.lr?"),
+        ("trian.lr=0.1", "unknown config key trian; did you mean train?"),
+        ("lr=0.1", "unknown config key lr; did you mean train.lr?"),
+        ("train.prune_rate=0.1", "unknown config key train.prune_rate; did you mean "
+                                 "lottery.prune_rate?"),
+        ("zzz=1", "unknown config key zzz"),
+    ],
+)
+def test_unknown_key_suggests_the_closest(override: str, message: str) -> None:
+    with pytest.raises(LottoError) as info:
+        load_config("lottery", overrides=[override])
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
     "override,key",
     [
         ("train.lr=abc", "train.lr"),

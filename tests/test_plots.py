@@ -138,3 +138,50 @@ def test_nothing_to_draw_is_none() -> None:
     no_latency = pd.DataFrame({"sample": [0, 1], "val_accuracy": [0.5, 0.6]})
     assert plots.figure(section("search", no_latency)) is None
     assert plots.run_figure("rethink", pd.DataFrame(), "empty") is None
+
+
+def test_lottery_ticks_at_the_points_and_title_by_seeds() -> None:
+    """Issue 20: a run above 50% of weights had one x tick ("100") and a title "mean over
+    seeds, 1 seed"."""
+    metrics = pd.read_csv(real_runs() / "lottery" / "fifth" / "metrics.csv")
+    fig = plots.run_figure("lottery", metrics, "fifth")
+    points = sorted(set(metrics.weights_remaining_pct.round(6)), reverse=True)
+    for ax in fig.get_axes():
+        assert list(ax.get_xticks()) == pytest.approx(points)
+        assert [t.get_text() for t in ax.get_xticklabels()] == [f"{p:.3g}" for p in points]
+    title = fig._suptitle.get_text()
+    assert "(1 seed)" in title and "mean" not in title
+    half = plots.run_figure("lottery", pd.read_csv(real_runs() / "lottery" / "half" /
+                                                   "metrics.csv"), "half")
+    assert "mean of 3 seeds" in half._suptitle.get_text()
+
+
+def test_rethink_bars_start_at_zero_coloured_by_mode() -> None:
+    metrics = pd.read_csv(real_runs() / "rethink" / "tiny" / "metrics.csv")
+    ax = plots.run_figure("rethink", metrics, "tiny").get_axes()[0]
+    assert ax.get_ylim()[0] == 0
+    colors = {tuple(p.get_facecolor()) for p in ax.patches}
+    assert len(colors) == len(ax.patches) == 5  # a colour per mode
+
+
+def test_build_v3_plots_accuracy_vs_latency_when_trained() -> None:
+    metrics = pd.read_csv(real_runs() / "build-v3" / "small" / "metrics.csv")
+    plain = plots.run_figure("build-v3", metrics, "small").get_axes()[0]
+    assert plain.get_xlabel() == "multiply-adds (M)"
+    trained = metrics.assign(test_accuracy=np.linspace(0.6, 0.7, len(metrics)))
+    ax = plots.run_figure("build-v3", trained, "small").get_axes()[0]
+    assert ax.get_ylabel() == "test accuracy (%)" and ax.get_xlabel().startswith("latency")
+    # points named by step number (the change names go under the panel, not on the points)
+    assert sorted(t.get_text() for t in ax.texts) == [str(s) for s in sorted(metrics.step)]
+
+
+def test_bench_validation_axis_says_where_the_truth_comes_from() -> None:
+    rows = pd.DataFrame({"kind": "phone_cv", "network": ["n1", "n2", "n3"], "device": "pixel1",
+                         "source": "model", "latency_ms": [10.0, 20.0, 31.0],
+                         "expected_error": 0.1, "macs": [1e8, 2e8, 3e8],
+                         "measured_ms": [11.0, 19.0, 30.0]})
+    ax = plots.figure(section("bench", rows)).get_axes()[1]
+    assert ax.get_xlabel() == "published latency (ms)"
+    assert "measured" not in ax.get_xlabel()
+    host = plots.figure(section("bench", rows.assign(kind="validation"))).get_axes()[1]
+    assert host.get_xlabel() == "measured end to end here (ms)"

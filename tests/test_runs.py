@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from lotto.config import config_hash
+from lotto.config import config_hash, default_run_name, load_config, to_yaml
 from lotto.errors import LottoError
 from lotto.runs import MetricsLog, RunDir, atomic_write, validate_name, write_text
 
@@ -55,12 +56,12 @@ def test_failed_write_keeps_old_file_and_no_temp(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [target]
 
 
-def test_open_creates_hash_named_dir_with_config(
+def test_open_creates_default_named_dir_with_config(
     lottery_cfg: Callable[..., DictConfig], runs_dir: Path
 ) -> None:
     cfg = lottery_cfg()
     run = RunDir.open(cfg, "lottery")
-    assert run.path == (runs_dir / "lottery" / config_hash(cfg, "lottery")).resolve()
+    assert run.path == (runs_dir / "lottery" / default_run_name(cfg, "lottery")).resolve()
     assert (run.path / "config.yaml").exists()
     assert temp_files(runs_dir) == []
     named = RunDir.open(lottery_cfg("run.name=mine"), "lottery")
@@ -74,8 +75,11 @@ def test_open_resumes_same_config_and_refuses_different(
     run.write_json("marker.json", {"a": 1})
     again = RunDir.open(lottery_cfg("run.name=x"), "lottery")
     assert again.has("marker.json")
-    with pytest.raises(LottoError, match="different config"):
-        RunDir.open(lottery_cfg("run.name=x", "train.lr=0.5"), "lottery")
+    with pytest.raises(LottoError, match="different config") as info:
+        RunDir.open(lottery_cfg("run.name=x", "train.lr=0.5", "lottery.prune_rate=0.3"),
+                    "lottery")
+    # the keys that differ, old -> new; placement keys (run.*) are not among them
+    assert "(train.lr: 0.0012 -> 0.5, lottery.prune_rate: 0.2 -> 0.3)" in str(info.value)
     fresh = RunDir.open(lottery_cfg("run.name=x", "train.lr=0.5"), "lottery", force=True)
     assert not fresh.has("marker.json")
     assert "lr: 0.5" in fresh.file("config.yaml").read_text()
@@ -292,3 +296,35 @@ def test_run_files_honour_the_umask(lottery_cfg: Callable[..., DictConfig], umas
             "metrics.parquet", "fig.png"} <= names, names
     modes = {p.relative_to(run.path).as_posix(): oct(p.stat().st_mode & 0o777) for p in files}
     assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+def test_default_names_are_readable_distinct_per_command_and_stable(runs_dir: Path) -> None:
+    place = [f"run.runs_dir={runs_dir}"]
+    names = {c: default_run_name(load_config(c, overrides=place), c)
+             for c in ("lottery", "rethink", "search", "netadapt", "build-v3", "bench")}
+    assert len(set(names.values())) == len(names), names  # no more one hash for every command
+    assert names["search"].startswith("search-defaults-")
+    tiny = load_config("lottery", overrides=[*place, "data.name=digits", "lottery.prune_rate=0.5"])
+    name = default_run_name(tiny, "lottery")
+    assert re.fullmatch(r"lottery-digits-prune_rate_0\.5-[0-9a-f]{8}", name), name
+    # stable: the same config again, or placed elsewhere, gets the same name
+    again = load_config("lottery", overrides=["data.name=digits", "lottery.prune_rate=0.5",
+                                               "run.runs_dir=/elsewhere", "parallel.workers=2"])
+    assert default_run_name(again, "lottery") == name
+    # a difference past the shortened description still changes the hash
+    more = [*place, "data.name=digits", "lottery.prune_rate=0.5", "train.lr=0.1",
+            "train.gamma=0.5", "train.momentum=0.5", "train.warmup=1it"]
+    other = [*more[:-1], "train.warmup=2it"]  # the 5th difference: not in the description
+    a, b = (default_run_name(load_config("lottery", overrides=o), "lottery") for o in (more, other))
+    assert a != b and a.rsplit("-", 1)[0] == b.rsplit("-", 1)[0]
+    validate_name(a)
+
+
+def test_run_named_by_the_old_bare_hash_still_resumes(
+    lottery_cfg: Callable[..., DictConfig], runs_dir: Path
+) -> None:
+    cfg = lottery_cfg()
+    legacy = runs_dir / "lottery" / config_hash(cfg, "lottery")
+    legacy.mkdir(parents=True)
+    (legacy / "config.yaml").write_text(to_yaml(cfg))
+    assert RunDir.open(cfg, "lottery").path == legacy.resolve()

@@ -271,3 +271,15 @@ def test_random_module_state_is_untouched():
     make_controller("ppo", OPTIONS, 5, {}).ask(2, 0)
     make_controller("evolution", OPTIONS, 5, {}).ask(2, 0)
     assert random.getstate() == state[0] and torch.equal(torch.random.get_rng_state(), state[1])
+
+
+def test_more_samples_extend_a_finished_search(space_file, runs_dir):
+    """search.samples only extends (lotto.config.EXTENSION_KEYS): the same default run goes on
+    from its last step, with the numbers of a search run in one go."""
+    whole = run_search(config(space_file, runs_dir / "one", "proxy.cache=false"))
+    short = run_search(config(space_file, runs_dir, "proxy.cache=false", "search.samples=2"))
+    longer = run_search(config(space_file, runs_dir, "proxy.cache=false"))
+    assert longer.run.path == short.run.path and len(longer.metrics) == 4
+    pd.testing.assert_frame_equal(longer.metrics.iloc[:2], short.metrics)  # reused
+    assert list(longer.metrics.spec) == list(whole.metrics.spec)
+    assert list(longer.metrics.reward) == pytest.approx(list(whole.metrics.reward))

@@ -58,6 +58,102 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 
 
+# --help: each option's default, read from the command's YAML (lotto/configs/<command>.yaml) when
+# help is shown (the options default to None so that a command knows what was given). Options
+# named alike in every command map through COMMON_KEYS; a command's own names win.
+COMMON_KEYS = {"seed": "seed", "device": "device", "runs_dir": "run.runs_dir",
+               "workers": "parallel.workers"}
+HELP_KEYS: dict[str, dict[str, str | tuple[str, ...]]] = {
+    "lottery": {"prune_rate": "lottery.prune_rate", "rounds": "lottery.rounds",
+                "seeds": "lottery.seeds"},
+    "rethink": {"pruning": "pruning.kinds",
+                "method": ("pruning.structured.methods", "pruning.unstructured.methods"),
+                "ratio": ("pruning.structured.ratios", "pruning.unstructured.ratios"),
+                "modes": ("pruning.structured.modes", "pruning.unstructured.modes"),
+                "lrs": "grid.lrs", "seeds": "grid.seeds", "from_run": "from"},
+    "search": {"device": "latency.device", "target_latency": "target_latency", "w": "reward.w",
+               "constraint": "reward.constraint", "controller": "search.controller",
+               "samples": "search.samples", "preset": "reward.preset"},
+    "netadapt": {"from_": "from", "pretrained": "pretrained", "device": "latency.device",
+                 "target": "latency.target", "metric": "netadapt.metric",
+                 "delta": "netadapt.delta", "long_ft": "netadapt.long_ft"},
+    "build-v3": {"variant": "variant", "from_": "from", "export": "export",
+                 "pretrained": "pretrained", "resolution": "resolution"},
+    "bench": {"model": "model", "arch": "arch", "resolution": "resolution",
+              "width_mult": "width_mult", "source": "source", "threads": "threads",
+              "space": "lut.space"},
+}
+# The overrides argument's example, per command: keys of that command's YAML (a test loads them).
+OVERRIDE_EXAMPLES = {
+    "lottery": "train.lr=0.01 lottery.rounds=5 data.name=mnist",
+    "rethink": "train.iterations=5ep grid.seeds=1 data.name=cifar10",
+    "search": "search.samples=48 train.lr=0.01 data.subset=5000",
+    "netadapt": "netadapt.max_steps=10 netadapt.short_ft=30it",
+    "build-v3": "changes.se=false train_steps=final resolution=192",
+    "bench": "measure.min_run_time=2 dtype=bfloat16 width_mult=0.75",
+}
+
+
+def _shown(value: Any) -> str:
+    """A YAML default as --help shows it."""
+    if value is None:
+        return "null (automatic)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def annotate_help(command: Any, name: str) -> None:
+    """Fill in the defaults, the overrides example and the epilog of `command` (a click
+    command) from `lotto/configs/<name>.yaml`: called only when --help is shown."""
+    from omegaconf import OmegaConf
+
+    from lotto.config import defaults_path, load_defaults
+
+    if not defaults_path(name).exists():  # runs, compare: no YAML
+        return
+    defaults = load_defaults(name)
+    keys = {**COMMON_KEYS, **HELP_KEYS.get(name, {})}
+    for param in command.params:
+        if param.name == "overrides" and name in OVERRIDE_EXAMPLES:
+            param.help = (f"key=value overrides of any key in the command's YAML, e.g. "
+                          f"{OVERRIDE_EXAMPLES[name]}")
+            continue
+        key = keys.get(param.name or "")
+        if key is None or getattr(param, "is_flag", False):
+            continue
+        paths = (key,) if isinstance(key, str) else key
+        values = [OmegaConf.select(defaults, k, default=_MISSING) for k in paths]
+        if any(v is _MISSING for v in values):
+            continue  # a common option name this command's YAML does not hold
+        shown = [_shown(OmegaConf.to_container(v) if OmegaConf.is_config(v) else v)
+                 for v in values]
+        # the option's own default stays None (so a command knows what was given): this is
+        # only the text --help shows
+        param.default = (shown[0] if len(paths) == 1 else
+                         "; ".join(f"{k.split('.')[-2]}: {v}" for k, v in zip(paths, shown)))
+        param.show_default = True
+    if name in OVERRIDE_EXAMPLES:
+        command.epilog = (f"Every default: lotto/configs/{name}.yaml; any key there can be set "
+                          f"as key=value or in a --config YAML file.")
+
+
+_MISSING = object()
+
+
+def _help_class(name: str) -> type:
+    from typer.core import TyperCommand
+
+    class LottoCommand(TyperCommand):
+        def format_help(self, ctx: Any, formatter: Any) -> None:
+            annotate_help(self, name)
+            super().format_help(ctx, formatter)
+
+    return LottoCommand
+
+
 def lotto_command(name: str, **kwargs: Any) -> Callable:
     """Register a command whose user mistakes print one line and exit with status 2."""
 
@@ -75,7 +171,7 @@ def lotto_command(name: str, **kwargs: Any) -> Callable:
                 )
                 raise typer.Exit(130) from None
 
-        app.command(name, **kwargs)(wrapper)
+        app.command(name, cls=_help_class(name), **kwargs)(wrapper)
         return wrapper
 
     return decorate
@@ -86,10 +182,12 @@ ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML file merged over the defaults.")
 ]
 OverridesArg = Annotated[
-    list[str] | None, typer.Argument(help="key=value overrides, e.g. train.lr=0.01 data.name=mnist")
+    list[str] | None, typer.Argument(help="key=value overrides of the command's YAML defaults.")
 ]
 NameOpt = Annotated[
-    str | None, typer.Option("--name", help="Run name (default: hash of the config).")
+    str | None,
+    typer.Option("--name", help="Run name (default: <command>-<what differs from the "
+                 "defaults>-<hash>)."),
 ]
 RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="Root of the run directories.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
@@ -99,13 +197,60 @@ WorkersOpt = Annotated[
     typer.Option(
         "--workers",
         help="Trainings at once: worker processes (parallel.backend=process, chosen for N > 1 "
-        "when the backend is serial) or Ray tasks in flight. Default: parallel.workers (1).",
+        "when the backend is serial) or Ray tasks in flight (parallel.workers).",
     ),
 ]
 ForceOpt = Annotated[
     bool,
     typer.Option("--force", help="Delete an existing run directory of that name and start afresh."),
 ]
+
+
+DryRunOpt = Annotated[
+    bool,
+    typer.Option("--dry-run", help="Print the resolved config, the trainings planned, what a "
+                 "past run would reuse and a rough time estimate; train nothing, create no run "
+                 "directory."),
+]
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:
+        return "unknown"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def show_plan(plan: Any) -> None:
+    """Print a `lotto.experiments.plan.Plan` (the --dry-run of lottery and rethink)."""
+    from lotto.config import to_yaml
+
+    say = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
+    say(f"# lotto {plan.command} --dry-run: the resolved config (nothing is trained and no run "
+        "directory is created)")
+    say(to_yaml(plan.cfg).rstrip())
+    n, todo = len(plan.trainings), plan.todo
+    if plan.conflict is not None:
+        say(f"run directory: {plan.run_path}: cannot be resumed: {plan.conflict}")
+    elif plan.exists:
+        say(f"run directory: {plan.run_path} (exists: {n - len(todo)} of {n} trainings "
+            "finished there are reused)")
+    else:
+        say(f"run directory: {plan.run_path} (new)")
+    for note in plan.notes:
+        say(note)
+    steps = sum(t.steps for t in todo)
+    evals = sum(t.evals for t in todo)
+    say(f"trainings: {n} planned, {n - len(todo)} reused, {len(todo)} to train "
+        f"({steps:,} steps, {evals:,} evaluations of {plan.eval_examples:,} examples)")
+    workers = f" on {plan.workers} workers" if plan.workers > 1 else ""
+    say(f"time: about {_duration(plan.seconds())}{workers} (rough, without data loading: one "
+        f"training step of {plan.cfg.model.name} at batch {plan.cfg.train.batch_size} took "
+        f"{1000 * plan.step_seconds:.1f} ms here just now, one evaluation "
+        f"{plan.eval_seconds:.2f} s)")
 
 
 def with_workers(cfg: DictConfig, workers: int | None) -> DictConfig:

@@ -9,6 +9,7 @@ import typer
 from lotto.cli.app import (
     ConfigOpt,
     DeviceOpt,
+    DryRunOpt,
     ForceOpt,
     NameOpt,
     OverridesArg,
@@ -42,6 +43,7 @@ def lottery(
     device: DeviceOpt = None,
     workers: WorkersOpt = None,
     force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Iterative magnitude pruning with rewinding to the original init, plus controls."""
     from lotto.config import load_config
@@ -63,6 +65,12 @@ def lottery(
             "parallel.workers": workers,
         },
     )
+    if dry_run:
+        from lotto.cli.app import show_plan
+        from lotto.experiments.plan import plan_lottery
+
+        show_plan(plan_lottery(with_workers(cfg, workers)))
+        return
     with make_progress(console) as progress:
         result = run_lottery(with_workers(cfg, workers), force=force, progress=progress)
     show(result)
@@ -116,6 +124,10 @@ def show(result: LotteryResult) -> None:
         out.add_row(*cells)
     console.print(out)
     s = result.summary
+    if s.get("warning"):
+        console.print(f"[bold yellow]warning:[/] {s['warning']}", highlight=False, soft_wrap=True)
+        console.print(f"run directory: {result.run.path}")
+        return
     for variant, hit in s["smallest_within_1pt"].items():
         where = (
             "never (not even the first pruning round)"

@@ -9,6 +9,7 @@ import typer
 from lotto.cli.app import (
     ConfigOpt,
     DeviceOpt,
+    DryRunOpt,
     ForceOpt,
     NameOpt,
     OverridesArg,
@@ -105,6 +106,7 @@ def rethink(
     device: DeviceOpt = None,
     workers: WorkersOpt = None,
     force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Fine-tune vs train-from-scratch budgets and ticket vs random init, over a pruning grid."""
     from lotto.config import load_config
@@ -120,6 +122,12 @@ def rethink(
         "parallel.workers": workers,
     }
     cfg = with_workers(load_config("rethink", config, overrides or [], options), workers)
+    if dry_run:
+        from lotto.cli.app import show_plan
+        from lotto.experiments.plan import plan_rethink
+
+        show_plan(plan_rethink(cfg))
+        return
     with make_progress(console) as progress:
         result = run_rethink(cfg, force=force, progress=progress)
     show(result)
@@ -190,7 +198,10 @@ def show(result: RethinkResult) -> None:
     for modes, title in ((budget, "fine-tune vs scratch"), (init, "ticket vs random init")):
         if modes:
             console.print(paper_table(table, modes, f"{title}: test accuracy % ({spread})"))
-    for item in result.summary["comparisons"]:
+    warn = result.summary.get("warning")
+    if warn:
+        console.print(f"[bold yellow]warning:[/] {warn}", highlight=False, soft_wrap=True)
+    for item in [] if warn else result.summary["comparisons"]:
         where = f"{_label(item['pruning'], item['method'], item['ratio'])} @ lr {item['lr']:g}"
         notes = []
         if "best_scratch_minus_finetune" in item:

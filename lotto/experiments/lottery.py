@@ -465,9 +465,12 @@ def smallest_within(table: pd.DataFrame, variant: str, dense: float, tol: float 
     }
 
 
-def summarize(table: pd.DataFrame) -> dict:
+def summarize(table: pd.DataFrame, metrics: pd.DataFrame | None = None,
+              num_classes: int | None = None) -> dict:
+    """The headline numbers; with `metrics` and `num_classes`, also a `warning` when the
+    trainings stayed at chance or diverged (then the headline comparisons mean nothing)."""
     dense = table[(table["round"] == 0) & (table.variant == "ticket")].iloc[0]
-    out = {
+    out: dict = {
         "dense_early_stop_test_accuracy": float(dense.early_stop_test_accuracy),
         "dense_test_accuracy": float(dense.test_accuracy),
         "dense_early_stop_iteration": float(dense.early_stop_iteration),
@@ -495,6 +498,12 @@ def summarize(table: pd.DataFrame) -> dict:
                 )
             },
         }
+    if metrics is not None and num_classes is not None:
+        from lotto.experiments.sanity import warning
+
+        losses = metrics["train_loss"] if "train_loss" in metrics else ()
+        out["warning"] = warning(metrics.test_accuracy, num_classes, losses,
+                                 reference=float(dense.test_accuracy))
     return out
 
 
@@ -530,7 +539,7 @@ def run_lottery(
     frame = lottery.metrics.frame()
     dense = not frame.empty and bool(((frame["round"] == 0) & (frame.variant == "ticket")).any())
     table = round_table(frame) if dense else pd.DataFrame()
-    summary = summarize(table) if dense else {}
+    summary = summarize(table, frame, data.num_classes) if dense else {}
     summary["run_dir"] = str(run.path)
     summary["failures"] = lottery.failures.entries
     run.write_json("summary.json", summary)

@@ -754,8 +754,10 @@ def grid_table(metrics: pd.DataFrame) -> pd.DataFrame:
     return mean_std(metrics, keys, cols)
 
 
-def summarize(table: pd.DataFrame) -> dict:
-    """The paper's two questions, answered from the table (differences in accuracy points)."""
+def summarize(table: pd.DataFrame, metrics: pd.DataFrame | None = None,
+              num_classes: int | None = None) -> dict:
+    """The paper's two questions, answered from the table (differences in accuracy points);
+    with `metrics` and `num_classes`, a `warning` when the cells stayed at chance or diverged."""
     def acc(rows: pd.DataFrame, mode: str) -> tuple[float, float] | None:
         hit = rows[rows["mode"] == mode]
         if hit.empty:
@@ -782,6 +784,14 @@ def summarize(table: pd.DataFrame) -> dict:
         if accs["ticket"] is not None and accs["reinit"] is not None:
             item["ticket_minus_reinit"] = accs["ticket"][0] - accs["reinit"][0]
         out["comparisons"].append(item)
+    if metrics is not None and num_classes is not None:
+        from lotto.experiments.sanity import warning
+
+        base = table[(table["mode"] == "baseline") & (table["pruning"] == DENSE)]
+        losses = metrics["train_loss"] if "train_loss" in metrics else ()
+        out["warning"] = warning(metrics.test_accuracy, num_classes, losses,
+                                 reference=float(base.test_accuracy.max()) if len(base) else None,
+                                 what="cells")
     return out
 
 
@@ -811,7 +821,8 @@ def run_rethink(
         grid.run_all(tasks)
     frame = metrics.frame()
     table = grid_table(frame) if len(frame) else pd.DataFrame()
-    summary = summarize(table) if len(frame) else {"baseline": {}, "comparisons": []}
+    summary = (summarize(table, frame, data.num_classes) if len(frame)
+               else {"baseline": {}, "comparisons": []})
     summary["run_dir"] = str(run.path)
     summary["wall_seconds"] = time.perf_counter() - start
     summary["cells"] = len(frame)

@@ -13,6 +13,7 @@ Bands and error bars: the 95% t-interval of the mean with >= 3 seeds, mean ± st
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, NullFormatter
+from matplotlib.ticker import NullFormatter
 
 from lotto.files import replace_atomically
 from lotto.report import aggregate
@@ -77,14 +78,36 @@ def _metadata(fmt: str) -> dict | None:
     return {"Date": None} if fmt == "svg" else None
 
 
-def _log_weights_axis(ax: Any, lowest: float) -> None:
+MAX_POINT_TICKS = 9  # more rounds than this: every k-th point is labelled
+
+
+def _log_weights_axis(ax: Any, points: Iterable[float]) -> None:
+    """Weights remaining (%) on a log axis, labelled at the points themselves (100, 80.2, 64.3,
+    ...: a run that stays above 50% still gets a tick per round), thinned when there are many."""
+    xs = sorted({round(float(x), 6) for x in points if x == x and x > 0}, reverse=True)
     ax.set_xscale("log")
-    ax.set_xticks([t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1) if t >= lowest * 0.9])
-    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    if len(xs) > MAX_POINT_TICKS:
+        step = math.ceil(len(xs) / MAX_POINT_TICKS)
+        xs = xs[::step] + ([xs[-1]] if (len(xs) - 1) % step else [])
+    ax.set_xticks(xs, [f"{x:.3g}" for x in xs])
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.invert_xaxis()
+    ax.tick_params(axis="x", which="minor", length=0)
+    if xs:
+        lo, hi = min(xs), max(xs)
+        ax.set_xlim(hi * 1.06, lo / 1.06)  # inverted: dense on the left, sparsest on the right
+    else:
+        ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%)")
     ax.grid(alpha=0.3)
+
+
+def _seeds_title(seeds: int) -> str:
+    """What a line and its band are, by the number of seeds."""
+    if seeds <= 1:
+        return "1 seed"
+    if seeds == 2:
+        return "mean of 2 seeds, band = mean ± std"
+    return f"mean of {seeds} seeds, band = 95% t-interval"
 
 
 # ------------------------------------------------------------------------------ lottery
@@ -124,15 +147,11 @@ def lottery_figure(section: Section) -> Figure | None:
                 lo, hi = band(rows, col, scale)
                 if (hi > lo).any():
                     ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
-    lowest = float(table.weights_remaining_pct.min())
     for ax, (_, _, ylabel) in zip(axes, panels):
-        _log_weights_axis(ax, lowest)
+        _log_weights_axis(ax, table.weights_remaining_pct.to_numpy(dtype=float))
         ax.set_ylabel(ylabel)
     axes[0].legend(fontsize=8)
-    seeds = int(table.seeds.max())
-    spread = {1: "1 seed", 2: "band = mean ± std over 2 seeds"}.get(
-        seeds, f"band = 95% t-interval over {seeds} seeds")
-    fig.suptitle(f"Iterative magnitude pruning: mean over seeds, {spread}")
+    fig.suptitle(f"Iterative magnitude pruning ({_seeds_title(int(table.seeds.max()))})")
     fig.tight_layout()
     return fig
 
@@ -149,7 +168,8 @@ def rethink_figure(section: Section) -> Figure | None:
         return None
     groups = list(pruned.groupby(["pruning", "method", "ratio", "lr"], sort=False))
     labels = list(dict.fromkeys(table.label))
-    colors = _colors(len(labels))
+    many = len(labels) > 1  # several runs: a colour per run; one run: a colour per mode
+    colors = _colors(len(labels) if many else len(aggregate.MODES))
     cols = min(3, len(groups))
     nrows = math.ceil(len(groups) / cols)
     fig = Figure(figsize=(max(7.0, 5.2 * cols), 3.8 * nrows))
@@ -167,26 +187,34 @@ def rethink_figure(section: Section) -> Figure | None:
             mean = sub.test_accuracy.to_numpy(dtype=float) * 100
             x = np.array([modes.index(m) for m in present]) + (li - (len(labels) - 1) / 2) * width
             err = np.vstack([mean - lo, hi - mean])
-            ax.bar(x, mean, width, color=colors[li], label=label,
+            color = ([colors[li]] * len(present) if many else
+                     [colors[aggregate.MODES.index(m)] for m in present])
+            ax.bar(x, mean, width, color=color, label=label if many else None,
                    yerr=err if (err > 0).any() else None, capsize=3)
+            for xi, value in zip(x, mean):  # the number on the bar: the axis starts at 0
+                ax.annotate(f"{value:.1f}", (xi, value), ha="center", va="bottom", fontsize=7,
+                            xytext=(0, 2), textcoords="offset points")
             base = table[(table.label == label) & (table["mode"] == "baseline")
                          & (table["pruning"] == "none") & (table.lr == lr)]
             if len(base):
-                ax.axhline(float(base.test_accuracy.iloc[0]) * 100, color=colors[li], ls=":",
-                           lw=1)
+                ax.axhline(float(base.test_accuracy.iloc[0]) * 100,
+                           color=colors[li] if many else "black", ls=":", lw=1,
+                           label=None if many else "unpruned baseline")
         ax.set_xticks(range(len(modes)), [aggregate.MODE_HEADS.get(m, m) for m in modes],
                       fontsize=8)
-        low = float(pruned.test_accuracy.min()) * 100
-        ax.set_ylim(max(0.0, low - 10), None)
+        # bars start at zero: a bar's length is its accuracy (a cut axis exaggerates gaps)
+        top = float(table.test_accuracy.max()) * 100
+        ax.set_ylim(0, min(100.0, top * 1.12) if top > 0 else 1)
         ax.set_title(f"{aggregate.rethink_model(kind, method, ratio, 'x')} @ lr {lr:g}",
                      fontsize=9)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
     for ax in axes[len(groups):]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Fine-tune vs scratch, ticket vs reinit (dotted: unpruned baseline)",
-                 fontsize=10)
+    axes[0].legend(fontsize=8, loc="best")
+    seeds = int(table.seeds.max()) if "seeds" in table.columns else 1
+    fig.suptitle("Fine-tune vs scratch, ticket vs reinit\n(dotted: unpruned baseline; "
+                 f"{_seeds_title(seeds).replace('band', 'error bar')})", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -296,6 +324,16 @@ def _errorbar(rows: pd.DataFrame, col: str, error_col: str | None) -> np.ndarray
     return np.nan_to_num(np.abs(err) * ms)
 
 
+# The reference and the estimate of each kind of validation row (bench's `kind` column): a
+# phone's truth is the published latency the phone model was fitted on, not a measurement here.
+PROVENANCE = {
+    "phone_cv": ("published latency", "phone model, held out"),
+    "validation": ("measured end to end here", "lookup-table sum"),
+    "calibration_cv": ("measured (your bench runs)", "calibrated model, held out"),
+}
+DEFAULT_PROVENANCE = ("reference", "estimate")
+
+
 def bench_figure(section: Section) -> Figure | None:
     """Latency vs MACs per network, one colour per device and source, error bar = expected
     error (measured: p25..p75); with validation rows also predicted vs measured."""
@@ -346,25 +384,32 @@ def bench_figure(section: Section) -> Figure | None:
                            label="MACs baseline")
         top = float(np.nanmax([measured.max(), predicted.max()]))
         ax.plot([0, top], [0, top], color="black", lw=0.8)
-        ax.set_xlabel("measured (ms)")
-        ax.set_ylabel("predicted (ms)")
+        kinds = list(dict.fromkeys(rows["kind"].dropna())) if "kind" in rows.columns else []
+        truth, guess = (" / ".join(dict.fromkeys(PROVENANCE.get(k, DEFAULT_PROVENANCE)[i]
+                                                 for k in kinds or [None])) for i in (0, 1))
+        ax.set_xlabel(f"{truth} (ms)")
+        ax.set_ylabel(f"{guess} (ms)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        ax.set_title("Predicted vs measured")
+        ax.set_title(f"{guess[0].upper() + guess[1:]} vs {truth}", fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def build_v3_figure(section: Section) -> Figure | None:
-    """Latency vs MAdds along the construction steps, one panel per device, error bar = the
-    source's expected error, each point named by its change."""
+    """The construction steps, one panel per device: accuracy vs latency when the run trained
+    its networks (the paper's figure), else latency vs MAdds; error bar = the latency source's
+    expected error. Points carry their step number; the steps are named under the panels (long
+    change names next to close points would overlap)."""
     frame = section.frame
     lats = aggregate.latency_columns(frame)
     if not lats or "madds" not in frame.columns:
         return None
+    acc = pd.to_numeric(frame.get("test_accuracy", pd.Series(dtype=float)), errors="coerce")
+    with_acc = int(acc.notna().sum()) >= 2
     labels = list(dict.fromkeys(frame.label))
     colors = _colors(len(labels))
-    fig = Figure(figsize=(6.2 * len(lats), 4.8))
+    fig = Figure(figsize=(6.2 * len(lats), 5.2))
     axes = np.atleast_1d(fig.subplots(1, len(lats)))
     for ax, col in zip(axes, lats):
         device = col[len("latency_ms_"):] or "latency"
@@ -375,23 +420,47 @@ def build_v3_figure(section: Section) -> Figure | None:
         for (label, _run), rows in frame.groupby(["label", "run"], sort=False):
             rows = rows.sort_values("step")
             ms = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
-            madds = pd.to_numeric(rows.madds, errors="coerce").to_numpy(dtype=float) / 1e6
             color = colors[labels.index(label)]
-            ax.errorbar(madds, ms, yerr=_errorbar(rows, col, error_col), marker="o", ms=4,
-                        capsize=2, color=color, label=label)
-            for x, y, change in zip(madds, ms, rows.change):
-                ax.annotate(str(change), (x, y), fontsize=7, xytext=(3, 3),
+            err = _errorbar(rows, col, error_col)
+            if with_acc:
+                a = pd.to_numeric(rows.test_accuracy, errors="coerce").to_numpy(dtype=float)
+                ok = ~np.isnan(a) & ~np.isnan(ms)
+                x, y = ms[ok], a[ok] * 100
+                xerr = err[ok] if err is not None else None
+                ax.errorbar(x, y, xerr=xerr, marker="o", ms=4, capsize=2, color=color,
+                            label=label)
+                steps = rows.step.to_numpy()[ok]
+            else:
+                x = ms
+                y = pd.to_numeric(rows.madds, errors="coerce").to_numpy(dtype=float) / 1e6
+                x, y = y, ms  # MAdds across, latency up
+                ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, color=color,
+                            label=label)
+                steps = rows.step.to_numpy()
+            for i, (xi, yi, step) in enumerate(zip(x, y, steps)):
+                # alternate sides: consecutive changes often land close together
+                ax.annotate(str(int(step)), (xi, yi), fontsize=8, color=color,
+                            xytext=(5, 3) if i % 2 == 0 else (-11, -11),
                             textcoords="offset points")
         source = ""
         if source_col in frame.columns:
             source = "/".join(str(s) for s in dict.fromkeys(frame[source_col].dropna()))
         ax.set_title(f"{device}{f' ({source})' if source else ''}")
-        ax.set_xlabel("multiply-adds (M)")
-        ax.set_ylabel("latency (ms)")
+        if with_acc:
+            ax.set_xlabel(f"latency on {device} (ms)")
+            ax.set_ylabel("test accuracy (%)")
+        else:
+            ax.set_xlabel("multiply-adds (M)")
+            ax.set_ylabel(f"latency on {device} (ms)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("MobileNetV3 construction: each change priced")
-    fig.tight_layout()
+    first = frame[frame.run == frame.run.iloc[0]].sort_values("step")
+    names = "; ".join(f"{int(r.step)} {r.change}" for r in first.itertuples())
+    fig.text(0.01, 0.01, "\n".join(textwrap.wrap(f"steps: {names}", 160)), fontsize=7,
+             va="bottom")
+    fig.suptitle("MobileNetV3 construction: " + ("accuracy vs latency per change" if with_acc
+                                                 else "each change priced"))
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
