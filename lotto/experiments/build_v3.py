@@ -213,7 +213,7 @@ def _train(spec: ArchSpec, cfg: DictConfig, data: Any, device: torch.device, run
     seed_everything(cfg.seed)
     model = build_network(small)
     result = train(model, data, cfg.train, seed=cfg.seed, device=device, progress=progress,
-                   desc=f"train {tag}")
+                   desc=f"train {tag}", eval_test="reported")
     run.save_tensors(f"trained_{tag}.safetensors", model.state_dict())
     small.save(run.file(f"trained_{tag}.yaml"))
     return {
