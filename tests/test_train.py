@@ -444,7 +444,9 @@ def test_eval_test_reported_tests_only_the_early_stop_and_the_end(
     full = train(full_net, digits, cfg, seed=1, device=CPU)
     calls = []
     real = train_mod.evaluate
-    monkeypatch.setattr(train_mod, "evaluate", lambda m, x, y: calls.append(len(y)) or real(m, x, y))
+    monkeypatch.setattr(
+        train_mod, "evaluate", lambda m, x, y: calls.append(len(y)) or real(m, x, y)
+    )
     reported = train(reported_net, digits, cfg, seed=1, device=CPU, eval_test="reported")
     # the same training, and the same numbers wherever the result reports a test accuracy
     assert [h["val_loss"] for h in reported.history] == [h["val_loss"] for h in full.history]
