@@ -20,6 +20,7 @@ from lotto.cli.app import (
     report_failures,
     with_workers,
 )
+from lotto.cli.network import FromOpt
 
 if TYPE_CHECKING:  # heavy (torch): imported inside the command, so `lotto --help` starts fast
     from lotto.experiments.lottery import LotteryResult
@@ -36,6 +37,7 @@ def lottery(
         int | None, typer.Option(help="Pruning rounds after the dense round.")
     ] = None,
     seeds: Annotated[int | None, typer.Option(help="Replicates (seed, seed+1, ...).")] = None,
+    from_: FromOpt = None,
     seed: SeedOpt = None,
     name: NameOpt = None,
     runs_dir: RunsDirOpt = None,
@@ -56,6 +58,7 @@ def lottery(
             "lottery.prune_rate": prune_rate,
             "lottery.rounds": rounds,
             "lottery.seeds": seeds,
+            "model.name": from_,
             "seed": seed,
             "run.name": name,
             "run.runs_dir": runs_dir,
