@@ -483,9 +483,14 @@ def train(
     unwrap()  # callers get back their own module tree (no DDP, no SyncBatchNorm)
     result = log.result(it)
     warning = result.eval_warning()
-    if warning is not None and distributed.rank() == 0:
+    if warning is not None and distributed.rank() == 0 and not _EVAL_WARNED:
+        # once per process: a lottery's 46 trainings of one shape would say it 46 times
+        _EVAL_WARNED.append(desc)
         print(f"{desc}: {warning}", file=sys.stderr)
     return result
+
+
+_EVAL_WARNED: list[str] = []  # the training that said evaluation dominated, if one did
 
 
 def _test_reported(model: nn.Module, data: Data, log: History, best: dict) -> None:

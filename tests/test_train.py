@@ -481,11 +481,14 @@ def test_evaluation_that_dominates_says_so(
         return real(m, x, y)
 
     monkeypatch.setattr(train_mod, "evaluate", slow)
+    monkeypatch.setattr(train_mod, "_EVAL_WARNED", [])
     result = train(model(), digits, train_cfg(), seed=0, device=CPU, desc="tiny")
     assert 0.5 < result.eval_seconds / result.seconds <= 1
     err = capsys.readouterr().err
     assert err.startswith("tiny: evaluation took ") and "train.eval_every" in err
     assert err.count("\n") == 1
+    train(model(), digits, train_cfg(), seed=0, device=CPU, desc="again")
+    assert capsys.readouterr().err == ""  # said once per process, not once per training
 
     monkeypatch.setattr(train_mod, "evaluate", real)
     cfg = train_cfg("iterations=200it", "eval_every=200it")
