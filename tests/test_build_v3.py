@@ -78,7 +78,6 @@ def test_switches_and_custom_seed(tmp_path: Path) -> None:
         (["from=no_such_net"], "neither a preset"),
         (["changes.se_blocks=[0,99]"], "blocks 0..15"),
         (["changes.hswish_from=4096"], "no layer"),
-        (["from=mobilenet_v3_small"], "already pools"),  # efficient last stage twice
         (["latency.phones=[iphone]"], "latency.phones"),
         (["export=tflite"], "export"),
     ],
@@ -86,6 +85,14 @@ def test_switches_and_custom_seed(tmp_path: Path) -> None:
 def test_impossible_builds_are_lotto_errors(overrides: list[str], message: str) -> None:
     with pytest.raises(LottoError, match=message):
         bv3.construct(cfg(*overrides))
+
+
+def test_a_from_network_skips_the_changes_it_cannot_take() -> None:
+    """Issue 19's hand-off: efficient last stage twice is skipped with one line, not an error."""
+    skipped: list[str] = []
+    steps = bv3.construct(cfg("from=mobilenet_v3_small"), skipped)
+    assert "efficient_last_stage" not in [s.change for s in steps]
+    assert len(skipped) == 1 and "already pools" in skipped[0]
 
 
 def test_cli_run_writes_files_and_resumes(tmp_path: Path, monkeypatch) -> None:

@@ -385,3 +385,128 @@ def test_start_iteration_continues_the_schedule_and_batch_order(digits: Data) ->
     assert all(torch.equal(v, state(dense)[k]) for k, v in state(resumed).items())
     with pytest.raises(LottoError, match="start iteration 30"):
         train(model(), data, cfg, seed=5, device=CPU, start_iteration=30)
+
+
+# Curves of the trainer at commit afcc1b7 (before the speed work: one-tensor-at-a-time
+# optimizers, 2,000-image evaluation passes, the scheduler stepped every iteration), computed
+# there with this test's setup: (iteration, val_loss, test_accuracy, train_loss).
+BASE_CURVES = {
+    "adam": [
+        (0, 2.358641084257539, 0.10833333333333334, math.nan),
+        (20, 0.5163735876550207, 0.9361111111111111, 1.2698657035827636),
+        (40, 0.27527316967090526, 0.9472222222222222, 0.27240819931030275),
+        (60, 0.2261019620028409, 0.9555555555555556, 0.15895966291427613),
+    ],
+    "sgd-step-warmup": [
+        (0, 2.358641084257539, 0.10833333333333334, math.nan),
+        (20, 0.3288723872258113, 0.9222222222222223, 1.2132145881652832),
+        (40, 0.2821862014023574, 0.9416666666666667, 0.1873145341873169),
+        (60, 0.2383728560867843, 0.9722222222222222, 0.11601600646972657),
+    ],
+}
+BASE_OVERRIDES = {
+    "adam": [],
+    "sgd-step-warmup": [
+        "optimizer=sgd", "lr=0.05", "schedule=step", "milestones=[0.5]", "warmup=10it"
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BASE_CURVES))
+def test_curves_unchanged_from_before_the_speed_work(digits: Data, name: str) -> None:
+    cfg = train_cfg("iterations=60it", "eval_every=20it", *BASE_OVERRIDES[name])
+    result = train(model(), digits, cfg, seed=3, device=CPU)
+    got = [(h["iteration"], h["val_loss"], h["test_accuracy"], h["train_loss"])
+           for h in result.history]
+    assert [g[0] for g in got] == [b[0] for b in BASE_CURVES[name]]
+    for g, b in zip(got, BASE_CURVES[name]):
+        # float32 sums: equal here bit for bit; the tolerance leaves room for another CPU's
+        # kernels, far below what a change of arithmetic (e.g. the schedule not stepped) moves
+        assert g[1:] == pytest.approx(b[1:], abs=1e-7, nan_ok=True)
+
+
+def test_large_evaluation_passes_give_the_block_by_block_numbers(
+    digits: Data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = model()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3000, 1, 8, 8, generator=gen), torch.randint(0, 10, (3000,), generator=gen)
+    big = evaluate(net, x, y, batch_size=7)  # many blocks per forward pass
+    monkeypatch.setattr(train_mod, "EVAL_CHUNK_BYTES", x[0].numel() * 4)  # one block per pass
+    assert evaluate(net, x, y, batch_size=7) == big
+
+
+def test_eval_test_reported_tests_only_the_early_stop_and_the_end(
+    digits: Data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = train_cfg("iterations=80it", "eval_every=10it", "lr=0.02")
+    full_net, reported_net = model(), model()
+    full = train(full_net, digits, cfg, seed=1, device=CPU)
+    calls = []
+    real = train_mod.evaluate
+    monkeypatch.setattr(
+        train_mod, "evaluate", lambda m, x, y: calls.append(len(y)) or real(m, x, y)
+    )
+    reported = train(reported_net, digits, cfg, seed=1, device=CPU, eval_test="reported")
+    # the same training, and the same numbers wherever the result reports a test accuracy
+    assert [h["val_loss"] for h in reported.history] == [h["val_loss"] for h in full.history]
+    assert reported.test_accuracy == full.test_accuracy
+    assert reported.early_stop_iteration == full.early_stop_iteration
+    assert reported.early_stop_test_accuracy == full.early_stop_test_accuracy
+    # the final weights come back, not the early stop's
+    for k, v in full_net.state_dict().items():
+        assert torch.equal(reported_net.state_dict()[k], v)
+    tested = {h["iteration"] for h in reported.history if not math.isnan(h["test_accuracy"])}
+    assert tested == {full.early_stop_iteration, full.iterations}
+    n_test, n_val = len(digits.test_y), len(digits.val_y)
+    assert calls.count(n_test) == len(tested)  # test evaluated once per reported row, no more
+    assert reported.evaluated_images == len(full.history) * n_val + len(tested) * n_test
+    assert full.evaluated_images == len(full.history) * (n_val + n_test)
+
+
+def test_eval_test_must_be_known(digits: Data) -> None:
+    with pytest.raises(ValueError, match="eval_test"):
+        train(model(), digits, train_cfg(), seed=0, device=CPU, eval_test="sometimes")
+
+
+def test_evaluation_that_dominates_says_so(
+    digits: Data, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    real = train_mod.evaluate
+
+    def slow(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        time.sleep(0.05)
+        return real(m, x, y)
+
+    monkeypatch.setattr(train_mod, "evaluate", slow)
+    monkeypatch.setattr(train_mod, "_EVAL_WARNED", [])
+    result = train(model(), digits, train_cfg(), seed=0, device=CPU, desc="tiny")
+    assert 0.5 < result.eval_seconds / result.seconds <= 1
+    err = capsys.readouterr().err
+    assert err.startswith("tiny: evaluation took ") and "train.eval_every" in err
+    assert err.count("\n") == 1
+    train(model(), digits, train_cfg(), seed=0, device=CPU, desc="again")
+    assert capsys.readouterr().err == ""  # said once per process, not once per training
+
+    monkeypatch.setattr(train_mod, "evaluate", real)
+    cfg = train_cfg("iterations=200it", "eval_every=200it")
+    quiet_result = train(model(), digits, cfg, seed=0, device=CPU, eval_start=False)
+    assert quiet_result.eval_warning() is None
+    assert capsys.readouterr().err == ""
+
+
+def test_eval_warning_line() -> None:
+    result = train_mod.TrainResult(
+        iterations=20, epochs=0.1, train_loss=0.0, val_loss=0.0, val_accuracy=0.0,
+        test_accuracy=0.0, early_stop_iteration=0, early_stop_val_loss=0.0,
+        early_stop_test_accuracy=0.0, seconds=10.0, history=[{}, {}], eval_seconds=8.5,
+        evaluated_images=30000,
+    )
+    assert result.eval_warning() == (
+        "evaluation took 85% of this training's 10.0 s (30,000 images over 2 evaluations for "
+        "20 steps): raise train.eval_every, or shrink data.val_size"
+    )
+    result.eval_seconds = 4.0
+    assert result.eval_warning() is None

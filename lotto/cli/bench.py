@@ -21,6 +21,7 @@ from lotto.cli.app import (
     err_console,
     lotto_command,
 )
+from lotto.cli.network import FromOpt, exclusive, is_path
 
 if TYPE_CHECKING:  # heavy (torch): imported inside the command, so `lotto --help` starts fast
     from lotto.experiments.bench import BenchResult
@@ -33,6 +34,7 @@ def bench(
     device: Annotated[str | None, typer.Option(
         "--device", help="cpu, cuda, xnnpack, adb, adb:SERIAL (measured); pixel, pixel1, "
         "pixel2, pixel3 or a calibrated device name (model).")] = None,
+    from_: FromOpt = None,
     model: Annotated[str | None, typer.Option("--model", help="Preset name.")] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="Architecture spec YAML file.")] = None,
     resolution: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
@@ -65,6 +67,9 @@ def bench(
     from lotto.experiments.bench import run_bench
     from lotto.progress import make_progress
 
+    exclusive(from_, model=model, arch=arch)
+    if from_ is not None:  # a preset keeps bench's width rule; a file or run is a spec
+        model, arch = (None, from_) if is_path(from_) else (from_, None)
     cfg = load_config("bench", config, overrides or [], {
         "device": device, "model": model, "arch": arch, "resolution": resolution,
         "width_mult": width_mult, "source": source, "threads": threads,

@@ -33,7 +33,8 @@ def build_v3(
     ] = None,
     from_: Annotated[
         str | None,
-        typer.Option("--from", help="Seed spec: a preset name or a spec YAML file "
+        typer.Option("--from", help="Seed network: a preset name, a spec YAML file or a run "
+                     "directory (best.yaml / final.yaml); a change it cannot take is skipped "
                      "(default: mnasnet_a1 for large, mobilenet_v3_small_seed for small)."),
     ] = None,
     train: Annotated[
@@ -108,6 +109,8 @@ def show(result: BuildResult) -> None:
         out.add_row(*cells)
     console.print(out)
     s = result.summary
+    for line in s.get("skipped", []):  # a --from network that lacks what a change needs
+        console.print(line)
     if s["equals_published"]:
         console.print(f"the result is exactly {s['published']} (spec equality)")
     else:

@@ -21,6 +21,7 @@ from lotto.cli.app import (
     report_failures,
     with_workers,
 )
+from lotto.cli.network import FromOpt
 
 if TYPE_CHECKING:  # heavy (torch): imported inside the command, so `lotto --help` starts fast
     from lotto.experiments.lottery import LotteryResult
@@ -37,6 +38,7 @@ def lottery(
         int | None, typer.Option(help="Pruning rounds after the dense round.")
     ] = None,
     seeds: Annotated[int | None, typer.Option(help="Replicates (seed, seed+1, ...).")] = None,
+    from_: FromOpt = None,
     seed: SeedOpt = None,
     name: NameOpt = None,
     runs_dir: RunsDirOpt = None,
@@ -58,6 +60,7 @@ def lottery(
             "lottery.prune_rate": prune_rate,
             "lottery.rounds": rounds,
             "lottery.seeds": seeds,
+            "model.name": from_,
             "seed": seed,
             "run.name": name,
             "run.runs_dir": runs_dir,

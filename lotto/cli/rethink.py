@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -98,7 +99,9 @@ def rethink(
     seeds: Annotated[int | None, typer.Option(help="Replicates (seed, seed+1, ...).")] = None,
     from_run: Annotated[
         str | None,
-        typer.Option("--from", help="A lottery run (runs/lottery/<run>) to reuse."),
+        typer.Option("--from", help="The network: a preset, a spec YAML file or a run directory "
+                     "(best.yaml / final.yaml); a lottery run (runs/lottery/<run>) is reused: "
+                     "its init, trained weights and masks."),
     ] = None,
     seed: SeedOpt = None,
     name: NameOpt = None,
@@ -117,7 +120,7 @@ def rethink(
         **pruning_options(pruning, parse_list("--method", method),
                           parse_list("--ratio", ratio, float), parse_list("--modes", modes)),
         "grid.lrs": parse_list("--lrs", lrs, float),
-        "grid.seeds": seeds, "from": from_run,
+        "grid.seeds": seeds, **_from(from_run),
         "seed": seed, "run.name": name, "run.runs_dir": runs_dir, "device": device,
         "parallel.workers": workers,
     }
@@ -218,3 +221,21 @@ def show(result: RethinkResult) -> None:
 
 
 __all__ = ["rethink", "show"]
+
+
+def _from(value: str | None) -> dict:
+    """`--from`: a lottery run is the run to reuse (init, trained weights, masks); a preset, a
+    spec file or a run with best.yaml / final.yaml is the network to build (`model.name`). A
+    directory that is neither, or a missing path, goes to the lottery-run check, whose error
+    names what is wrong."""
+    from lotto.cli.network import is_lottery_run
+
+    if value is None:
+        return {}
+    path = Path(value).expanduser()
+    spec_run = path.is_dir() and any((path / f).is_file() for f in ("best.yaml", "final.yaml"))
+    if is_lottery_run(value) or (path.is_dir() and not spec_run):
+        return {"from": value}
+    if not path.exists() and ("/" in value or value.startswith(".")):
+        return {"from": value}
+    return {"model.name": value}

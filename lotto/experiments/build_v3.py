@@ -100,8 +100,13 @@ def phones(cfg: DictConfig) -> list[str]:
     return list(dict.fromkeys(canonical_device(p) for p in cfg.latency.phones))
 
 
-def construct(cfg: DictConfig) -> list[Step]:
-    """The sequence of specs, seed first, priced at cfg.resolution / cfg.num_classes."""
+def construct(cfg: DictConfig, skipped: list[str] | None = None) -> list[Step]:
+    """The sequence of specs, seed first, priced at cfg.resolution / cfg.num_classes.
+
+    A network given with `--from` (a preset, a spec file, a searched run) may lack what a change
+    needs (no layer wide enough for h-swish, a head that already pools first): that change is
+    skipped, and one line saying why is appended to `skipped`. With the variant's own seed, a
+    change that does not apply is an error."""
     validate(cfg)
     variant = VARIANTS[cfg.variant]
     ch = cfg.changes
@@ -118,7 +123,11 @@ def construct(cfg: DictConfig) -> list[Step]:
         try:
             new = fn(spec)
         except LottoError as e:
-            raise LottoError(f"change {change}: {e}") from None
+            if cfg["from"] is None:
+                raise LottoError(f"change {change}: {e}") from None
+            if skipped is not None:
+                skipped.append(f"change {change} skipped: {e}")
+            return
         spec = new.replace(name=f"{steps[0].spec.name}+{change}")
         steps.append(Step(len(steps), change, description, spec))
 
@@ -213,7 +222,7 @@ def _train(spec: ArchSpec, cfg: DictConfig, data: Any, device: torch.device, run
     seed_everything(cfg.seed)
     model = build_network(small)
     result = train(model, data, cfg.train, seed=cfg.seed, device=device, progress=progress,
-                   desc=f"train {tag}")
+                   desc=f"train {tag}", eval_test="reported")
     run.save_tensors(f"trained_{tag}.safetensors", model.state_dict())
     small.save(run.file(f"trained_{tag}.yaml"))
     return {
@@ -230,7 +239,8 @@ def _train(spec: ArchSpec, cfg: DictConfig, data: Any, device: torch.device, run
 
 def run_build_v3(cfg: DictConfig, *, force: bool = False,
                  progress: Progress | None = None) -> BuildResult:
-    steps = construct(cfg)  # bad specs and weights fail before a run directory exists
+    skipped: list[str] = []
+    steps = construct(cfg, skipped)  # bad specs and weights fail before a run directory exists
     final = steps[-1].spec
     exported = None
     if cfg.export == "onnx" or cfg.pretrained is not None:
@@ -294,6 +304,7 @@ def run_build_v3(cfg: DictConfig, *, force: bool = False,
         "equals_published": final.name == target,
         "published": target,
         "changes": [s.change for s in steps[1:]],
+        "skipped": skipped,
         "final": {k: json_value(v) for k, v in frame.iloc[-1].items()},
         "seed": {k: json_value(v) for k, v in frame.iloc[0].items()},
         "final_blocks": final.block_strings(),
