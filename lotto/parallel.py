@@ -89,7 +89,25 @@ def parallel_config(section: Mapping[str, Any]) -> ParallelConfig:
     _check_options(**{k: v for k, v in values.items() if k != "batch_replicas"})
     batch = values["batch_replicas"]
     check(isinstance(batch, bool), "parallel.batch_replicas", f"{batch!r} must be true or false")
+    _check_torchrun(values["backend"], values["workers"], batch)
     return ParallelConfig(**values)
+
+
+def _check_torchrun(backend: str, workers: int, batch_replicas: bool = False) -> None:
+    """Under torchrun every rank runs every unit as one data-parallel training: worker processes,
+    Ray tasks or batched replicas would instead train each unit in full on every rank."""
+    if not _under_torchrun():
+        return
+    asked = [what for what, on in (
+        (f"parallel.workers={workers} (--workers)", workers != 1),
+        (f"parallel.backend={backend}", backend != "serial"),
+        ("parallel.batch_replicas=true", batch_replicas),
+    ) if on]
+    if asked:
+        raise LottoError(
+            f"{asked[0]} cannot run under torchrun, whose processes already train each unit "
+            "together (data parallel): use torchrun or parallel workers, not both"
+        )
 
 
 def _check_options(
@@ -163,6 +181,7 @@ class Runner:
         address: str | None = None,
     ):
         _check_options(backend, workers, threads_per_worker, timeout, address)
+        _check_torchrun(backend, workers)
         self.backend, self.workers, self.timeout, self.address = backend, workers, timeout, address
         self.threads = threads_per_worker
         self._slots: list[_Worker] = []  # process backend: one worker per slot, started lazily
@@ -299,6 +318,57 @@ def _describe(e: BaseException) -> str:
 
 def _call(fn: Callable[[Any], Any], task: Any) -> TaskResult:
     """Run one task here; an exception (a LottoError excepted) becomes a failed result."""
+    return _call_on_every_rank(fn, task) if _under_torchrun() else _call_here(fn, task)
+
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _call_on_every_rank(fn: Callable[[Any], Any], task: Any) -> TaskResult:
+    """`_call` under torchrun, where every rank runs the task (one data-parallel training): the
+    ranks agree on its outcome (`lotto.distributed.settle`) before any of them delivers it, so
+    that a unit failed on one rank is failed on all (no rank writes its row; a re-run retries it),
+    with the failing rank's error, and a LottoError on one rank stops the run on all."""
+    from lotto import distributed
+
+    if not distributed.active():  # torchrun, but the process group was never joined
+        return _call_here(fn, task)
+    distributed.unit_begins()
+    start, tb = time.perf_counter(), ""
+    value, state, text = None, "done", ""
+    try:
+        value = fn(task)
+    except LottoError as e:
+        state, text = "stop", str(e)
+    except distributed.PeerFailed:
+        state = "peer"
+    except Exception as e:
+        if distributed.in_training():
+            # the other ranks may wait in a collective of this training: no exchange can pair
+            # with theirs, so the whole launch stops (torchrun ends the other ranks); nothing of
+            # this unit is written, so a re-run retries it
+            traceback.print_exc()
+            print(f"rank {distributed.rank()}: {_describe(e)} during a data-parallel training: "
+                  "stopping every rank (finished units are kept; re-run to retry)",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+        state, text, tb = "failed", _describe(e), traceback.format_exc()
+    states = distributed.settle(state, text)
+    seconds = time.perf_counter() - start
+    stops = [t for s, t in states if s == "stop"]
+    if stops:
+        raise LottoError(stops[0])
+    failed = [(r, t) for r, (s, t) in enumerate(states) if s == "failed"]
+    if failed:
+        r, text = failed[0]
+        return TaskResult("failed", None, f"rank {r}: {text}", seconds, tb)
+    if any(s != "done" for s, _ in states):  # a rank ended the unit without training it
+        return TaskResult("failed", None, "the ranks did not run this unit in step", seconds)
+    return TaskResult("ok", value, "", seconds)
+
+
+def _call_here(fn: Callable[[Any], Any], task: Any) -> TaskResult:
     start = time.perf_counter()
     try:
         value = fn(task)
