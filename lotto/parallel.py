@@ -27,6 +27,7 @@ import pickle
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -403,8 +404,37 @@ def _gpu_ids() -> list[str]:
         return []
 
 
-def _worker_main(conn: Any, threads: int, gpu: str | None) -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCHDOG_S = 1.0  # how often a worker checks that its driver is still its parent
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the driver `parent` ends, even by SIGKILL (nothing else would stop
+    a training running for hours on a GPU): Linux kills us on its death (PR_SET_PDEATHSIG, as
+    torch's DataLoader workers get); a thread watching our parent pid is the fallback elsewhere,
+    and covers a driver gone before the prctl."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog still stops us
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCHDOG_S)
+        os._exit(1)  # re-parented: the driver is gone
+
+    threading.Thread(target=watch, name="lotto-parent-watchdog", daemon=True).start()
+
+
+def _worker_main(conn: Any, threads: int, gpu: str | None, parent: int) -> None:
     """A worker process: set up once, then run tasks sent as pickled (fn, task) until EOF."""
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     if gpu is not None:  # before torch initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
@@ -446,7 +476,7 @@ class _Worker:
         self.slot = slot
         self.conn, child = ctx.Pipe()
         # not a daemon: a task may start processes of its own (DataLoader workers)
-        self.proc = ctx.Process(target=_worker_main, args=(child, threads, gpu),
+        self.proc = ctx.Process(target=_worker_main, args=(child, threads, gpu, os.getpid()),
                                 name=f"lotto-worker-{slot}")
         self.proc.start()
         child.close()

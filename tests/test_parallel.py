@@ -6,6 +6,7 @@ import importlib.util
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -241,3 +242,86 @@ def test_ray_local_instance_same_numbers_and_failures(monkeypatch: pytest.Monkey
     assert_same_training(run_tasks(work, tasks[:2]), results[:2])
     assert results[2].status == "failed" and results[2].error == "ValueError: bad task 2"
     assert results[3].status == "failed" and results[3].error.startswith("worker died (")
+
+
+# --- the driver killed: no worker outlives it ------------------------------------------------------
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def descendants(root: int) -> set[int]:
+    found, todo = set(), [root]
+    while todo:
+        parent = todo.pop()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) not in found:
+                if parent_of(int(entry.name)) == parent:
+                    found.add(int(entry.name))
+                    todo.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper that never comes counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def has_torch(pid: int) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_the_driver_ends_its_workers(tmp_path: Path, sig: signal.Signals) -> None:
+    """A real `lotto lottery --workers 2`, killed while both workers train (issue 16): no worker
+    survives it (SIGKILL: PR_SET_PDEATHSIG or the parent watchdog), and SIGTERM is handled as
+    Ctrl-C (exit 143, finished work kept)."""
+    args = ["data.name=digits", "train.iterations=1000000it", "train.eval_every=1000000it",
+            "lottery.rounds=1", "lottery.controls=[]", "lottery.seeds=2", "device=cpu"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "lotto", "--threads", "1", "lottery", "--workers", "2",
+         "--runs-dir", str(tmp_path), *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while time.monotonic() < deadline and driver.poll() is None:
+            workers = {p for p in descendants(driver.pid) if has_torch(p)}
+            if len(workers) >= 2:
+                break
+            time.sleep(0.2)
+        assert len(workers) >= 2, driver.communicate(timeout=30)
+        time.sleep(2)  # both are now training their seed's dense round
+        assert all(alive(p) for p in workers)
+        os.kill(driver.pid, sig)
+        _, err = driver.communicate(timeout=60)
+        end = time.monotonic() + 15
+        while any(alive(p) for p in workers) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert [p for p in workers if alive(p)] == []
+    finally:
+        driver.kill()
+        driver.wait()
+        for p in workers:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+    if sig == signal.SIGTERM:
+        assert driver.returncode == 143, err[-2000:]
+        assert "terminated: finished work is kept" in err
+    else:
+        assert driver.returncode == -signal.SIGKILL
