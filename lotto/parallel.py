@@ -210,7 +210,8 @@ class Runner:
 
         `fn` must be a top-level function and the tasks picklable (except for `serial`).
         `on_result(index, result)` runs in this process as each task ends, in finishing order.
-        `timeout` is seconds per task, counted from when a worker takes it (Ray: from submission).
+        `timeout` is seconds per task, counted from when a worker takes it (Ray: when the task
+        starts running, not when it is submitted: it may wait in Ray's queue for a resource).
         On Ctrl-C or an error raised here, running tasks are abandoned and the workers stopped.
         """
         results: list[TaskResult | None] = [None] * len(tasks)
@@ -553,12 +554,65 @@ def _ray_connect(ray: Any, address: str | None) -> None:
         raise LottoError(f"cannot connect to {where}: {_describe(e)}") from None
 
 
-def _ray_task(fn: Callable, task: Any, threads: int) -> tuple[Any, float]:
+class _Deadlines:
+    """Per-task timeouts counted from when each task starts running, not from its submission:
+    a task queued for a CPU or a GPU that the cluster has not freed yet cannot time out."""
+
+    def __init__(self, timeout: float | None):
+        self.timeout = timeout
+        self.started: dict[Any, float] = {}  # key -> time.monotonic() when it started
+
+    def start(self, key: Any, now: float) -> None:
+        self.started.setdefault(key, now)
+
+    def forget(self, key: Any) -> None:
+        self.started.pop(key, None)
+
+    def seconds(self, key: Any, now: float) -> float:
+        """How long `key` has run (0 if it has not started)."""
+        return now - self.started[key] if key in self.started else 0.0
+
+    def wait_s(self, now: float) -> float | None:
+        """How long the driver may wait before the next timeout is due (None: no deadline)."""
+        if self.timeout is None or not self.started:
+            return None
+        return max(0.0, min(self.started.values()) + self.timeout - now)
+
+    def expired(self, now: float) -> list[Any]:
+        if self.timeout is None:
+            return []
+        return [k for k, t in self.started.items() if now - t >= self.timeout]
+
+
+def _ray_task(fn: Callable, task: Any, threads: int, board: Any, key: int) -> tuple[Any, float]:
+    if board is not None:
+        board.start.remote(key)  # the driver's timeout for this task counts from here
     import torch
 
     torch.set_num_threads(threads)  # Ray reuses its workers: set it for every task
     start = time.perf_counter()
     return fn(task), time.perf_counter() - start
+
+
+def _start_board(ray: Any) -> Any:
+    """A tiny actor through which each task tells the driver that it has started: the driver
+    awaits `started(key)` (a reference that becomes ready when the task calls `start(key)`)."""
+    import asyncio
+
+    class StartBoard:
+        def __init__(self) -> None:
+            self.events: dict[int, asyncio.Event] = {}
+
+        def _event(self, key: int) -> asyncio.Event:
+            return self.events.setdefault(key, asyncio.Event())
+
+        async def start(self, key: int) -> None:
+            self._event(key).set()
+
+        async def started(self, key: int) -> None:
+            await self._event(key).wait()
+
+    return ray.remote(num_cpus=0)(StartBoard).remote()
 
 
 def _run_ray(
@@ -579,25 +633,35 @@ def _run_ray(
     gpus = 1 if resources.get("GPU", 0) >= 1 else 0
     # max_retries=0: a failed task is reported, and a re-run of the command retries exactly it
     remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(_ray_task)
+    board = _start_board(ray) if timeout is not None else None
     todo = deque(range(len(tasks)))
-    running: dict[Any, tuple[int, float]] = {}
+    running: dict[Any, int] = {}  # result reference -> task index
+    starting: dict[Any, Any] = {}  # the board's `started` reference -> result reference
+    clock = _Deadlines(timeout)
     try:
         while todo or running:
             while todo and len(running) < workers:
                 i = todo.popleft()
                 try:
-                    running[remote.remote(fn, tasks[i], threads)] = (i, time.monotonic())
+                    ref = remote.remote(fn, tasks[i], threads, board, i)
                 except Exception as e:  # cloudpickle could not serialise the task
                     deliver(i, TaskResult("failed", None, f"task not picklable: {_describe(e)}"))
+                    continue
+                running[ref] = i
+                if board is not None:
+                    starting[board.started.remote(i)] = ref
             if not running:
                 continue
-            wait_s = None
-            if timeout is not None:
-                oldest = min(start for _, start in running.values())
-                wait_s = max(0.0, oldest + timeout - time.monotonic())
-            done, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
+            waiting = list(running) + list(starting)
+            done, _ = ray.wait(waiting, num_returns=1, timeout=clock.wait_s(time.monotonic()))
+            now = time.monotonic()
             for ref in done:
-                i, start = running.pop(ref)
+                if ref in starting:  # a task has begun to run: its timeout counts from now
+                    clock.start(starting.pop(ref), now)
+                    continue
+                i = running.pop(ref)
+                seconds = clock.seconds(ref, now)
+                clock.forget(ref)
                 try:
                     value, seconds = ray.get(ref)
                     result = TaskResult("ok", value, "", seconds)
@@ -605,20 +669,22 @@ def _run_ray(
                     cause = e.cause if e.cause is not None else e
                     if isinstance(cause, LottoError):
                         raise LottoError(str(cause)) from None
-                    result = TaskResult("failed", None, _describe(cause),
-                                        time.monotonic() - start, str(e))
+                    result = TaskResult("failed", None, _describe(cause), seconds, str(e))
                 except RayError as e:  # the worker or its node died, or the object was lost
-                    result = TaskResult("failed", None, f"worker died ({_describe(e)})",
-                                        time.monotonic() - start)
+                    result = TaskResult("failed", None, f"worker died ({_describe(e)})", seconds)
                 deliver(i, result)
-            if timeout is not None:
-                for ref, (i, start) in list(running.items()):
-                    if time.monotonic() - start >= timeout:
-                        ray.cancel(ref, force=True)  # kills the worker process
-                        del running[ref]
-                        deliver(i, TaskResult("failed", None,
-                                              f"timed out after {timeout:g} s (parallel.timeout)",
-                                              time.monotonic() - start))
+            for ref in clock.expired(time.monotonic()):
+                ray.cancel(ref, force=True)  # kills the worker process
+                i = running.pop(ref)
+                seconds = clock.seconds(ref, time.monotonic())
+                clock.forget(ref)
+                deliver(i, TaskResult("failed", None,
+                                      f"timed out after {timeout:g} s (parallel.timeout)",
+                                      seconds))
+            # a finished task's `started` reference is no longer awaited
+            starting = {s: r for s, r in starting.items() if r in running}
     finally:
         for ref in running:  # Ctrl-C or an error: stop what still runs
             ray.cancel(ref, force=True)
+        if board is not None:
+            ray.kill(board)

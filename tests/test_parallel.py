@@ -24,6 +24,7 @@ from lotto.parallel import (
     Runner,
     TaskResult,
     _cores,
+    _Deadlines,
     parallel_config,
     run_tasks,
 )
@@ -286,7 +287,7 @@ def in_task(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
 def test_killing_the_driver_ends_its_workers(tmp_path: Path, sig: signal.Signals) -> None:
     """A real `lotto lottery --workers 2`, killed while both workers train (issue 16): no worker
     survives it (SIGKILL: PR_SET_PDEATHSIG or the parent watchdog), and SIGTERM is handled as
@@ -330,3 +331,42 @@ def test_killing_the_driver_ends_its_workers(tmp_path: Path, sig: signal.Signals
         assert "terminated: finished work is kept" in err
     else:
         assert driver.returncode == -signal.SIGKILL
+
+
+# --- Ray timeouts count from a task's start ------------------------------------------------------
+
+
+def test_deadlines_count_from_start_not_submission() -> None:
+    clock = _Deadlines(10.0)
+    assert clock.wait_s(0.0) is None and clock.expired(1e6) == []  # queued: no deadline yet
+    clock.start("a", 100.0)
+    clock.start("a", 105.0)  # a repeated start keeps the first
+    assert clock.wait_s(104.0) == 6.0 and clock.expired(109.9) == []
+    clock.start("b", 108.0)
+    assert clock.expired(110.0) == ["a"] and clock.seconds("b", 110.0) == 2.0
+    clock.forget("a")
+    assert clock.wait_s(110.0) == 8.0 and clock.seconds("a", 110.0) == 0.0
+    assert _Deadlines(None).wait_s(0.0) is None
+
+
+@needs_ray
+def test_ray_task_queued_for_a_cpu_does_not_time_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One CPU, two tasks in flight of 3 s each, timeout 4.5 s: the second waits ~3 s in Ray's
+    queue, then runs 3 s (6 s after its submission): it must not time out; a task that runs
+    past the timeout still does."""
+    import ray
+
+    tests = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        run_tasks(work, [("ok", 0)], backend="ray")  # a warm worker: start-up is not measured
+        tasks = [("hang", 3), ("hang", 3), ("hang", 60)]
+        start = time.monotonic()
+        results = run_tasks(work, tasks, backend="ray", workers=2, timeout=4.5)
+        elapsed = time.monotonic() - start
+    finally:
+        ray.shutdown()
+    assert [r.status for r in results] == ["ok", "ok", "failed"], [r.error for r in results]
+    assert results[2].error == "timed out after 4.5 s (parallel.timeout)"
+    assert 4.5 <= results[2].seconds < 10 and elapsed < 40
