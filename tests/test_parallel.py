@@ -228,18 +228,26 @@ def test_ray_address_that_does_not_answer_fails_fast(address: str, message: str)
     assert time.monotonic() - start < 5
 
 
-@needs_ray
-def test_ray_local_instance_same_numbers_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray instance of one CPU for the tests below (it takes many seconds to start)."""
     import ray
 
-    # Ray's workers import this module by name: let the local instance find it
-    tests = str(Path(__file__).parent)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
-    tasks = [("train", 0), ("train", 1), ("raise", 2), ("kill", 3)]
+    with pytest.MonkeyPatch.context() as patch:
+        # Ray's workers import this module by name: let the local instance find it
+        tests = str(Path(__file__).parent)
+        patch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+        ray.init(num_cpus=1, include_dashboard=False)
     try:
-        results = run_tasks(work, tasks, backend="ray", workers=2)
+        yield
     finally:
         ray.shutdown()
+
+
+@needs_ray
+def test_ray_local_instance_same_numbers_and_failures(local_ray: None) -> None:
+    tasks = [("train", 0), ("train", 1), ("raise", 2), ("kill", 3)]
+    results = run_tasks(work, tasks, backend="ray", workers=2)
     assert_same_training(run_tasks(work, tasks[:2]), results[:2])
     assert results[2].status == "failed" and results[2].error == "ValueError: bad task 2"
     assert results[3].status == "failed" and results[3].error.startswith("worker died (")
@@ -350,23 +358,15 @@ def test_deadlines_count_from_start_not_submission() -> None:
 
 
 @needs_ray
-def test_ray_task_queued_for_a_cpu_does_not_time_out(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_task_queued_for_a_cpu_does_not_time_out(local_ray: None) -> None:
     """One CPU, two tasks in flight of 3 s each, timeout 4.5 s: the second waits ~3 s in Ray's
     queue, then runs 3 s (6 s after its submission): it must not time out; a task that runs
     past the timeout still does."""
-    import ray
-
-    tests = str(Path(__file__).parent)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
-    ray.init(num_cpus=1, include_dashboard=False)
-    try:
-        run_tasks(work, [("ok", 0)], backend="ray")  # a warm worker: start-up is not measured
-        tasks = [("hang", 3), ("hang", 3), ("hang", 60)]
-        start = time.monotonic()
-        results = run_tasks(work, tasks, backend="ray", workers=2, timeout=4.5)
-        elapsed = time.monotonic() - start
-    finally:
-        ray.shutdown()
+    run_tasks(work, [("ok", 0)], backend="ray")  # a warm worker: start-up is not measured
+    tasks = [("hang", 3), ("hang", 3), ("hang", 60)]
+    start = time.monotonic()
+    results = run_tasks(work, tasks, backend="ray", workers=2, timeout=4.5)
+    elapsed = time.monotonic() - start
     assert [r.status for r in results] == ["ok", "ok", "failed"], [r.error for r in results]
     assert results[2].error == "timed out after 4.5 s (parallel.timeout)"
     assert 4.5 <= results[2].seconds < 10 and elapsed < 40
