@@ -253,7 +253,7 @@ def test_ray_local_instance_same_numbers_and_failures(local_ray: None) -> None:
     assert results[3].status == "failed" and results[3].error.startswith("worker died (")
 
 
-# --- the driver killed: no worker outlives it ------------------------------------------------------
+# --- the driver killed: no worker outlives it ---------------------------------------------------
 
 
 def parent_of(pid: int) -> int | None:
