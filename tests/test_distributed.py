@@ -399,3 +399,47 @@ def test_one_process_is_untouched() -> None:
     assert net is model
     loss = torch.tensor(3.0)
     assert distributed.mean_over_ranks(loss) is loss
+
+
+MID_TRAINING = '''
+import sys
+
+from lotto import cli, distributed  # noqa: F401  (registers the commands)
+from lotto.cli.app import app
+
+calls = [0]
+real = distributed.sync_buffers
+
+
+def failing(model):  # rank 1 fails inside its second training, between two collectives
+    calls[0] += 1
+    if distributed.rank() == 1 and calls[0] == 5:
+        raise RuntimeError("injected mid-training fault")
+    return real(model)
+
+
+distributed.sync_buffers = failing
+app(["--threads", "1", "lottery", "--runs-dir", sys.argv[1], "--name", "mid", *sys.argv[2:]],
+    prog_name="lotto")
+'''
+
+
+def test_failure_inside_a_training_stops_every_rank_without_a_row(tmp_path: Path) -> None:
+    """A rank failing between two collectives cannot be paired again with the others: the whole
+    launch stops (no rank waits forever, none trains on), the unit has no row (a re-run retries
+    it) and the finished unit before it is kept."""
+    script = tmp_path / "mid.py"
+    script.write_text(MID_TRAINING)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    args = [*LOTTERY[:-2], "lottery.controls=[reinit]", "device=cpu"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(tmp_path / "runs"), *args],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "rank 1: RuntimeError: injected mid-training fault during a data-parallel training" \
+        in proc.stderr, proc.stderr[-3000:]
+    metrics = pd.read_csv(tmp_path / "runs" / "lottery" / "mid" / "metrics.csv")
+    assert metrics[["round", "variant"]].values.tolist() == [[0, "ticket"]]
