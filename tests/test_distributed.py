@@ -21,6 +21,7 @@ import io
 import json
 import os
 import runpy
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -433,13 +434,20 @@ def test_failure_inside_a_training_stops_every_rank_without_a_row(tmp_path: Path
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     args = [*LOTTERY[:-2], "lottery.controls=[reinit]", "device=cpu"]
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(script), str(tmp_path / "runs"), *args],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # a hang (the bug) must not leave its ranks behind
     )
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode != 0
     assert "rank 1: RuntimeError: injected mid-training fault during a data-parallel training" \
-        in proc.stderr, proc.stderr[-3000:]
+        in stderr, stderr[-3000:]
     metrics = pd.read_csv(tmp_path / "runs" / "lottery" / "mid" / "metrics.csv")
     assert metrics[["round", "variant"]].values.tolist() == [[0, "ticket"]]
