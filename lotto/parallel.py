@@ -413,7 +413,8 @@ def _die_with_parent(parent: int) -> None:
     """End this worker when the driver `parent` ends, even by SIGKILL (nothing else would stop
     a training running for hours on a GPU): Linux kills us on its death (PR_SET_PDEATHSIG, as
     torch's DataLoader workers get); a thread watching our parent pid is the fallback elsewhere,
-    and covers a driver gone before the prctl."""
+    and covers a driver gone before the prctl. (The kernel signals when the *thread* that
+    started us ends: workers are started by the thread that calls `Runner.run`, the main one.)"""
     if sys.platform.startswith("linux"):
         import ctypes
 
