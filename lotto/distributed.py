@@ -9,7 +9,10 @@ from then on:
   mean: the update is the single-process update on the same global batch, up to rounding;
 - every rank evaluates the full validation and test splits with identical weights and buffers,
   so every rank sees the same numbers (and takes the same resume and early-stop decisions);
-- only rank 0 writes run files (`lotto.runs` does nothing on the other ranks) and prints.
+- only rank 0 writes run files (`lotto.runs` does nothing on the other ranks) and prints;
+- every rank agrees on every unit's outcome (`settle`, called by `lotto.parallel` after each
+  task, and `checkpoint`, called before a training's first collective): a unit that fails on one
+  rank fails on all, before any rank writes its row or starts a collective of the next unit.
 
 Without a process group every helper here is a no-op, so single-process code paths are unchanged.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -63,13 +67,19 @@ def init_if_launched() -> bool:
     else:
         backend = "gloo"
     dist.init_process_group(backend)
+    # outcomes travel on a group of their own (gloo: CPU objects, whatever the device), so that
+    # an exchange can never be paired with a training collective of the default group
+    global _STATUS_GROUP
+    _STATUS_GROUP = dist.new_group(backend="gloo")
     atexit.register(shutdown)
     return True
 
 
 def shutdown() -> None:
+    global _STATUS_GROUP
     if active():
         dist.destroy_process_group()
+    _STATUS_GROUP = None
 
 
 def local_rank() -> int:
@@ -81,6 +91,63 @@ def local_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None and launched():
         return torch.device("cuda", local_rank())
     return device
+
+
+# ------------------------------------------------------------------------------- outcomes
+
+# A unit (one task of `lotto.parallel`) runs on every rank in step: each training's collectives
+# pair with the same training's collectives on the other ranks. A rank whose unit fails before
+# its training (a bad tensor, an injected fault) must not go on to the next unit while the
+# others train this one: their collectives would pair with the next unit's and mix two trainings
+# silently. So the ranks exchange their state (on `_STATUS_GROUP`) before each training's first
+# collective (`checkpoint`: "running") and at the end of the unit (`settle`: "done", "failed",
+# "peer" or "stop"); a rank seeing a peer's end state at a checkpoint stops its unit (`PeerFailed`).
+# Every rank makes the same exchanges: `settle` repeats its own while a peer is still "running".
+_STATUS_GROUP: Any = None
+_IN_TRAINING = False  # between a passed checkpoint and the end of that training (`unwrap`)
+
+
+class PeerFailed(Exception):
+    """Another rank's unit failed: this rank stops the same unit (raised at a checkpoint)."""
+
+
+def unit_begins() -> None:
+    global _IN_TRAINING
+    _IN_TRAINING = False
+
+
+def in_training() -> bool:
+    """True when this rank's unit stopped inside a training, its collectives under way: the
+    other ranks may be waiting in one, and no later exchange of this rank can pair with theirs."""
+    return _IN_TRAINING
+
+
+def _exchange(state: tuple[str, str]) -> list[tuple[str, str]]:
+    states: list[Any] = [None] * world()
+    dist.all_gather_object(states, state, group=_STATUS_GROUP)
+    return [tuple(s) for s in states]
+
+
+def checkpoint() -> None:
+    """Before a training's first collective: go on only if every rank is still in the unit."""
+    global _IN_TRAINING
+    if world() == 1:
+        return
+    states = _exchange(("running", ""))
+    ended = [r for r, (s, _) in enumerate(states) if s != "running"]
+    if ended:
+        raise PeerFailed(f"rank {ended[0]} ended this unit first")
+    _IN_TRAINING = True
+
+
+def settle(state: str, text: str = "") -> list[tuple[str, str]]:
+    """Every rank's end state of the unit (this rank's: `state`, `text`); one list for all."""
+    if world() == 1:
+        return [(state, text)]
+    while True:
+        states = _exchange((state, text))
+        if all(s != "running" for s, _ in states):
+            return states
 
 
 def barrier() -> None:
@@ -130,6 +197,7 @@ def data_parallel(
     """
     if world() == 1:
         return model, lambda: None
+    checkpoint()  # DDP's constructor already broadcasts: agree before it
     from torch.nn.parallel import DistributedDataParallel
 
     swapped = _sync_batchnorm(model) if device.type == "cuda" else []
@@ -137,6 +205,8 @@ def data_parallel(
     net = DistributedDataParallel(model, device_ids=ids)
 
     def unwrap() -> None:
+        global _IN_TRAINING
+        _IN_TRAINING = False  # the training's collectives are over
         for parent, name, original in swapped:
             setattr(parent, name, original)
 

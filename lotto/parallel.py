@@ -27,6 +27,7 @@ import pickle
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -89,7 +90,25 @@ def parallel_config(section: Mapping[str, Any]) -> ParallelConfig:
     _check_options(**{k: v for k, v in values.items() if k != "batch_replicas"})
     batch = values["batch_replicas"]
     check(isinstance(batch, bool), "parallel.batch_replicas", f"{batch!r} must be true or false")
+    _check_torchrun(values["backend"], values["workers"], batch)
     return ParallelConfig(**values)
+
+
+def _check_torchrun(backend: str, workers: int, batch_replicas: bool = False) -> None:
+    """Under torchrun every rank runs every unit as one data-parallel training: worker processes,
+    Ray tasks or batched replicas would instead train each unit in full on every rank."""
+    if not _under_torchrun():
+        return
+    asked = [what for what, on in (
+        (f"parallel.workers={workers} (--workers)", workers != 1),
+        (f"parallel.backend={backend}", backend != "serial"),
+        ("parallel.batch_replicas=true", batch_replicas),
+    ) if on]
+    if asked:
+        raise LottoError(
+            f"{asked[0]} cannot run under torchrun, whose processes already train each unit "
+            "together (data parallel): use torchrun or parallel workers, not both"
+        )
 
 
 def _check_options(
@@ -163,6 +182,7 @@ class Runner:
         address: str | None = None,
     ):
         _check_options(backend, workers, threads_per_worker, timeout, address)
+        _check_torchrun(backend, workers)
         self.backend, self.workers, self.timeout, self.address = backend, workers, timeout, address
         self.threads = threads_per_worker
         self._slots: list[_Worker] = []  # process backend: one worker per slot, started lazily
@@ -190,7 +210,8 @@ class Runner:
 
         `fn` must be a top-level function and the tasks picklable (except for `serial`).
         `on_result(index, result)` runs in this process as each task ends, in finishing order.
-        `timeout` is seconds per task, counted from when a worker takes it (Ray: from submission).
+        `timeout` is seconds per task, counted from when a worker takes it (Ray: when the task
+        starts running, not when it is submitted: it may wait in Ray's queue for a resource).
         On Ctrl-C or an error raised here, running tasks are abandoned and the workers stopped.
         """
         results: list[TaskResult | None] = [None] * len(tasks)
@@ -299,6 +320,57 @@ def _describe(e: BaseException) -> str:
 
 def _call(fn: Callable[[Any], Any], task: Any) -> TaskResult:
     """Run one task here; an exception (a LottoError excepted) becomes a failed result."""
+    return _call_on_every_rank(fn, task) if _under_torchrun() else _call_here(fn, task)
+
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _call_on_every_rank(fn: Callable[[Any], Any], task: Any) -> TaskResult:
+    """`_call` under torchrun, where every rank runs the task (one data-parallel training): the
+    ranks agree on its outcome (`lotto.distributed.settle`) before any of them delivers it, so
+    that a unit failed on one rank is failed on all (no rank writes its row; a re-run retries it),
+    with the failing rank's error, and a LottoError on one rank stops the run on all."""
+    from lotto import distributed
+
+    if not distributed.active():  # torchrun, but the process group was never joined
+        return _call_here(fn, task)
+    distributed.unit_begins()
+    start, tb = time.perf_counter(), ""
+    value, state, text = None, "done", ""
+    try:
+        value = fn(task)
+    except LottoError as e:
+        state, text = "stop", str(e)
+    except distributed.PeerFailed:
+        state = "peer"
+    except Exception as e:
+        if distributed.in_training():
+            # the other ranks may wait in a collective of this training: no exchange can pair
+            # with theirs, so the whole launch stops (torchrun ends the other ranks); nothing of
+            # this unit is written, so a re-run retries it
+            traceback.print_exc()
+            print(f"rank {distributed.rank()}: {_describe(e)} during a data-parallel training: "
+                  "stopping every rank (finished units are kept; re-run to retry)",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+        state, text, tb = "failed", _describe(e), traceback.format_exc()
+    states = distributed.settle(state, text)
+    seconds = time.perf_counter() - start
+    stops = [t for s, t in states if s == "stop"]
+    if stops:
+        raise LottoError(stops[0])
+    failed = [(r, t) for r, (s, t) in enumerate(states) if s == "failed"]
+    if failed:
+        r, text = failed[0]
+        return TaskResult("failed", None, f"rank {r}: {text}", seconds, tb)
+    if any(s != "done" for s, _ in states):  # a rank ended the unit without training it
+        return TaskResult("failed", None, "the ranks did not run this unit in step", seconds)
+    return TaskResult("ok", value, "", seconds)
+
+
+def _call_here(fn: Callable[[Any], Any], task: Any) -> TaskResult:
     start = time.perf_counter()
     try:
         value = fn(task)
@@ -333,8 +405,38 @@ def _gpu_ids() -> list[str]:
         return []
 
 
-def _worker_main(conn: Any, threads: int, gpu: str | None) -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCHDOG_S = 1.0  # how often a worker checks that its driver is still its parent
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the driver `parent` ends, even by SIGKILL (nothing else would stop
+    a training running for hours on a GPU): Linux kills us on its death (PR_SET_PDEATHSIG, as
+    torch's DataLoader workers get); a thread watching our parent pid is the fallback elsewhere,
+    and covers a driver gone before the prctl. (The kernel signals when the *thread* that
+    started us ends: workers are started by the thread that calls `Runner.run`, the main one.)"""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog still stops us
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCHDOG_S)
+        os._exit(1)  # re-parented: the driver is gone
+
+    threading.Thread(target=watch, name="lotto-parent-watchdog", daemon=True).start()
+
+
+def _worker_main(conn: Any, threads: int, gpu: str | None, parent: int) -> None:
     """A worker process: set up once, then run tasks sent as pickled (fn, task) until EOF."""
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     if gpu is not None:  # before torch initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
@@ -376,7 +478,7 @@ class _Worker:
         self.slot = slot
         self.conn, child = ctx.Pipe()
         # not a daemon: a task may start processes of its own (DataLoader workers)
-        self.proc = ctx.Process(target=_worker_main, args=(child, threads, gpu),
+        self.proc = ctx.Process(target=_worker_main, args=(child, threads, gpu, os.getpid()),
                                 name=f"lotto-worker-{slot}")
         self.proc.start()
         child.close()
@@ -453,12 +555,65 @@ def _ray_connect(ray: Any, address: str | None) -> None:
         raise LottoError(f"cannot connect to {where}: {_describe(e)}") from None
 
 
-def _ray_task(fn: Callable, task: Any, threads: int) -> tuple[Any, float]:
+class _Deadlines:
+    """Per-task timeouts counted from when each task starts running, not from its submission:
+    a task queued for a CPU or a GPU that the cluster has not freed yet cannot time out."""
+
+    def __init__(self, timeout: float | None):
+        self.timeout = timeout
+        self.started: dict[Any, float] = {}  # key -> time.monotonic() when it started
+
+    def start(self, key: Any, now: float) -> None:
+        self.started.setdefault(key, now)
+
+    def forget(self, key: Any) -> None:
+        self.started.pop(key, None)
+
+    def seconds(self, key: Any, now: float) -> float:
+        """How long `key` has run (0 if it has not started)."""
+        return now - self.started[key] if key in self.started else 0.0
+
+    def wait_s(self, now: float) -> float | None:
+        """How long the driver may wait before the next timeout is due (None: no deadline)."""
+        if self.timeout is None or not self.started:
+            return None
+        return max(0.0, min(self.started.values()) + self.timeout - now)
+
+    def expired(self, now: float) -> list[Any]:
+        if self.timeout is None:
+            return []
+        return [k for k, t in self.started.items() if now - t >= self.timeout]
+
+
+def _ray_task(fn: Callable, task: Any, threads: int, board: Any, key: int) -> tuple[Any, float]:
+    if board is not None:
+        board.start.remote(key)  # the driver's timeout for this task counts from here
     import torch
 
     torch.set_num_threads(threads)  # Ray reuses its workers: set it for every task
     start = time.perf_counter()
     return fn(task), time.perf_counter() - start
+
+
+def _start_board(ray: Any) -> Any:
+    """A tiny actor through which each task tells the driver that it has started: the driver
+    awaits `started(key)` (a reference that becomes ready when the task calls `start(key)`)."""
+    import asyncio
+
+    class StartBoard:
+        def __init__(self) -> None:
+            self.events: dict[int, asyncio.Event] = {}
+
+        def _event(self, key: int) -> asyncio.Event:
+            return self.events.setdefault(key, asyncio.Event())
+
+        async def start(self, key: int) -> None:
+            self._event(key).set()
+
+        async def started(self, key: int) -> None:
+            await self._event(key).wait()
+
+    return ray.remote(num_cpus=0)(StartBoard).remote()
 
 
 def _run_ray(
@@ -479,25 +634,35 @@ def _run_ray(
     gpus = 1 if resources.get("GPU", 0) >= 1 else 0
     # max_retries=0: a failed task is reported, and a re-run of the command retries exactly it
     remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(_ray_task)
+    board = _start_board(ray) if timeout is not None else None
     todo = deque(range(len(tasks)))
-    running: dict[Any, tuple[int, float]] = {}
+    running: dict[Any, int] = {}  # result reference -> task index
+    starting: dict[Any, Any] = {}  # the board's `started` reference -> result reference
+    clock = _Deadlines(timeout)
     try:
         while todo or running:
             while todo and len(running) < workers:
                 i = todo.popleft()
                 try:
-                    running[remote.remote(fn, tasks[i], threads)] = (i, time.monotonic())
+                    ref = remote.remote(fn, tasks[i], threads, board, i)
                 except Exception as e:  # cloudpickle could not serialise the task
                     deliver(i, TaskResult("failed", None, f"task not picklable: {_describe(e)}"))
+                    continue
+                running[ref] = i
+                if board is not None:
+                    starting[board.started.remote(i)] = ref
             if not running:
                 continue
-            wait_s = None
-            if timeout is not None:
-                oldest = min(start for _, start in running.values())
-                wait_s = max(0.0, oldest + timeout - time.monotonic())
-            done, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
+            waiting = list(running) + list(starting)
+            done, _ = ray.wait(waiting, num_returns=1, timeout=clock.wait_s(time.monotonic()))
+            now = time.monotonic()
             for ref in done:
-                i, start = running.pop(ref)
+                if ref in starting:  # a task has begun to run: its timeout counts from now
+                    clock.start(starting.pop(ref), now)
+                    continue
+                i = running.pop(ref)
+                seconds = clock.seconds(ref, now)
+                clock.forget(ref)
                 try:
                     value, seconds = ray.get(ref)
                     result = TaskResult("ok", value, "", seconds)
@@ -505,20 +670,22 @@ def _run_ray(
                     cause = e.cause if e.cause is not None else e
                     if isinstance(cause, LottoError):
                         raise LottoError(str(cause)) from None
-                    result = TaskResult("failed", None, _describe(cause),
-                                        time.monotonic() - start, str(e))
+                    result = TaskResult("failed", None, _describe(cause), seconds, str(e))
                 except RayError as e:  # the worker or its node died, or the object was lost
-                    result = TaskResult("failed", None, f"worker died ({_describe(e)})",
-                                        time.monotonic() - start)
+                    result = TaskResult("failed", None, f"worker died ({_describe(e)})", seconds)
                 deliver(i, result)
-            if timeout is not None:
-                for ref, (i, start) in list(running.items()):
-                    if time.monotonic() - start >= timeout:
-                        ray.cancel(ref, force=True)  # kills the worker process
-                        del running[ref]
-                        deliver(i, TaskResult("failed", None,
-                                              f"timed out after {timeout:g} s (parallel.timeout)",
-                                              time.monotonic() - start))
+            for ref in clock.expired(time.monotonic()):
+                ray.cancel(ref, force=True)  # kills the worker process
+                i = running.pop(ref)
+                seconds = clock.seconds(ref, time.monotonic())
+                clock.forget(ref)
+                deliver(i, TaskResult("failed", None,
+                                      f"timed out after {timeout:g} s (parallel.timeout)",
+                                      seconds))
+            # a finished task's `started` reference is no longer awaited
+            starting = {s: r for s, r in starting.items() if r in running}
     finally:
         for ref in running:  # Ctrl-C or an error: stop what still runs
             ray.cancel(ref, force=True)
+        if board is not None:
+            ray.kill(board)

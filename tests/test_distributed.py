@@ -17,9 +17,11 @@ flipped prediction (a near-tie argmax).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import runpy
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +42,13 @@ RETHINK = [
     "train.batch_size=32", "finetune.iterations=2it", "grid.seeds=1", "grid.lrs=[0.1]",
     "pruning.unstructured.modes=[finetune,scratch_e,ticket,reinit]", "device=cpu",
 ]
+# lottery with both controls: the fault hits rank 1's reinit unit; the random_mask unit after it
+# is the one that rank 1 trained alone against rank 0's reinit before the fix (issue 16)
+LOTTERY = [
+    "data.name=digits", "train.iterations=20it", "train.eval_every=10it", "lottery.rounds=1",
+    "lottery.controls=[reinit,random_mask]", "device=cpu",
+]
+FAULT_UNIT = "seed=0,round=1,variant=reinit"
 
 SCRIPT = '''
 import contextlib, hashlib, io, json, sys
@@ -56,6 +65,8 @@ from lotto.train import train
 
 BATCHES = {batches!r}
 RETHINK = {rethink!r}
+LOTTERY = {lottery!r}
+FAULT = {fault!r}
 
 
 def fit(batch, out, tag=None):
@@ -107,6 +118,32 @@ def cli(out, tag, *extra):
         (out / f"files_{{tag}}.json").write_text(json.dumps(files))
 
 
+def lottery(out, tag, *extra, fault=None):
+    """`lotto lottery` (the fault, if any, on rank 1 only); its exit code, output and tables."""
+    import os
+
+    import lotto.experiments.common as common
+    from lotto import cli  # noqa: F401  (registers the commands)
+    from lotto.cli.app import app
+
+    if fault and distributed.rank() == 1:
+        os.environ[common.FAULT_ENV] = fault
+    text, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(text), contextlib.redirect_stderr(err):
+        try:
+            app(["--threads", "1", "lottery", "--runs-dir", str(out / "runs"), "--name", "lf",
+                 *extra, *LOTTERY], prog_name="lotto")
+        except SystemExit as e:
+            code = e.code
+    os.environ.pop(common.FAULT_ENV, None)
+    run = out / "runs" / "lottery" / "lf"
+    tables = {{f: (run / f).read_text() for f in ("metrics.csv", "failures.csv")
+              if (run / f).exists()}} if distributed.is_main() else {{}}
+    (out / f"lottery_{{tag}}_rank{{distributed.rank()}}.json").write_text(json.dumps(
+        {{"code": code, "stdout": text.getvalue(), "stderr": err.getvalue(), **tables}}))
+    distributed.barrier()
+
+
 def main(out, full=True):
     out = Path(out)
     distributed.init_if_launched()
@@ -117,6 +154,13 @@ def main(out, full=True):
     if full:
         cli(out, "resume")
         cli(out, "force", "--force")
+        lottery(out, "fault", fault=FAULT)  # fails on rank 1 only
+        lottery(out, "retry")
+        for tag, extra in (("workers", ["--workers", "2"]),
+                           ("batch", ["parallel.batch_replicas=true"])):
+            lottery(out, tag, "--force", *extra)
+    else:
+        lottery(out, "reference")
 
 
 if __name__ == "__main__":
@@ -129,7 +173,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(1-process outputs, 2-process outputs) of the script."""
     root = tmp_path_factory.mktemp("torchrun")
     script = root / "tiny.py"
-    script.write_text(SCRIPT.format(batches=BATCHES, rethink=RETHINK))
+    script.write_text(SCRIPT.format(batches=BATCHES, rethink=RETHINK, lottery=LOTTERY,
+                                    fault=f"raise:{FAULT_UNIT}"))
     one, two = root / "one", root / "two"
     one.mkdir()
     two.mkdir()
@@ -216,6 +261,77 @@ def test_resume_and_force_under_torchrun(runs: tuple[Path, Path]) -> None:
             for r in (0, 1)] == [0, 0, 0, 0]
 
 
+def lottery_rows(log: dict) -> pd.DataFrame:
+    frame = pd.read_csv(io.StringIO(log["metrics.csv"]))
+    return frame.set_index(["seed", "round", "variant"]).sort_index()
+
+
+def assert_same_training(got: pd.Series, ref: pd.Series) -> None:
+    """One unit's row: the 1-process numbers up to float32 summation order."""
+    for key in ("train_loss", "val_loss"):
+        assert got[key] == pytest.approx(ref[key], abs=LOSS_TOL), key
+    for key in ("val_accuracy", "test_accuracy"):
+        assert abs(got[key] - ref[key]) <= 0.002, key  # one flipped prediction at most
+
+
+def test_unit_failed_on_one_rank_fails_on_every_rank_and_is_retried(
+    runs: tuple[Path, Path],
+) -> None:
+    """A fault on rank 1 alone (issue 16): no rank writes the unit's row, failures.csv names
+    rank 1's error, both ranks exit 1, the next unit is trained by both ranks together (its row
+    is the 1-process row, not rank 0's reinit mixed with rank 1's random_mask), and a re-run
+    retries exactly the failed unit, which then matches the 1-process row too."""
+    one, two = runs
+    ref = lottery_rows(load(one / "lottery_reference_rank0.json"))
+    logs = [load(two / f"lottery_fault_rank{r}.json") for r in (0, 1)]
+    assert [log["code"] for log in logs] == [1, 1], [log["stderr"][-2000:] for log in logs]
+    rows = lottery_rows(logs[0])
+    assert sorted(rows.index) == [(0, 0, "ticket"), (0, 1, "random_mask"), (0, 1, "ticket")]
+    for unit in rows.index:
+        assert_same_training(rows.loc[unit], ref.loc[unit])
+    failures = pd.read_csv(io.StringIO(logs[0]["failures.csv"]))
+    assert failures[["seed", "round", "variant", "status"]].values.tolist() == [
+        [0, 1, "reinit", "failed"]]
+    assert failures.error[0].startswith("rank 1: RuntimeError: injected fault")
+    assert FAULT_UNIT in logs[0]["stdout"] and "1 failed" in logs[0]["stdout"]
+
+    retry = load(two / "lottery_retry_rank0.json")
+    assert retry["code"] == 0 and "failures.csv" not in retry
+    again = lottery_rows(retry)
+    assert sorted(again.index) == sorted(ref.index)
+    assert again.drop(index=(0, 1, "reinit")).equals(rows)  # finished rows are kept as they are
+    assert_same_training(again.loc[(0, 1, "reinit")], ref.loc[(0, 1, "reinit")])
+
+
+@pytest.mark.parametrize(("tag", "needle"), [("workers", "parallel.workers=2 (--workers)"),
+                                             ("batch", "parallel.batch_replicas=true")])
+def test_parallel_workers_are_refused_under_torchrun(
+    runs: tuple[Path, Path], tag: str, needle: str
+) -> None:
+    """Worker processes or batched replicas would train every unit in full on every rank."""
+    for r in (0, 1):
+        log = load(runs[1] / f"lottery_{tag}_rank{r}.json")
+        assert log["code"] == 2, log["stderr"][-2000:]
+        message = log["stderr"].strip()
+        assert message.count("\n") == 0 and message.startswith("error:"), message
+        assert needle in message and "torchrun" in message
+
+
+def test_parallel_config_refuses_workers_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lotto.parallel import Runner, parallel_config
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for section in ({"workers": 2, "backend": "process"}, {"backend": "ray"},
+                    {"batch_replicas": True}):
+        with pytest.raises(LottoError, match="under torchrun"):
+            parallel_config(section)
+    with pytest.raises(LottoError, match="under torchrun"):
+        Runner("process", workers=2)
+    assert parallel_config({}).backend == "serial"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert parallel_config({"workers": 2, "backend": "process"}).workers == 2
+
+
 # ------------------------------------------------------------------ in-process, no launch
 
 
@@ -284,3 +400,54 @@ def test_one_process_is_untouched() -> None:
     assert net is model
     loss = torch.tensor(3.0)
     assert distributed.mean_over_ranks(loss) is loss
+
+
+MID_TRAINING = '''
+import sys
+
+from lotto import cli, distributed  # noqa: F401  (registers the commands)
+from lotto.cli.app import app
+
+calls = [0]
+real = distributed.sync_buffers
+
+
+def failing(model):  # rank 1 fails inside its second training, between two collectives
+    calls[0] += 1
+    if distributed.rank() == 1 and calls[0] == 5:
+        raise RuntimeError("injected mid-training fault")
+    return real(model)
+
+
+distributed.sync_buffers = failing
+app(["--threads", "1", "lottery", "--runs-dir", sys.argv[1], "--name", "mid", *sys.argv[2:]],
+    prog_name="lotto")
+'''
+
+
+def test_failure_inside_a_training_stops_every_rank_without_a_row(tmp_path: Path) -> None:
+    """A rank failing between two collectives cannot be paired again with the others: the whole
+    launch stops (no rank waits forever, none trains on), the unit has no row (a re-run retries
+    it) and the finished unit before it is kept."""
+    script = tmp_path / "mid.py"
+    script.write_text(MID_TRAINING)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    args = [*LOTTERY[:-2], "lottery.controls=[reinit]", "device=cpu"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(tmp_path / "runs"), *args],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # a hang (the bug) must not leave its ranks behind
+    )
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert "rank 1: RuntimeError: injected mid-training fault during a data-parallel training" \
+        in stderr, stderr[-3000:]
+    metrics = pd.read_csv(tmp_path / "runs" / "lottery" / "mid" / "metrics.csv")
+    assert metrics[["round", "variant"]].values.tolist() == [[0, "ticket"]]

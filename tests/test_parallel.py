@@ -6,6 +6,7 @@ import importlib.util
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from lotto.parallel import (
     Runner,
     TaskResult,
     _cores,
+    _Deadlines,
     parallel_config,
     run_tasks,
 )
@@ -226,18 +228,145 @@ def test_ray_address_that_does_not_answer_fails_fast(address: str, message: str)
     assert time.monotonic() - start < 5
 
 
-@needs_ray
-def test_ray_local_instance_same_numbers_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray instance of one CPU for the tests below (it takes many seconds to start)."""
     import ray
 
-    # Ray's workers import this module by name: let the local instance find it
-    tests = str(Path(__file__).parent)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
-    tasks = [("train", 0), ("train", 1), ("raise", 2), ("kill", 3)]
+    with pytest.MonkeyPatch.context() as patch:
+        # Ray's workers import this module by name: let the local instance find it
+        tests = str(Path(__file__).parent)
+        patch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+        ray.init(num_cpus=1, include_dashboard=False)
     try:
-        results = run_tasks(work, tasks, backend="ray", workers=2)
+        yield
     finally:
         ray.shutdown()
+
+
+@needs_ray
+def test_ray_local_instance_same_numbers_and_failures(local_ray: None) -> None:
+    tasks = [("train", 0), ("train", 1), ("raise", 2), ("kill", 3)]
+    results = run_tasks(work, tasks, backend="ray", workers=2)
     assert_same_training(run_tasks(work, tasks[:2]), results[:2])
     assert results[2].status == "failed" and results[2].error == "ValueError: bad task 2"
     assert results[3].status == "failed" and results[3].error.startswith("worker died (")
+
+
+# --- the driver killed: no worker outlives it ---------------------------------------------------
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def descendants(root: int) -> set[int]:
+    found, todo = set(), [root]
+    while todo:
+        parent = todo.pop()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) not in found:
+                if parent_of(int(entry.name)) == parent:
+                    found.add(int(entry.name))
+                    todo.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper that never comes counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def in_task(pid: int) -> bool:
+    """A lottery worker is in its task once it has loaded scikit-learn (the `digits` loader):
+    an idle worker would exit anyway when the driver's end closes its pipe."""
+    try:
+        return "sklearn" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_killing_the_driver_ends_its_workers(tmp_path: Path, sig: signal.Signals) -> None:
+    """A real `lotto lottery --workers 2`, killed while both workers train (issue 16): no worker
+    survives it (SIGKILL: PR_SET_PDEATHSIG or the parent watchdog), and SIGTERM is handled as
+    Ctrl-C (exit 143, finished work kept)."""
+    args = ["data.name=digits", "train.iterations=1000000it", "train.eval_every=1000000it",
+            "lottery.rounds=1", "lottery.controls=[]", "lottery.seeds=2", "device=cpu"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:  # a file, not a pipe: surviving workers would hold a pipe open
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "lotto", "--threads", "1", "lottery", "--workers", "2",
+             "--runs-dir", str(tmp_path / "runs"), *args],
+            env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while time.monotonic() < deadline and driver.poll() is None:
+            workers = {p for p in descendants(driver.pid) if in_task(p)}
+            if len(workers) >= 2:
+                break
+            time.sleep(0.2)
+        assert len(workers) >= 2, log.read_text()[-3000:]
+        time.sleep(1)  # both are now training their seed's dense round
+        assert all(alive(p) for p in workers)
+        os.kill(driver.pid, sig)
+        driver.wait(timeout=60)
+        end = time.monotonic() + 15
+        while any(alive(p) for p in workers) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert [p for p in workers if alive(p)] == []
+    finally:
+        driver.kill()
+        driver.wait()
+        for p in workers:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+    err = log.read_text()
+    if sig == signal.SIGTERM:
+        assert driver.returncode == 143, err[-2000:]
+        assert "terminated: finished work is kept" in err
+    else:
+        assert driver.returncode == -signal.SIGKILL
+
+
+# --- Ray timeouts count from a task's start ------------------------------------------------------
+
+
+def test_deadlines_count_from_start_not_submission() -> None:
+    clock = _Deadlines(10.0)
+    assert clock.wait_s(0.0) is None and clock.expired(1e6) == []  # queued: no deadline yet
+    clock.start("a", 100.0)
+    clock.start("a", 105.0)  # a repeated start keeps the first
+    assert clock.wait_s(104.0) == 6.0 and clock.expired(109.9) == []
+    clock.start("b", 108.0)
+    assert clock.expired(110.0) == ["a"] and clock.seconds("b", 110.0) == 2.0
+    clock.forget("a")
+    assert clock.wait_s(110.0) == 8.0 and clock.seconds("a", 110.0) == 0.0
+    assert _Deadlines(None).wait_s(0.0) is None
+
+
+@needs_ray
+def test_ray_task_queued_for_a_cpu_does_not_time_out(local_ray: None) -> None:
+    """One CPU, two tasks in flight of 3 s each, timeout 4.5 s: the second waits ~3 s in Ray's
+    queue, then runs 3 s (6 s after its submission): it must not time out; a task that runs
+    past the timeout still does."""
+    run_tasks(work, [("ok", 0)], backend="ray")  # a warm worker: start-up is not measured
+    tasks = [("hang", 3), ("hang", 3), ("hang", 60)]
+    start = time.monotonic()
+    results = run_tasks(work, tasks, backend="ray", workers=2, timeout=4.5)
+    elapsed = time.monotonic() - start
+    assert [r.status for r in results] == ["ok", "ok", "failed"], [r.error for r in results]
+    assert results[2].error == "timed out after 4.5 s (parallel.timeout)"
+    assert 4.5 <= results[2].seconds < 10 and elapsed < 40

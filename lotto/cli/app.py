@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -153,23 +156,47 @@ def _help_class(name: str) -> type:
 
     return LottoCommand
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a batch scheduler, torchrun stopping its ranks), handled as Ctrl-C is:
+    every cleanup path that runs on Ctrl-C (workers stopped, finished work kept) runs."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (and receives the signal)
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 
 def lotto_command(name: str, **kwargs: Any) -> Callable:
-    """Register a command whose user mistakes print one line and exit with status 2."""
+    """Register a command whose user mistakes print one line and exit with status 2, and that
+    stops on Ctrl-C (exit 130) or SIGTERM (exit 143) keeping its finished work."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kw: Any) -> Any:
             try:
-                return fn(*args, **kw)
+                with _sigterm_as_interrupt():
+                    return fn(*args, **kw)
             except LottoError as e:
                 err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as e:
+                what = "terminated" if isinstance(e, Terminated) else "interrupted"
                 err_console.print(
-                    "interrupted: finished work is kept; re-run the same command to resume"
+                    f"{what}: finished work is kept; re-run the same command to resume"
                 )
-                raise typer.Exit(130) from None
+                raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
 
         app.command(name, cls=_help_class(name), **kwargs)(wrapper)
         return wrapper
