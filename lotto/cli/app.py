@@ -156,6 +156,7 @@ def _help_class(name: str) -> type:
 
     return LottoCommand
 
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (kill, a batch scheduler, torchrun stopping its ranks), handled as Ctrl-C is:
     every cleanup path that runs on Ctrl-C (workers stopped, finished work kept) runs."""
