@@ -76,19 +76,20 @@ def test_reward_matches_hand_computed_values():
     # hard: accuracy alone at or under the target, accuracy / 2 at twice the target
     assert reward(0.8, 50, 75, 0.0, -1.0) == pytest.approx(0.8)
     assert reward(0.8, 150, 75, 0.0, -1.0) == pytest.approx(0.4)
-    # the edge LAT == TAR takes alpha (and any exponent of 1 is 1): the accuracy itself
-    assert reward(0.8, 75, 75, 0.0, -1.0) == 0.8
-    assert reward(0.8, 75, 75, -0.07, -0.5) == 0.8
-    # just over the target, beta applies: 0.8 * (75.75/75)^-1 = 0.8 / 1.01
-    assert reward(0.8, 75.75, 75, 0.0, -1.0) == pytest.approx(0.8 / 1.01)
+    # alpha under the target, beta over it (distinct exponents, so a swap shows):
+    # 0.8 * 0.99^-0.5 = 0.804030 and 0.8 * 1.01^-1 = 0.792079
+    assert reward(0.8, 74.25, 75, -0.5, -1.0) == pytest.approx(0.804030, abs=1e-6)
+    assert reward(0.8, 75.75, 75, -0.5, -1.0) == pytest.approx(0.792079, abs=1e-6)
+    # (at LAT == TAR every exponent gives 1: which side owns the edge cannot show in a reward)
 
 
 def test_objective_presets_and_bad_values():
     assert (objective(75).alpha, objective(75).beta) == (-0.07, -0.07)
     assert objective(15, preset="small").alpha == -0.15
     assert (objective(75, "hard").alpha, objective(75, "hard").beta) == (0.0, -1.0)
-    assert (objective(75, "hard", w=-0.2).alpha, objective(75, "hard", w=-0.2).beta) == (-0.2,
-                                                                                         -0.2)
+    assert (objective(75, w=-0.2).alpha, objective(75, w=-0.2).beta) == (-0.2, -0.2)
+    with pytest.raises(LottoError, match="hard constraint"):  # w would silently make it soft
+        objective(75, "hard", w=-0.3)
     for bad in ({"target_ms": 0}, {"target_ms": 75, "w": 0.1},
                 {"target_ms": 75, "constraint": "loose"}, {"target_ms": 75, "preset": "tiny"}):
         with pytest.raises(LottoError):
@@ -106,16 +107,23 @@ def toy(sample: list[int]) -> float:
 
 @pytest.mark.parametrize("kind", ["ppo", "reinforce", "evolution", "random"])
 def test_controllers_ask_valid_samples_and_resume_exactly(kind):
-    a = make_controller(kind, OPTIONS, 3, {"ppo": {"hidden": 16}})
+    settings = {"ppo": {"hidden": 16, "lr": 0.1}}  # a large step: the policy visibly moves
+    a = make_controller(kind, OPTIONS, 3, settings)
     for step in range(3):
         batch = a.ask(4, step)
         assert len(batch) == 4
         assert all(0 <= v < n for s in batch for v, n in zip(s, OPTIONS))
         a.tell(batch, [Outcome(toy(s), toy(s), 10.0) for s in batch])
     meta, tensors = a.state()
-    b = make_controller(kind, OPTIONS, 3, {"ppo": {"hidden": 16}})
+    b = make_controller(kind, OPTIONS, 3, settings)
     b.load(meta, {k: v.clone() for k, v in tensors.items()})
-    assert b.ask(4, 3) == a.ask(4, 3)  # the resumed controller asks what the first one would
+    assert b.ask(32, 3) == a.ask(32, 3)  # the resumed controller asks what the first one would
+    if kind != "random":  # ... and a controller that loaded nothing would not
+        assert make_controller(kind, OPTIONS, 3, settings).ask(32, 3) != a.ask(32, 3)
+    if tensors:  # policy and Adam state round-trip exactly
+        again = b.state()[1]
+        assert again.keys() == tensors.keys()
+        assert all(torch.equal(again[k], tensors[k]) for k in tensors)
 
 
 def test_ppo_learns_a_toy_reward():
@@ -126,6 +134,43 @@ def test_ppo_learns_a_toy_reward():
         ctrl.tell(batch, [Outcome(toy(s), 0, 0) for s in batch])
     last = [toy(s) for s in ctrl.ask(64, 99)]
     assert sum(last) / 64 > sum(first) / 64 + 0.2
+
+
+def ratios_after_one_tell(settings: dict) -> tuple[list[float], object]:
+    """PPO on a batch of two: reward 1 for all-zeros, 0 for all-ones (advantages +-0.5)."""
+    ctrl = make_controller("ppo", OPTIONS, 0, {"ppo": settings})
+    batch = [[0] * 6, [1] * 6]
+    actions = torch.tensor(batch)
+    with torch.no_grad():
+        old = ctrl.policy(actions)[1]
+    ctrl.tell(batch, [Outcome(1.0, 0, 0), Outcome(0.0, 0, 0)])
+    with torch.no_grad():
+        new = ctrl.policy(actions)[1]
+    return torch.exp(new - old).tolist(), ctrl
+
+
+def test_ppo_runs_its_epochs_and_clips_the_ratio():
+    settings = {"lr": 0.003, "clip": 0.1, "epochs": 30, "hidden": 16, "entropy": 0.0}
+    (up, down), ctrl = ratios_after_one_tell(settings)
+    steps = {int(s["step"]) for s in ctrl.optimizer.state.values()}
+    assert steps == {30}  # one Adam step per epoch
+    # clipped: the surrogate stops pulling once the ratio leaves [0.9, 1.1], so 30 epochs end
+    # near the clip (Adam's momentum carries it a little past: measured 1.76 and 0.53); without
+    # the clip they go on (measured 35 and 0.07), with one epoch they stop short (1.10, 0.89)
+    assert 1.3 < up < 3.0 and 0.3 < down < 0.8
+    # the clip is the setting's: a wide one lets the same epochs go much further
+    (far_up, _), _ = ratios_after_one_tell({**settings, "clip": 0.9})
+    assert far_up > 2 * up
+
+
+def test_policy_feeds_back_its_previous_choice():
+    """Decision 1's distribution depends on decision 0 (the LSTM's input is the embedding of
+    the previous choice): p(d1 | d0) from whole-sequence log-probabilities."""
+    policy = make_controller("ppo", [2, 3], 0, {"ppo": {"hidden": 16}}).policy
+    with torch.no_grad():
+        logp = policy(torch.tensor([[a, b] for a in range(2) for b in range(3)]))[1].view(2, 3)
+    conditional = torch.softmax(logp, dim=1)  # p(d1 | d0 = row)
+    assert (conditional[0] - conditional[1]).abs().max() > 1e-3
 
 
 def test_regularised_evolution_mutates_one_decision_and_ages():
@@ -236,7 +281,11 @@ def test_pareto_front_keeps_only_undominated():
     (["--controller", "bayes"], "unknown controller"),
     (["--device", "iphone"], "unknown device"),
     (["--target-latency", "0"], "target-latency"),
-    (["--w", "0.1"], "w"),
+    (["--w", "0.1"], "would reward slower networks"),
+    (["--constraint", "hard", "--w", "-0.3"], "takes no w"),
+    (["search.ppo.clip=-1"], "search.ppo.clip"),
+    (["search.ppo.epochs=0"], "search.ppo.epochs"),
+    (["search.ppo.lr=0"], "search.ppo.lr"),
     (["--samples", "0"], "samples"),
     (["--constraint", "loose"], "soft or hard"),
 ])
