@@ -5,8 +5,12 @@ Tiny setting: digits (8 px), a 2-stage space at 32 px, 3 proxy steps, a handful 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +23,10 @@ from lotto.arch import load_spec
 from lotto.cli import app
 from lotto.config import load_config
 from lotto.errors import LottoError
-from lotto.experiments.search import pareto_front, run_search
+from lotto.experiments.common import FAULT_ENV
+from lotto.experiments.search import load_search_space, pareto_front, run_search
+from lotto.latency import predict
+from lotto.runs import RunDir
 from lotto.search.controllers import Evolution, Outcome, make_controller
 from lotto.search.reward import objective, reward
 
@@ -245,7 +252,7 @@ def test_killed_search_resumes_where_it_stopped(space_file, runs_dir):
     part = run_search(cfg, stop_after=1)
     assert len(part.metrics) == 2
     state = part.run.file("controller/state.json").read_text()
-    assert '"step": 1' in state and part.run.has("controller/state.safetensors")
+    assert json.loads(state)["step"] == 1 and part.run.has("controller/state.1.safetensors")
     resumed = run_search(cfg)
     assert len(resumed.metrics) == 4
     pd.testing.assert_frame_equal(resumed.metrics.iloc[:2], part.metrics)  # kept, not redone
@@ -253,10 +260,11 @@ def test_killed_search_resumes_where_it_stopped(space_file, runs_dir):
     assert list(resumed.metrics.reward) == pytest.approx(list(whole.metrics.reward))
 
 
-def test_crashed_sample_gets_reward_zero_and_is_reported(space_file, runs_dir, monkeypatch):
-    monkeypatch.setenv("LOTTO_TEST_FAULT", "raise:step=0,sample=1")
-    result = run_search(config(space_file, runs_dir, "search.controller=random",
-                               "proxy.cache=false"))
+def test_crashed_sample_gets_reward_zero_and_a_rerun_retries_it(space_file, runs_dir,
+                                                                  monkeypatch):
+    cfg = config(space_file, runs_dir, "search.controller=random", "proxy.cache=false")
+    monkeypatch.setenv(FAULT_ENV, "raise:step=0,sample=1")
+    result = run_search(cfg)
     frame = result.metrics
     assert len(frame) == 4
     bad = frame[frame["sample"] == 1].iloc[0]
@@ -264,6 +272,86 @@ def test_crashed_sample_gets_reward_zero_and_is_reported(space_file, runs_dir, m
     assert (frame[frame["sample"] != 1].status == "ok").all()
     assert [f["sample"] for f in result.failures] == [1]
     assert "injected fault" in pd.read_csv(result.run.file("failures.csv")).error[0]
+    state = result.run.file("controller/state.json").read_text()
+
+    # the same command again, the fault gone: the failed sample is trained, its row replaced
+    monkeypatch.delenv(FAULT_ENV)
+    again = run_search(cfg)
+    fixed = again.metrics
+    assert list(fixed["sample"]) == [0, 1, 2, 3] and (fixed.status == "ok").all()
+    row = fixed[fixed["sample"] == 1].iloc[0]
+    assert 0 < row.val_accuracy <= 1 and not row.cached and row.seconds > 0
+    assert row.reward == pytest.approx(row.val_accuracy * (row.latency_ms / 75.0) ** -0.07)
+    others = fixed["sample"] != 1
+    pd.testing.assert_frame_equal(fixed[others], frame[others])  # the rest kept as it was
+    assert again.failures == [] and not again.run.has("failures.csv")
+    assert not again.run.has("failures.parquet")
+    assert RunDir(again.run.path, "search").load_tensors  # (the run dir is intact)
+    assert pd.read_csv(again.run.file("metrics.csv")).status.eq("ok").all()  # on disk too
+    assert again.summary["failed"] == 0
+    # the controller learnt from reward 0 once; it is not told again (nothing else to ask)
+    assert again.run.file("controller/state.json").read_text() == state
+    # a third run has nothing to retry
+    assert run_search(cfg).metrics.equals(fixed)
+
+
+def test_a_retry_that_fails_again_stays_listed(space_file, runs_dir, monkeypatch):
+    cfg = config(space_file, runs_dir, "search.controller=random", "proxy.cache=false",
+                 "search.samples=2")
+    monkeypatch.setenv(FAULT_ENV, "raise:step=0,sample=0")
+    run_search(cfg)
+    again = run_search(cfg)  # the fault is still there: failed again, listed again
+    assert [f["sample"] for f in again.failures] == [0]
+    assert list(pd.read_csv(again.run.file("failures.csv"))["sample"]) == [0]
+    assert list(again.metrics.status) == ["failed", "ok"]
+
+
+def test_cli_rerun_retries_the_failed_sample_exit_0(space_file, runs_dir, monkeypatch):
+    args = ["search", "-c", str(space_file), *FAST, "--samples", "2", "--controller", "random",
+            "proxy.cache=false", "--runs-dir", str(runs_dir)]
+    monkeypatch.setenv(FAULT_ENV, "raise:step=0,sample=1")
+    first = cli.invoke(app, args)
+    assert first.exit_code == 1 and "re-run the same command" in first.output, first.output
+    monkeypatch.delenv(FAULT_ENV)
+    second = cli.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "failed" not in second.output
+    run = next((runs_dir / "search").glob("*/metrics.csv")).parent
+    assert not (run / "failures.csv").exists()
+    assert pd.read_csv(run / "metrics.csv").status.eq("ok").all()
+
+
+def final_tensors(run: Path) -> dict[str, torch.Tensor]:
+    meta = json.loads((run / "controller" / "state.json").read_text())
+    return RunDir(run, "search").load_tensors(f"controller/{meta['tensors']}")
+
+
+def test_a_kill_between_the_state_writes_applies_the_update_once(space_file, runs_dir):
+    """A real SIGKILL after the new policy tensors are written and before state.json names
+    them: the resumed run ends with exactly the controller of an uninterrupted run."""
+    opts = [*FAST, "search.controller=ppo", "search.ppo.hidden=8", "search.ppo.lr=0.1",
+            "proxy.cache=false", f"run.runs_dir={runs_dir}"]
+    whole = run_search(load_config("search", space_file, [*opts, "run.name=whole"]))
+    env = {**os.environ, FAULT_ENV: "kill:save=controller,step=2",  # after the second batch
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "lotto", "search", "-c",
+                           str(space_file), *opts, "run.name=cut"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    cut = runs_dir / "search" / "cut"
+    assert json.loads((cut / "controller" / "state.json").read_text())["step"] == 1
+    written = sorted(p.name for p in (cut / "controller").glob("*.safetensors"))
+    resumed = run_search(load_config("search", space_file, [*opts, "run.name=cut"]))
+    pd.testing.assert_frame_equal(resumed.metrics.drop(columns="seconds"),
+                                  whole.metrics.drop(columns="seconds"))
+    a, b = final_tensors(whole.run.path), final_tensors(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    meta = [json.loads((r / "controller" / "state.json").read_text())["controller"]
+            for r in (whole.run.path, cut)]
+    assert meta[0] == meta[1]  # baseline and update count: two updates, each once
+    assert written == ["state.1.safetensors", "state.2.safetensors"]  # 2: not committed
+    assert sorted(p.name for p in (cut / "controller").glob("*.safetensors")) == [
+        "state.2.safetensors"]  # older tensors are removed once a newer one is committed
 
 
 def test_pareto_front_keeps_only_undominated():
