@@ -5,6 +5,7 @@ Tiny setting: digits (8 px), a 2-stage space at 32 px, 3 proxy steps, a handful 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -70,6 +71,13 @@ def space_file(tmp_path: Path) -> Path:
 
 def config(space_file: Path, runs_dir: Path, *extra: str):
     return load_config("search", space_file, [*FAST, f"run.runs_dir={runs_dir}", *extra])
+
+
+def priced(cfg, frame: pd.DataFrame, device: str) -> list[float]:
+    """Each row's network (from its choices) priced on `device` independently of the run."""
+    space = load_search_space(cfg)
+    return [predict(space.network([int(v) for v in str(c).split("-")]), device).ms
+            for c in frame.choices]
 
 
 # ---- reward -------------------------------------------------------------------------------------
@@ -224,6 +232,7 @@ def test_search_writes_rows_front_best_and_resumes_without_training(space_file, 
     assert list(frame.columns[:len(COLUMNS)]) == COLUMNS
     assert len(frame) == 4 and list(frame["sample"]) == list(range(4))
     assert (frame.latency_source == "model").all() and (frame.status == "ok").all()
+    assert list(frame.latency_ms) == pytest.approx(priced(cfg, frame, "pixel1"), rel=1e-9)
     for r in frame.itertuples():
         w = -0.07
         assert r.reward == pytest.approx(r.val_accuracy * (r.latency_ms / 75.0) ** w)
@@ -401,6 +410,75 @@ def test_cli_runs_a_tiny_search(space_file, runs_dir):
     assert result.exit_code == 0, result.output
     assert "proxy task" in result.output and "pixel2" in result.output
     assert "alpha -0.15" in result.output
+    # priced on the device asked for (the phones differ: a pixel1 price would show)
+    frame = pd.read_csv(next((runs_dir / "search").glob("*/metrics.csv")))
+    cfg = config(space_file, runs_dir)
+    on2, on1 = priced(cfg, frame, "pixel2"), priced(cfg, frame, "pixel1")
+    assert list(frame.latency_ms) == pytest.approx(on2, rel=1e-9)
+    assert all(abs(a - b) > 0.01 * b for a, b in zip(on2, on1))
+    for r in frame.itertuples():
+        assert r.reward == pytest.approx(r.val_accuracy * (r.latency_ms / 75.0) ** -0.15)
+
+
+def test_default_proxy_trains_on_small_images(runs_dir):
+    """The default proxy (min_output 1, the default 224 px space) on 8 px digits: every sample
+    trains (strides are cut until no strided layer sees a map narrower than its stride)."""
+    cfg = load_config("search", None, [
+        "data.name=digits", "data.val_size=200", "train.iterations=2it", "train.warmup=1it",
+        "train.batch_size=32", "device=cpu", "search.samples=2", "search.batch_size=2",
+        "search.controller=random", "proxy.cache=false", f"run.runs_dir={runs_dir}"])
+    assert cfg.proxy.min_output == 1
+    result = run_search(cfg)
+    assert list(result.metrics.status) == ["ok", "ok"] and result.failures == []
+
+
+def test_a_proxy_that_cannot_be_built_fails_before_any_training(runs_dir, monkeypatch):
+    import lotto.experiments.proxy as proxy
+    import lotto.experiments.search as search
+
+    # strides never cut (as the default proxy was on 8 px before adapt_to_resolution agreed
+    # with validate): the default space's total stride 32 cannot run on 8 px
+    monkeypatch.setattr(proxy, "adapt_to_resolution",
+                        lambda spec, size, min_output=4: spec.replace(resolution=size).validate())
+    monkeypatch.setattr(search, "evaluate", lambda *a, **k: pytest.fail("trained"))
+    cfg = load_config("search", None, ["data.name=digits", "device=cpu",
+                                       f"run.runs_dir={runs_dir}"])
+    with pytest.raises(LottoError, match="proxy cannot be built on data digits .8 px.*stride 2"):
+        run_search(cfg)
+    assert not (runs_dir / "search").exists()  # no run directory, no budget spent
+
+
+def test_fastest_network_is_the_floor_of_the_space(space_file, runs_dir):
+    from lotto.experiments.search import Pricer, fastest_ms
+
+    # one stage, slow options first: the descent must walk away from the first network
+    space_file.write_text(TINY_SPACE.replace("kernels: [3, 5]", "kernels: [5, 3]").replace(
+        "expansions: [3, 6]", "expansions: [6, 3]").replace("se: [false, true]", "se: [true, false]"
+    ).replace("ops: [conv, ds, ir]", "ops: [ir, conv, ds]").replace(
+        "    - {width: 24, repeat: 2, stride: 2}\n", ""))
+    cfg = config(space_file, runs_dir)
+    space = load_search_space(cfg)
+    price = Pricer(cfg, "pixel1")
+    low = fastest_ms(space, price)
+    every = [price(space.network(list(ix)))[0]
+             for ix in itertools.product(*[range(n) for _, _, n in space.axes()])]
+    assert len(every) == 192 and low == min(every) < 0.85 * every[0]
+
+
+def test_unreachable_target_hard_is_refused_soft_is_said(space_file, runs_dir):
+    result = cli.invoke(app, ["search", "-c", str(space_file), *FAST, "--target-latency",
+                              "0.001", "--constraint", "hard", "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 2, result.output
+    assert "target 0.001 ms is unreachable on pixel1: the fastest network of the space takes " \
+        "0.871 ms" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (runs_dir / "search").exists()
+    soft = cli.invoke(app, ["search", "-c", str(space_file), *FAST, "--samples", "2",
+                            "--controller", "random", "--target-latency", "0.001",
+                            "--runs-dir", str(runs_dir)])
+    assert soft.exit_code == 0, soft.output
+    assert "warning: target 0.001 ms is unreachable" in soft.output
+    summary = json.loads(next((runs_dir / "search").glob("*/summary.json")).read_text())
+    assert summary["fastest_ms"] == pytest.approx(0.8715, abs=1e-4)
 
 
 def test_random_module_state_is_untouched():
