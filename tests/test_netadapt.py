@@ -78,7 +78,7 @@ def test_run_steps_files_and_resume(spec_file, tmp_path, monkeypatch):
         acc, lat = parents[int(r.step) - 1]
         assert r.score == pytest.approx((r.val_accuracy - acc) / abs(lat - r.latency_ms))
         assert r.latency_ms < lat
-    for step, group in props.groupby("step"):
+    for _, group in props.groupby("step"):
         assert group.loc[group.score.idxmax()].chosen == True  # noqa: E712
     assert frame[frame.kind == "proposal"].test_accuracy.isna().all()  # selection: val only
     # files: specs usable as is, final weights fit the trained proxy spec
