@@ -110,7 +110,7 @@ def validate(cfg: DictConfig) -> tuple[Space, Objective, str]:
         import_optuna(s.controller)
     check(s.samples >= 1, "search.samples", f"{s.samples}: the sample budget must be >= 1")
     check(s.batch_size >= 1, "search.batch_size", "must be >= 1")
-    pass
+    validate_controller_settings(s)
     obj = make_objective(cfg)
     device = canonical_device(str(cfg.latency.device))
     src = cfg.latency.source
