@@ -67,6 +67,19 @@ def test_run_steps_files_and_resume(spec_file, tmp_path, monkeypatch):
                 "macs", "seconds"):
         assert col in frame.columns
     assert (frame.latency_source == "model").all()
+    # MobileNetV3's ratio: each proposal is scored dAcc / |dLatency| against the network it
+    # was cut from (the seed, then the step before's choice), and the best score is chosen
+    seed_row = frame[frame.kind == "seed"].iloc[0]
+    parents = [(seed_row.val_accuracy, seed_row.latency_ms),
+               *zip(chosen.val_accuracy, chosen.latency_ms)]
+    props = frame[frame.kind == "proposal"]
+    assert props.step.nunique() == len(chosen) and (props.groupby("step").size() >= 2).all()
+    for r in props.itertuples():
+        acc, lat = parents[int(r.step) - 1]
+        assert r.score == pytest.approx((r.val_accuracy - acc) / abs(lat - r.latency_ms))
+        assert r.latency_ms < lat
+    for _, group in props.groupby("step"):
+        assert group.loc[group.score.idxmax()].chosen == True  # noqa: E712
     assert frame[frame.kind == "proposal"].test_accuracy.isna().all()  # selection: val only
     # files: specs usable as is, final weights fit the trained proxy spec
     final = load_spec(run / "final.yaml")
@@ -176,6 +189,28 @@ def test_pretrained_weights_of_the_full_spec_are_adapted(spec_file, tmp_path):
                        full.state_dict()["blocks.1.expand.0.weight"])
     assert torch.allclose(state["stem.0.weight"][:, 0],
                           full.state_dict()["stem.0.weight"].sum(1))
+
+
+@pytest.mark.skipif(os.environ.get("LOTTO_SKIP_TIMING") == "1", reason="times this host")
+def test_cpu_unreachable_target_is_refused_before_the_table_is_timed(spec_file, tmp_path):
+    runs = tmp_path / "runs"
+    for target in ("0.001ms", "0.0001x"):
+        r = invoke("--from", str(spec_file), "--runs-dir", str(runs), *FAST, "--device", "cpu",
+                   "latency.min_run_time=0.05", "--target", target)
+        assert r.exit_code == 2, r.output
+        assert "unreachable on cpu: the lowest reachable latency is about" in r.output
+        assert "Traceback" not in r.output  # (torch may log a CUDA_HOME line of its own)
+        assert not runs.exists()  # no run directory, no shared table timed into
+
+
+def test_default_proxy_fits_small_images():
+    """The default proxy (min_output 1) of the default seed on 8 px digits: strides are cut
+    only until no strided layer sees a map narrower than its stride (8 -> 4 -> 2 -> 1)."""
+    cfg = load_config("netadapt", None, ["data.name=digits"])
+    assert cfg.proxy.min_output == 1
+    spec, data, _ = na.prepare(cfg)  # raised "input is 1x1 px, too small for stride 2"
+    proxy = na._proxy(cfg, spec, data)
+    assert proxy.resolution == 8 and proxy.total_stride() == 8 < spec.total_stride()
 
 
 @pytest.mark.skipif(os.environ.get("LOTTO_SKIP_TIMING") == "1", reason="times this host")

@@ -730,7 +730,8 @@ def spec_from_yaml(text: str, source: str = "spec") -> ArchSpec:
 
 def adapt_to_resolution(spec: ArchSpec, resolution: int, min_output: int = 4) -> ArchSpec:
     """Set the resolution, removing early strides (stem first) until the last map is at least
-    `min_output` px (e.g. 32 px: stem stride 1 and the first stride-2 block stride 1, 4x4 out).
+    `min_output` px (e.g. 32 px: stem stride 1 and the first stride-2 block stride 1, 4x4 out)
+    and no strided layer sees a map narrower than its stride (which `validate` rejects).
 
     A block made stride 1 keeps its residual decision (no new skip appears), so the topology is
     the published one at a smaller scale. ImageNet-size inputs are left unchanged.
@@ -740,12 +741,16 @@ def adapt_to_resolution(spec: ArchSpec, resolution: int, min_output: int = 4) ->
     inputs = spec.block_inputs()
 
     def out_size(stem: StemSpec, blocks: Sequence[BlockSpec]) -> int:
-        size = _out_size(resolution, stem.stride)
-        for b in blocks:
-            size = _out_size(size, b.stride)
+        # 0 where a strided layer would see a map narrower than its stride: `validate` rejects
+        # that layer (_check_size) although the ceiling size says 1 px, so it counts as too small
+        size = resolution
+        for stride in (stem.stride, *(b.stride for b in blocks)):
+            if size < stride:
+                return 0
+            size = _out_size(size, stride)
         return size
 
-    while out_size(stem, blocks) < min_output:
+    while out_size(stem, blocks) < max(1, min_output):
         if stem.stride == 2:
             stem = dataclasses.replace(stem, stride=1)
             continue

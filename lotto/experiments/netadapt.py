@@ -545,12 +545,41 @@ def prepare(cfg: DictConfig) -> tuple[ArchSpec, Data, torch.device]:
     return spec, data, device
 
 
+FAR = 0.5  # a host target under this fraction of the narrowest network's measured latency
+
+
+def refuse_far_target(cfg: DictConfig, spec: ArchSpec) -> None:
+    """On a host, refuse a target far below the lowest reachable latency before timing the
+    lookup table: the narrowest network (and, for an "x" target, the seed) measured end to end.
+    The margin `FAR` leaves targets a loaded host could inflate the measurement past to the
+    exact check against the table (after it is built)."""
+    device = canonical_device(cfg.latency.device)
+    if is_phone(device):
+        return  # the phone model is instant: the exact check comes first anyway
+    from lotto.latency import predict
+
+    lat = cfg.latency
+
+    def measured(s: ArchSpec) -> float:
+        return float(predict(s, device, source="measure", threads=int(lat.threads),
+                             min_run_time=float(lat.min_run_time)).ms)
+
+    value, unit = parse_amount(lat.target, "latency.target")
+    floor_ms = measured(floor_spec(spec, int(cfg.netadapt.width_step)))
+    target_ms = value * measured(spec) if unit == "x" else value
+    if target_ms < FAR * floor_ms:
+        raise LottoError(f"target {target_ms:.3f} ms is unreachable on {device}: the lowest "
+                         f"reachable latency is about {floor_ms:.3f} ms (every width at its "
+                         "narrowest, measured end to end)")
+
+
 def run_netadapt(cfg: DictConfig, *, force: bool = False, progress: Progress | None = None,
                  runner: Runner | None = None,
                  report: Callable[[pd.DataFrame], None] | None = None) -> NetAdaptResult:
     start = time.perf_counter()
     spec, data, _ = prepare(cfg)
     say = (lambda m: progress.console.print(m, highlight=False)) if progress else (lambda m: None)
+    refuse_far_target(cfg, spec)  # before a host table is timed (minutes)
     pricer = Pricer(cfg, spec, say)
     seed_ms = pricer.ms(spec)
     value, unit = parse_amount(cfg.latency.target, "latency.target")

@@ -8,14 +8,17 @@ host lookup table, or a measurement); the reward `ACC * (LAT/TAR)^w` goes back t
 
 Files under the run directory: `metrics.{csv,parquet}` (one row per sample), `failures.csv`
 (samples whose training crashed: reward 0), `evaluated.jsonl` (this run's proxy results by spec
-string), `controller/state.json` + `controller/state.safetensors` (the controller after each
-batch) and `controller/pending.json` (the batch being evaluated), and at the end `pareto.csv`,
+string), `controller/state.json` + the `controller/state.<step>.safetensors` it names (the
+controller after each batch: state.json, written last, is the one commit point) and
+`controller/pending.json` (the batch being evaluated), and at the end `pareto.csv`,
 `best.yaml`, `search.png` and `summary.json`. Proxy results are also cached across runs of the
 same proxy setup under `<runs_dir>/search/.cache/`.
 
 Resume: batch k's samples are asked once (pending.json) and its rows are written when it ends;
 a killed run re-asks nothing, retrains nothing that reached a cache, and goes on from the
-controller saved after the last finished batch.
+controller saved after the last finished batch. A re-run also retrains the samples whose
+training failed (their rows and failures.csv entries are replaced when they succeed; the
+controller keeps what it learned from their reward 0).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from lotto.config import check
 from lotto.errors import LottoError
 from lotto.experiments.common import (
     FailureLog,
+    inject,
     injected_fault,
     open_runner,
     parallel_settings,
@@ -53,7 +57,15 @@ from lotto.search.controllers import (
     import_optuna,
     make_controller,
 )
-from lotto.search.evaluate import Cache, Job, evaluate, proxy_key, proxy_seed, spec_key
+from lotto.search.evaluate import (
+    Cache,
+    Job,
+    evaluate,
+    proxy_key,
+    proxy_network,
+    proxy_seed,
+    spec_key,
+)
 from lotto.search.reward import Objective, objective
 
 COMMAND = "search"
@@ -98,6 +110,7 @@ def validate(cfg: DictConfig) -> tuple[Space, Objective, str]:
         import_optuna(s.controller)
     check(s.samples >= 1, "search.samples", f"{s.samples}: the sample budget must be >= 1")
     check(s.batch_size >= 1, "search.batch_size", "must be >= 1")
+    validate_controller_settings(s)
     obj = make_objective(cfg)
     device = canonical_device(str(cfg.latency.device))
     src = cfg.latency.source
@@ -116,6 +129,25 @@ def validate(cfg: DictConfig) -> tuple[Space, Objective, str]:
     return load_search_space(cfg), obj, device
 
 
+def validate_controller_settings(s: DictConfig) -> None:
+    """The controllers' sections (all of them: a run may switch controller on a re-run)."""
+    ppo = s.ppo
+    check(ppo.hidden >= 1, "search.ppo.hidden", f"{ppo.hidden}: must be >= 1")
+    check(ppo.lr > 0, "search.ppo.lr", f"{ppo.lr}: must be > 0")
+    check(0 < ppo.clip < 1, "search.ppo.clip", f"{ppo.clip}: the ratio clip must be in (0, 1)")
+    check(ppo.epochs >= 1, "search.ppo.epochs", f"{ppo.epochs}: must be >= 1")
+    check(ppo.entropy >= 0, "search.ppo.entropy", f"{ppo.entropy}: must be >= 0")
+    check(0 <= ppo.baseline_decay < 1, "search.ppo.baseline_decay",
+          f"{ppo.baseline_decay}: must be in [0, 1)")
+    evo = s.evolution
+    check(evo.population >= 2, "search.evolution.population", f"{evo.population}: must be >= 2")
+    check(1 <= evo.tournament <= evo.population, "search.evolution.tournament",
+          f"{evo.tournament}: must be in 1..population ({evo.population})")
+    check(s.tpe.startup >= 0, "search.tpe.startup", f"{s.tpe.startup}: must be >= 0")
+    check(s.nsga2.population >= 2, "search.nsga2.population",
+          f"{s.nsga2.population}: must be >= 2")
+
+
 def proxy_description(cfg: DictConfig) -> str:
     d, t, p = cfg.data, cfg.train, cfg.proxy
     subset = (f"up to {d.subset} training examples" if d.subset is not None
@@ -124,6 +156,25 @@ def proxy_description(cfg: DictConfig) -> str:
     return (f"proxy task: {d.name}, {subset}, scored on {val}; widths x{p.width_mult:g}, strides "
             f"cut only below {p.min_output} px, {t.iterations} steps of batch {t.batch_size} from "
             "scratch")
+
+
+def check_proxy(cfg: DictConfig, space: Space) -> None:
+    """Build the proxy of the space's first and last networks on the data before any training
+    (as netadapt's prepare does): every network of a factorised space has the same strides, so
+    a proxy the data cannot take fails here, once, not in every sample."""
+    from lotto.experiments.common import shared_data
+    from lotto.experiments.proxy import proxy_spec
+    from lotto.train import resolve_device
+
+    data = shared_data(cfg.data, resolve_device(str(cfg.device)))
+    axes = space.axes()
+    for ix in ([0] * len(axes), [n - 1 for _, _, n in axes]):
+        net = proxy_network(space.network(ix, "proxy_check"), cfg.proxy)
+        try:
+            proxy_spec(net, data, float(cfg.proxy.bn_momentum), int(cfg.proxy.min_output))
+        except LottoError as e:
+            raise LottoError(f"the proxy cannot be built on data {cfg.data.name} "
+                             f"({data.image_size} px): {e}") from None
 
 
 # ---- latency ----------------------------------------------------------------------------------
@@ -167,12 +218,48 @@ class Pricer:
         return self.memo[key]
 
 
+def fastest_ms(space: Space, price: Pricer) -> float:
+    """The lowest latency found in the space: coordinate descent over its decisions from the
+    first options (each axis set in turn to its fastest option, until nothing changes)."""
+    axes = space.axes()
+    best = [0] * len(axes)
+    best_ms = price(space.network(best, "fastest"))[0]
+    for _ in range(3):
+        changed = False
+        for a, (_, _, n) in enumerate(axes):
+            for v in range(n):
+                ix = best[:a] + [v] + best[a + 1:]
+                ms = price(space.network(ix, "fastest"))[0]
+                if ms < best_ms:
+                    best, best_ms, changed = ix, ms, True
+        if not changed:
+            break
+    return best_ms
+
+
+def check_target(cfg: DictConfig, space: Space, obj: Objective, price: Pricer,
+                 say: Any = lambda m: None) -> float | None:
+    """Refuse an unreachable target under the hard constraint (every reward would be about 0);
+    under the soft one (alpha = beta: the target scales every reward alike) say so. Returns the
+    fastest latency found, or None where finding it would mean timing networks one by one."""
+    if price.source == "measure" and obj.alpha == obj.beta:
+        return None  # soft: the ranking does not depend on the target; not worth the timings
+    low = fastest_ms(space, price)
+    if obj.target_ms < low:
+        text = (f"target {obj.target_ms:g} ms is unreachable on {price.device}: the fastest "
+                f"network of the space takes {low:.3f} ms ({price.source})")
+        if obj.alpha != obj.beta:
+            raise LottoError(f"{text}; raise --target-latency or use --constraint soft")
+        say(f"warning: {text}; every sample is over the target")
+    return low
+
+
 # ---- the loop ---------------------------------------------------------------------------------
 
 
 class _Search:
     def __init__(self, cfg: DictConfig, space: Space, obj: Objective, device: str, run: RunDir,
-                 progress: Progress | None):
+                 progress: Progress | None, price: Pricer | None = None):
         self.cfg, self.space, self.obj, self.run, self.progress = cfg, space, obj, run, progress
         self.metrics = MetricsLog(run)
         self.failures = FailureLog(run, self.metrics)
@@ -182,7 +269,7 @@ class _Search:
             shared = Path(cfg.run.runs_dir).expanduser() / COMMAND / ".cache" / \
                 f"{proxy_key(cfg)}.jsonl"
         self.shared = Cache(shared) if shared is not None else None
-        self.price = Pricer(cfg, device)
+        self.price = price if price is not None else Pricer(cfg, device)
         axes = space.axes()
         self.names = [f"s{i}_{axis}" for i, axis, _ in axes]
         self.controller: Controller = make_controller(
@@ -191,7 +278,8 @@ class _Search:
         self.step = 0
         self.load_state()
 
-    # controller state: tensors first, then the JSON that names the step (the commit point)
+    # controller state: a new tensor file first, then the JSON that names it and the step (the
+    # one commit point: a kill between the two leaves the old JSON naming the old tensors)
     def load_state(self) -> None:
         path = self.run.file("controller/state.json")
         if not path.exists():
@@ -200,17 +288,28 @@ class _Search:
             meta = json.loads(path.read_text())
         except ValueError:
             raise LottoError(f"{path} is corrupt; use --force to start this run afresh") from None
-        tensors = self.run.load_tensors("controller/state.safetensors") \
-            if self.run.has("controller/state.safetensors") else {}
+        name = meta.get("tensors")
+        if name is not None:
+            tensors = self.run.load_tensors(f"controller/{Path(str(name)).name}")
+        elif self.run.has("controller/state.safetensors"):  # a run of an older lotto
+            tensors = self.run.load_tensors("controller/state.safetensors")
+        else:
+            tensors = {}
         self.controller.load(meta.get("controller", {}), tensors)
         self.step = int(meta["step"])
 
     def save_state(self) -> None:
         meta, tensors = self.controller.state()
+        record = {"step": self.step, "controller_name": self.controller.name,
+                  "controller": meta}
         if tensors:
-            self.run.save_tensors("controller/state.safetensors", tensors)
-        self.run.write_json("controller/state.json", {
-            "step": self.step, "controller_name": self.controller.name, "controller": meta})
+            record["tensors"] = f"state.{self.step}.safetensors"
+            self.run.save_tensors(f"controller/{record['tensors']}", tensors)
+        inject(injected_fault({"save": "controller", "step": self.step}))  # tests: a kill here
+        self.run.write_json("controller/state.json", record)  # the commit point
+        for old in self.run.file("controller").glob("state*.safetensors"):
+            if old.name != record.get("tensors"):
+                old.unlink(missing_ok=True)
 
     def batch_samples(self, n: int) -> list[list[int]]:
         path = self.run.file("controller/pending.json")
@@ -241,6 +340,7 @@ class _Search:
             bar = self.progress.add_task(f"search ({self.controller.name})", total=total)
             self.progress.advance(bar, min(total, self.step * size))
         fn = task_function(evaluate, runner, self.progress)
+        self.retry_failed(runner, fn)
         done = 0
         while self.step < batches:
             first = self.step * size
@@ -261,20 +361,8 @@ class _Search:
                                     injected_fault(unit)))
                     job_keys.append(key)
 
-            def on_result(index: int, result: TaskResult, job_keys: list[str] = job_keys,
-                          trained: dict = trained) -> None:
-                key = job_keys[index]
-                if result.ok:
-                    value = {**result.value, "seconds": result.seconds}
-                    self.local.put(key, value)
-                    if self.shared is not None:
-                        self.shared.put(key, value)
-                    trained[key] = (value, "", result.seconds)
-                else:
-                    trained[key] = (None, result.error or "failed", result.seconds)
-
             if jobs:
-                runner.run(fn, jobs, on_result=on_result)
+                runner.run(fn, jobs, on_result=self._on_result(job_keys, trained))
             outcomes = []
             for j, (ix, spec, key) in enumerate(zip(samples, specs, keys)):
                 old = self.metrics.find(step=self.step, sample=first + j)
@@ -295,6 +383,67 @@ class _Search:
                 break
         if bar is not None:
             self.progress.remove_task(bar)
+
+    def retry_failed(self, runner: Runner, fn: Any) -> None:
+        """Train again the samples whose rows say failed (a past run's crash), and replace those
+        rows and failures.csv entries by the results. The controller is not told again: it has
+        learnt from their reward 0 already (telling twice would apply its update twice)."""
+        failed = [r for r in self.metrics.rows if r.get("status") == "failed"]
+        if not failed:
+            return
+        specs = {}
+        for r in failed:
+            ix = [int(v) for v in str(r["choices"]).split("-")]
+            specs[(int(r["step"]), int(r["sample"]))] = (ix, self.space.network(ix, "retry"))
+        trained: dict[str, tuple[dict | None, str, float]] = {}
+        jobs, job_keys = [], []
+        for (step, sample), (_, spec) in specs.items():
+            key = spec_key(spec)
+            if self.lookup(key) is None and key not in job_keys:
+                unit = {"step": step, "sample": sample}
+                jobs.append(Job(spec, self.cfg.data, self.cfg.train, self.cfg.proxy,
+                                proxy_seed(self.cfg), str(self.cfg.device), unit_label(unit),
+                                injected_fault(unit)))
+                job_keys.append(key)
+        if jobs:
+            runner.run(fn, jobs, on_result=self._on_result(job_keys, trained))
+        rows, current = [], self.step
+        try:
+            for r in self.metrics.rows:
+                if r.get("status") != "failed":
+                    rows.append(r)
+                    continue
+                self.step = int(r["step"])
+                ix, spec = specs[(self.step, int(r["sample"]))]
+                rows.append(self.row(int(r["sample"]), ix, spec, spec_key(spec), trained))
+        finally:
+            self.step = current
+        self.metrics.drop()  # every row: the append rewrites the table whole, in its order
+        self.metrics.append(rows)
+        log = self.failures.log
+        left = [f for f in log.rows
+                if any(r.get("status") == "failed"
+                       for r in self.metrics.find(step=f["step"], sample=f["sample"]))]
+        if len(left) < len(log.rows):
+            log.drop()
+            if left:
+                log.append(left)
+            else:
+                for path in (log.csv, log.parquet, log.length_file):
+                    path.unlink(missing_ok=True)
+
+    def _on_result(self, job_keys: list[str], trained: dict) -> Any:
+        def on_result(index: int, result: TaskResult) -> None:
+            key = job_keys[index]
+            if result.ok:
+                value = {**result.value, "seconds": result.seconds}
+                self.local.put(key, value)
+                if self.shared is not None:
+                    self.shared.put(key, value)
+                trained[key] = (value, "", result.seconds)
+            else:
+                trained[key] = (None, result.error or "failed", result.seconds)
+        return on_result
 
     def row(self, sample: int, ix: list[int], spec: Any, key: str,
             trained: dict[str, tuple[dict | None, str, float]]) -> dict[str, Any]:
@@ -416,13 +565,18 @@ def run_search(cfg: DictConfig, *, force: bool = False, progress: Progress | Non
     """`stop_after`: stop after this many batches (tests of resume); `runner`: workers to reuse."""
     space, obj, device = validate(cfg)
     parallel_settings(cfg)
+    check_proxy(cfg, space)  # before the run directory and the budget
+    say = (lambda m: progress.console.print(m, highlight=False)) if progress else (lambda m: None)
+    price = Pricer(cfg, device)
+    fastest = check_target(cfg, space, obj, price, say)
     run = RunDir.open(cfg, COMMAND, force=force)
-    search = _Search(cfg, space, obj, device, run, progress)
+    search = _Search(cfg, space, obj, device, run, progress, price)
     with open_runner(cfg) if runner is None else nullcontext(runner) as tasks:
         search.run_batches(tasks, stop_after)
     frame = search.metrics.frame()
     front = pareto_front(frame) if len(frame) else pd.DataFrame()
-    summary: dict[str, Any] = {"run_dir": str(run.path), "failures": search.failures.entries}
+    summary: dict[str, Any] = {"run_dir": str(run.path), "failures": search.failures.entries,
+                               "fastest_ms": fastest}
     if len(frame):
         summary.update(summarize(frame, cfg, obj))
         from lotto.runs import atomic_write

@@ -35,8 +35,8 @@ def reward(accuracy: float, latency_ms: float, target_ms: float, alpha: float, b
 
 def objective(target_ms: float, constraint: str = "soft", w: float | None = None,
               preset: str = "large") -> Objective:
-    """The reward's exponents: `w` (when given) sets both alpha and beta, whatever the
-    constraint; otherwise soft = the preset's w for both, hard = (0, -1)."""
+    """The reward's exponents: soft = `w` (when given, else the preset's) for both alpha and
+    beta; hard = (0, -1), which takes no `w` (a `w` would silently make it soft)."""
     if not target_ms > 0:
         raise LottoError(f"target latency must be > 0 ms, got {target_ms}")
     if constraint not in CONSTRAINTS:
@@ -46,6 +46,9 @@ def objective(target_ms: float, constraint: str = "soft", w: float | None = None
     if w is not None:
         if w > 0:
             raise LottoError(f"w = {w} > 0 would reward slower networks; use w <= 0")
+        if constraint == "hard":
+            raise LottoError(f"w = {w} with the hard constraint: hard uses alpha 0, beta -1 "
+                             "and takes no w; drop w or use the soft constraint")
         return Objective(float(target_ms), float(w), float(w))
     if constraint == "hard":
         return Objective(float(target_ms), 0.0, -1.0)
