@@ -35,7 +35,7 @@ def netadapt(
                                  "such as torchvision's); default: train the seed first.")
     ] = None,
     device: Annotated[
-        str | None, typer.Option("--device", help="Latency target: pixel1, pixel2, pixel3 (phone "
+        str | None, typer.Option("--device", help="Latency target: pixel1..pixel4 (phone "
                                  "model) or cpu (host lookup table). Training: device=cuda.")
     ] = None,
     target: Annotated[

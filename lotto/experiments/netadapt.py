@@ -57,7 +57,7 @@ from lotto.experiments.common import (
     task_function,
 )
 from lotto.experiments.proxy import proxy_spec, train_spec
-from lotto.latency.devices import canonical_device, is_phone
+from lotto.latency.devices import PHONES, canonical_device, is_phone
 from lotto.netadapt import Proposal, floor_spec, knobs, truncate_state, widest_within
 from lotto.parallel import Runner, TaskResult
 from lotto.runs import MetricsLog, RunDir, json_value
@@ -124,10 +124,11 @@ def validate(cfg: DictConfig) -> None:
     try:
         canonical_device(device)
     except LottoError:
-        raise LottoError(f"unknown device {cfg.latency.device!r}; choose pixel1, pixel2, pixel3 "
-                         "(pixel) or cpu") from None
+        raise LottoError(f"unknown device {cfg.latency.device!r}; choose {', '.join(PHONES)} "
+                         "(pixel = pixel1), a calibrated device, or cpu") from None
     check(is_phone(device) or device == "cpu", "latency.device",
-          f"{cfg.latency.device!r}: netadapt prices on pixel1, pixel2, pixel3 or cpu")
+          f"{cfg.latency.device!r}: netadapt prices on a phone ({', '.join(PHONES)}, a "
+          "calibrated device) or cpu")
 
 
 DEFAULT_SEED, DEFAULT_MULT = "mobilenet_v3_small", 0.5  # the demo's proxy (configs/netadapt.yaml)

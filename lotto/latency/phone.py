@@ -1,18 +1,18 @@
-"""Phone latency models (pixel1, pixel2, pixel3; `pixel` = pixel1): an additive per-layer cost.
+"""Phone latency models (pixel1..pixel4; `pixel` = pixel1): an operator-level cost.
 
-Form (docs/latency.md, phone model), linear and non-negative in its coefficients::
+A spec layer is the list of runtime kernels it launches after fusion (`lotto.latency.ops`:
+BN and ReLU fold into the conv, h-swish and SE are kernels of their own); each kernel costs a
+compute term plus a memory-traffic term, linear and non-negative in `ops.OP_FEATURES`::
 
-    t_layer = a_conv * MACs(regular and 1x1 convs) + a_dw * MACs(depthwise)
-            + a_fc * MACs(FC layers, SE FCs included)
-            + b_act * activation bytes read and written + b_w * weight bytes
-            + t_op * 1 + c_hs * h-swish elements + c_se * SE-gated elements
+    t_layer = sum over the layer's kernels of coef . op_features(kernel)
     t_model = scale_device * (sum(t_layer) + t_fixed)
 
-The weight-bytes term prices weights streamed from memory on every inference (FC and late wide
-1x1 layers at 7x7 are weight-bound); it is not in docs/latency.md's original list (see the fit
-report). Coefficients are fitted by `lotto.latency.calibrate` on the published Pixel-1 totals
-only; Pixel 2 and 3 are one scale each of the Pixel-1 model. Fitted values ship in
-`data/phone_model.json`, reproduced by `scripts/fit_phone_model.py`.
+One set of coefficients serves every phone; each phone has its own scale, and each data source
+(runtime version) its own factor in the fit. Coefficients are fitted by `lotto.latency.calibrate`
+on published whole-network Pixel 1/2/3 latencies plus 225 FBNet blocks timed on a Pixel 3
+(sources: data/SOURCES.md and docs/latency.md); pixel4 is one scale from 4-thread
+EfficientNet-Lite figures. Fitted values and their strict cross-validated errors ship in
+`data/phone_model.json`, reproduced by `scripts/fit_phone_model.py --check`.
 """
 
 from __future__ import annotations
