@@ -61,5 +61,5 @@ def test_traced_phone_features_use_the_same_count() -> None:
     spec = preset("mobilenet_v3_small", resolution=96)
     module = build_network(spec)
     traced = module_features(module, (1, 3, 96, 96))
-    macs = [FEATURES.index(f) for f in ("conv_macs", "dw_macs", "fc_macs")]
+    macs = [FEATURES.index(f) for f in ("conv_macs", "pw_macs", "dw_macs", "fc_macs")]
     assert traced[macs].sum() == spec.macs() == spec_features(spec)[macs].sum()

@@ -24,6 +24,7 @@ from lotto.latency.lut import (
     open_lut,
     validate,
 )
+from lotto.latency.phone import LAYER_FEATURES
 from lotto.latency.space import load_space
 
 TINY_SPACE = """
@@ -167,7 +168,8 @@ def test_offset_and_validation_record_their_basis(built, monkeypatch):
 
 
 def _synthetic(medians: list[float], macs: list[int]) -> Lut:
-    entries = {f"u{i}": {"median": y, "macs": x, "sig": "same", "features": [float(x)] * 8}
+    entries = {f"u{i}": {"median": y, "macs": x, "sig": "same",
+                         "features": [float(x)] * len(LAYER_FEATURES)}
                for i, (x, y) in enumerate(zip(macs, medians))}
     return Lut({}, entries)
 
@@ -179,7 +181,7 @@ def test_unit_errors_are_measured_by_leave_one_out():
     interp = lut.unit_errors()["interp"]
     assert interp["n"] == 3 and interp["basis"] != "guess"
     assert interp["rmspe"] == pytest.approx(np.sqrt(np.mean(np.square(errs))))
-    # too few entries to leave one out of a 9-coefficient model: a labelled guess
+    # too few entries to leave one out of the host model (one coefficient per feature + 1)
     assert lut.unit_errors()["model"] == {"rmspe": 0.25, "n": 0, "basis": "guess"}
 
 
