@@ -61,6 +61,7 @@ KEYS = ("step", "sample")
 COLUMNS = ("step", "sample", "controller", "spec", "params", "macs", "latency_ms",
            "latency_source", "expected_error", "val_accuracy", "reward", "cached", "seconds")
 LATENCY_SOURCES = (None, "model", "lut", "measure")
+PROXIES = ("train", "supernet")
 
 
 @dataclass
@@ -98,6 +99,12 @@ def validate(cfg: DictConfig) -> tuple[Space, Objective, str]:
         import_optuna(s.controller)
     check(s.samples >= 1, "search.samples", f"{s.samples}: the sample budget must be >= 1")
     check(s.batch_size >= 1, "search.batch_size", "must be >= 1")
+    check(s.get("proxy", "train") in PROXIES, "search.proxy",
+          f"{s.get('proxy')!r}: choose {' or '.join(PROXIES)}")
+    if s.get("proxy") == "supernet":
+        from lotto.search.supernet import check_config
+
+        check_config(cfg.supernet)
     obj = make_objective(cfg)
     device = canonical_device(str(cfg.latency.device))
     src = cfg.latency.source
@@ -121,6 +128,14 @@ def proxy_description(cfg: DictConfig) -> str:
     subset = (f"up to {d.subset} training examples" if d.subset is not None
               else "all training examples")
     val = f"{d.val_size} validation examples" if d.val_size is not None else "the validation split"
+    if cfg.search.get("proxy") == "supernet":
+        n = cfg.supernet
+        rule = (f"sandwich (+{n.random} random{', distilled' if n.distill else ''})"
+                if n.rule == "sandwich" else "uniform")
+        return (f"supernet proxy: {d.name}, {subset}, scored on {val}; widths x{p.width_mult:g}, "
+                f"strides cut only below {p.min_output} px; inherited weights of a supernet "
+                f"trained {n.steps} steps ({rule}), BN recalibrated on {n.recal_batches} "
+                f"batches of {n.recal_batch_size}")
     return (f"proxy task: {d.name}, {subset}, scored on {val}; widths x{p.width_mult:g}, strides "
             f"cut only below {p.min_output} px, {t.iterations} steps of batch {t.batch_size} from "
             "scratch")
@@ -178,9 +193,19 @@ class _Search:
         self.failures = FailureLog(run, self.metrics)
         self.local = Cache(run.file("evaluated.jsonl"))
         shared = None
+        self.supernet = None  # (weights file, its record) under search.proxy=supernet
+        if cfg.search.get("proxy") == "supernet":
+            from lotto.experiments.common import shared_data
+            from lotto.search.supernet import ensure_supernet
+            from lotto.train import resolve_device
+
+            device_ = resolve_device(str(cfg.device))
+            self.supernet = ensure_supernet(cfg, space, shared_data(cfg.data, device_),
+                                            seed=proxy_seed(cfg), device=device_,
+                                            progress=progress)
         if cfg.proxy.cache:
             shared = Path(cfg.run.runs_dir).expanduser() / COMMAND / ".cache" / \
-                f"{proxy_key(cfg)}.jsonl"
+                f"{self.cache_name()}.jsonl"
         self.shared = Cache(shared) if shared is not None else None
         self.price = Pricer(cfg, device)
         axes = space.axes()
@@ -190,6 +215,30 @@ class _Search:
             OmegaConf.to_container(cfg.search, resolve=True), self.names)
         self.step = 0
         self.load_state()
+
+    def cache_name(self) -> str:
+        """The shared cache of this proxy setup: a supernet's scores belong to its weights (and
+        the recalibration settings), the train proxy's to `proxy_key`."""
+        if self.supernet is None:
+            return proxy_key(self.cfg)
+        import hashlib
+
+        text = self.supernet[0].stem + json.dumps(
+            OmegaConf.to_container(self.cfg.supernet, resolve=True), sort_keys=True)
+        return "supernet-" + hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def make_job(self, spec: Any, ix: list[int], unit: dict) -> Any:
+        """The task scoring one new sample with the configured proxy."""
+        if self.supernet is None:
+            return Job(spec, self.cfg.data, self.cfg.train, self.cfg.proxy, proxy_seed(self.cfg),
+                       str(self.cfg.device), unit_label(unit), injected_fault(unit))
+        from lotto.search.supernet import SupernetJob, layout
+
+        return SupernetJob(spec, layout(self.space, ix),
+                           OmegaConf.to_container(self.cfg.space, resolve=True), self.cfg.data,
+                           self.cfg.proxy, self.cfg.supernet, str(self.supernet[0]),
+                           proxy_seed(self.cfg), str(self.cfg.device), unit_label(unit),
+                           injected_fault(unit))
 
     # controller state: tensors first, then the JSON that names the step (the commit point)
     def load_state(self) -> None:
@@ -240,7 +289,12 @@ class _Search:
         if self.progress is not None:
             bar = self.progress.add_task(f"search ({self.controller.name})", total=total)
             self.progress.advance(bar, min(total, self.step * size))
-        fn = task_function(evaluate, runner, self.progress)
+        if self.supernet is None:
+            fn = task_function(evaluate, runner, self.progress)
+        else:
+            from lotto.search.supernet import evaluate_supernet
+
+            fn = task_function(evaluate_supernet, runner, self.progress)
         done = 0
         while self.step < batches:
             first = self.step * size
@@ -256,9 +310,7 @@ class _Search:
                     continue
                 if self.lookup(key) is None and key not in job_keys:
                     unit = {"step": self.step, "sample": first + j}
-                    jobs.append(Job(spec, self.cfg.data, self.cfg.train, self.cfg.proxy,
-                                    proxy_seed(self.cfg), str(self.cfg.device), unit_label(unit),
-                                    injected_fault(unit)))
+                    jobs.append(self.make_job(spec, samples[j], unit))
                     job_keys.append(key)
 
             def on_result(index: int, result: TaskResult, job_keys: list[str] = job_keys,
@@ -422,7 +474,14 @@ def run_search(cfg: DictConfig, *, force: bool = False, progress: Progress | Non
         search.run_batches(tasks, stop_after)
     frame = search.metrics.frame()
     front = pareto_front(frame) if len(frame) else pd.DataFrame()
-    summary: dict[str, Any] = {"run_dir": str(run.path), "failures": search.failures.entries}
+    summary: dict[str, Any] = {"run_dir": str(run.path), "failures": search.failures.entries,
+                               "proxy": str(cfg.search.get("proxy", "train"))}
+    if search.supernet is not None:
+        record = search.supernet[1]
+        summary["supernet"] = {"weights": str(search.supernet[0]), "cached": record["cached"],
+                               "train_seconds": record.get("seconds"),
+                               "steps": record.get("steps"),
+                               "final_loss": record.get("final_loss")}
     if len(frame):
         summary.update(summarize(frame, cfg, obj))
         from lotto.runs import atomic_write
