@@ -141,6 +141,40 @@ def proxy_description(cfg: DictConfig) -> str:
             "scratch")
 
 
+def proxy_cache_name(cfg: DictConfig, supernet: Path | None) -> str:
+    """The shared cache of a proxy setup: a supernet's scores belong to its weights (and the
+    recalibration settings), the train proxy's to `proxy_key`."""
+    if supernet is None:
+        return proxy_key(cfg)
+    import hashlib
+
+    text = supernet.stem + json.dumps(OmegaConf.to_container(cfg.supernet, resolve=True),
+                                      sort_keys=True)
+    return "supernet-" + hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def make_job(cfg: DictConfig, space: Space, supernet: Path | None, spec: Any, ix: list[int],
+             unit: dict) -> Any:
+    """The task scoring one network `space.network(ix)` with the configured proxy."""
+    if supernet is None:
+        return Job(spec, cfg.data, cfg.train, cfg.proxy, proxy_seed(cfg), str(cfg.device),
+                   unit_label(unit), injected_fault(unit))
+    from lotto.search.supernet import SupernetJob, layout
+
+    return SupernetJob(spec, layout(space, ix), OmegaConf.to_container(cfg.space, resolve=True),
+                       cfg.data, cfg.proxy, cfg.supernet, str(supernet), proxy_seed(cfg),
+                       str(cfg.device), unit_label(unit), injected_fault(unit))
+
+
+def proxy_task(cfg: DictConfig) -> Any:
+    """The task function of the configured proxy."""
+    if cfg.search.get("proxy") == "supernet":
+        from lotto.search.supernet import evaluate_supernet
+
+        return evaluate_supernet
+    return evaluate
+
+
 # ---- latency ----------------------------------------------------------------------------------
 
 
@@ -217,28 +251,11 @@ class _Search:
         self.load_state()
 
     def cache_name(self) -> str:
-        """The shared cache of this proxy setup: a supernet's scores belong to its weights (and
-        the recalibration settings), the train proxy's to `proxy_key`."""
-        if self.supernet is None:
-            return proxy_key(self.cfg)
-        import hashlib
-
-        text = self.supernet[0].stem + json.dumps(
-            OmegaConf.to_container(self.cfg.supernet, resolve=True), sort_keys=True)
-        return "supernet-" + hashlib.sha1(text.encode()).hexdigest()[:12]
+        return proxy_cache_name(self.cfg, None if self.supernet is None else self.supernet[0])
 
     def make_job(self, spec: Any, ix: list[int], unit: dict) -> Any:
-        """The task scoring one new sample with the configured proxy."""
-        if self.supernet is None:
-            return Job(spec, self.cfg.data, self.cfg.train, self.cfg.proxy, proxy_seed(self.cfg),
-                       str(self.cfg.device), unit_label(unit), injected_fault(unit))
-        from lotto.search.supernet import SupernetJob, layout
-
-        return SupernetJob(spec, layout(self.space, ix),
-                           OmegaConf.to_container(self.cfg.space, resolve=True), self.cfg.data,
-                           self.cfg.proxy, self.cfg.supernet, str(self.supernet[0]),
-                           proxy_seed(self.cfg), str(self.cfg.device), unit_label(unit),
-                           injected_fault(unit))
+        return make_job(self.cfg, self.space, None if self.supernet is None else self.supernet[0],
+                        spec, ix, unit)
 
     # controller state: tensors first, then the JSON that names the step (the commit point)
     def load_state(self) -> None:
@@ -289,12 +306,7 @@ class _Search:
         if self.progress is not None:
             bar = self.progress.add_task(f"search ({self.controller.name})", total=total)
             self.progress.advance(bar, min(total, self.step * size))
-        if self.supernet is None:
-            fn = task_function(evaluate, runner, self.progress)
-        else:
-            from lotto.search.supernet import evaluate_supernet
-
-            fn = task_function(evaluate_supernet, runner, self.progress)
+        fn = task_function(proxy_task(self.cfg), runner, self.progress)
         done = 0
         while self.step < batches:
             first = self.step * size
