@@ -120,6 +120,20 @@ def show(result: object) -> None:
                   f"{100 * s['within_5pct_of_target']:.0f}% of samples within 5% of the target; "
                   f"best: {s['best']['latency_ms']:.1f} ms, proxy acc "
                   f"{100 * s['best']['val_accuracy']:.1f}%", highlight=False)
+    f = s.get("fidelity")
+    if f:
+        lo, hi = f["kendall_tau_ci"]
+        console.print(f"proxy fidelity (measured by `lotto search --fidelity`): Kendall tau "
+                      f"{f['kendall_tau']:.2f} (95% {lo:.2f} to {hi:.2f}) on {f['networks']} "
+                      f"networks; reference seed-to-seed {f['reference_seed_tau']:.2f}",
+                      highlight=False)
+    else:
+        console.print("proxy fidelity: not measured for this setup (`lotto search --fidelity "
+                      "20` with the same config measures it)", highlight=False)
+    sn = s.get("supernet")
+    if sn:
+        console.print(f"supernet: {'cached' if sn['cached'] else 'trained'} "
+                      f"({sn['train_seconds']:.0f} s, {sn['steps']} steps)", highlight=False)
     console.print(f"run directory: {path} (best.yaml, pareto.csv, search.png)", highlight=False)
 
 

@@ -190,4 +190,17 @@ def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | N
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     run.write_json("summary.json", summary)
+    record = fidelity_record_path(cfg, supernet)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(record, lambda tmp: tmp.write_text(json.dumps(
+        {k: summary[k] for k in ("kendall_tau", "kendall_tau_ci", "reference_seed_tau",
+                                 "networks", "reference", "run_dir")}, indent=1)))
     return FidelityResult(run, table, summary)
+
+
+def fidelity_record_path(cfg: DictConfig, supernet: Path | None) -> Path:
+    """Where the last fidelity measured for this proxy setup and space is kept (a search of the
+    same setup reports it)."""
+    space = json.dumps(OmegaConf.to_container(cfg.space, resolve=True), sort_keys=True)
+    name = f"{proxy_cache_name(cfg, supernet)}-{hashlib.sha1(space.encode()).hexdigest()[:8]}"
+    return Path(cfg.run.runs_dir).expanduser() / COMMAND / ".fidelity" / f"{name}.json"
