@@ -106,3 +106,18 @@ def test_fidelity_cli_and_bad_values(space_file, runs_dir):
                           "--runs-dir", str(runs_dir)])
     assert ok.exit_code == 0, ok.output
     assert "Kendall tau" in ok.output and "seed-to-seed" in ok.output
+
+
+def test_a_search_reports_the_fidelity_measured_for_its_setup(space_file, runs_dir):
+    from lotto.experiments.search import run_search
+
+    search = ["fidelity.enabled=false", "search.samples=2", "search.batch_size=2",
+              "search.controller=random", "search.proxy=supernet"]
+    before = run_search(config(space_file, runs_dir, *search, "run.name=s1"))
+    assert before.summary["fidelity"] is None
+    measured = run_fidelity(config(space_file, runs_dir, "search.proxy=supernet"))
+    after = run_search(config(space_file, runs_dir, *search, "run.name=s2"))
+    assert after.summary["fidelity"]["kendall_tau"] == measured.summary["kendall_tau"]
+    other = run_search(config(space_file, runs_dir, *search, "run.name=s3",
+                              "supernet.recal_batches=2"))  # another proxy setup: not measured
+    assert other.summary["fidelity"] is None
