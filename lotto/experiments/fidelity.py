@@ -117,7 +117,6 @@ def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | N
             progress=progress)
     proxy_cache = Cache(runs_root / ".cache" / f"{proxy_cache_name(cfg, supernet)}.jsonl"
                         if cfg.proxy.cache else None)
-    ref_cache = Cache(runs_root / ".reference" / f"{reference_key(cfg)}.jsonl")
 
     picks = draw(space, int(f.networks), int(f.seed))
     specs = [space.network(ix, f"fidelity_{i}") for i, ix in enumerate(picks)]
@@ -138,7 +137,9 @@ def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | N
 
         if jobs:
             tasks.run(task_function(proxy_task(cfg), tasks, progress), jobs, on_result=on_proxy)
-        # the reference trainings, one per (network, seed)
+        # the reference trainings, one per (network, seed); the cache is read now, after the
+        # proxy phase, so that what a concurrent run trained meanwhile is not trained again
+        ref_cache = Cache(runs_root / ".reference" / f"{reference_key(cfg)}.jsonl")
         units = [(i, s) for i in range(len(specs)) for s in seeds
                  if ref_cache.get(f"{keys[i]} seed{s}") is None]
         ref_jobs = [Job(specs[i], cfg.data, ref_train, ref_proxy, s, str(cfg.device),
