@@ -2,7 +2,9 @@
 
 A controller (`lotto.search.controllers`) proposes a batch of networks from the factorised space
 (`lotto.latency.space`, the `space:` section); each new one is trained on the proxy task
-(`lotto.search.evaluate`: accuracy on the validation split) as a task of `lotto.parallel`, and
+(`lotto.search.evaluate`: accuracy on the validation split; or, under search.proxy=supernet,
+scored with inherited weights of one weight-sharing supernet, `lotto.search.supernet`, trained
+once per setup and cached) as a task of `lotto.parallel`, and
 priced on the target device at its own resolution (`lotto.latency.predict`: the phone model, a
 host lookup table, or a measurement); the reward `ACC * (LAT/TAR)^w` goes back to the controller.
 
