@@ -121,7 +121,7 @@ def test_recalibration_is_the_cumulative_average_of_batch_statistics(space_file,
 
 
 def test_training_the_supernet_teaches_its_networks(space_file, runs_dir):
-    cfg = config(space_file, runs_dir, "supernet.steps=25", "supernet.rule=sandwich")
+    cfg = config(space_file, runs_dir, "supernet.steps=25")
     space = load_search_space(cfg)
     data = shared_data(cfg.data, CPU)
     net = Supernet(space, make_adapt(cfg, data), seed=0)
