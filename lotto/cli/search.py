@@ -47,6 +47,10 @@ def search(
     preset: Annotated[
         str | None, typer.Option(help="large (w = -0.07) or small (w = -0.15, V3-Small's).")
     ] = None,
+    fidelity: Annotated[
+        int | None, typer.Option(help="Instead of searching, measure the proxy's fidelity on N "
+                                 "random networks (Kendall tau vs a reference training).")
+    ] = None,
     workers: WorkersOpt = None,
     seed: SeedOpt = None,
     name: NameOpt = None,
@@ -63,6 +67,8 @@ def search(
         raise LottoError(f"--target-latency must be > 0 ms, got {target_latency}")
     if samples is not None and samples < 1:
         raise LottoError(f"--samples must be at least 1, got {samples}")
+    if fidelity is not None and fidelity < 3:
+        raise LottoError(f"--fidelity needs at least 3 networks, got {fidelity}")
     if w is not None and w > 0:
         raise LottoError(f"--w {w} > 0 would reward slower networks; use w <= 0")
     cfg = load_config("search", config, overrides or [], {
@@ -70,7 +76,16 @@ def search(
         "reward.constraint": constraint, "reward.preset": preset,
         "search.controller": controller, "search.samples": samples, "seed": seed,
         "run.name": name, "run.runs_dir": runs_dir, "parallel.workers": workers,
+        "fidelity.enabled": True if fidelity is not None else None,
+        "fidelity.networks": fidelity,
     })
+    if cfg.fidelity.enabled:
+        from lotto.experiments.fidelity import run_fidelity
+
+        with make_progress(console) as progress:
+            found = run_fidelity(with_workers(cfg, workers), force=force, progress=progress)
+        show_fidelity(found.summary)
+        return
     with make_progress(console) as progress:
         result = run_search(with_workers(cfg, workers), force=force, progress=progress)
     show(result)
@@ -105,7 +120,34 @@ def show(result: object) -> None:
                   f"{100 * s['within_5pct_of_target']:.0f}% of samples within 5% of the target; "
                   f"best: {s['best']['latency_ms']:.1f} ms, proxy acc "
                   f"{100 * s['best']['val_accuracy']:.1f}%", highlight=False)
+    f = s.get("fidelity")
+    if f:
+        lo, hi = f["kendall_tau_ci"]
+        console.print(f"proxy fidelity (measured by `lotto search --fidelity`): Kendall tau "
+                      f"{f['kendall_tau']:.2f} (95% {lo:.2f} to {hi:.2f}) on {f['networks']} "
+                      f"networks; reference seed-to-seed {f['reference_seed_tau']:.2f}",
+                      highlight=False)
+    else:
+        console.print("proxy fidelity: not measured for this setup (`lotto search --fidelity "
+                      "20` with the same config measures it)", highlight=False)
+    sn = s.get("supernet")
+    if sn:
+        console.print(f"supernet: {'cached' if sn['cached'] else 'trained'} "
+                      f"({sn['train_seconds']:.0f} s, {sn['steps']} steps)", highlight=False)
     console.print(f"run directory: {path} (best.yaml, pareto.csv, search.png)", highlight=False)
+
+
+def show_fidelity(s: dict) -> None:
+    lo, hi = s["kendall_tau_ci"]
+    sn = s.get("supernet_train_seconds")
+    console.print(
+        f"fidelity of the {s['proxy']} proxy on {s['networks']} networks: Kendall tau "
+        f"{s['kendall_tau']:.3f} (95% bootstrap {lo:.2f} to {hi:.2f}) vs the reference "
+        f"({s['reference']}); reference seed-to-seed tau {s['reference_seed_tau']:.3f}\n"
+        f"proxy {s['proxy_seconds_per_network']:.2f} s per network"
+        + (f" + supernet training {sn:.0f} s" if sn is not None else "")
+        + f", reference {s['reference_seconds_per_network']:.1f} s per network\n"
+        f"run directory: {s['run_dir']} (fidelity.csv, summary.json)", highlight=False)
 
 
 def _compact(blocks: list[str]) -> str:

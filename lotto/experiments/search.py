@@ -2,7 +2,9 @@
 
 A controller (`lotto.search.controllers`) proposes a batch of networks from the factorised space
 (`lotto.latency.space`, the `space:` section); each new one is trained on the proxy task
-(`lotto.search.evaluate`: accuracy on the validation split) as a task of `lotto.parallel`, and
+(`lotto.search.evaluate`: accuracy on the validation split; or, under search.proxy=supernet,
+scored with inherited weights of one weight-sharing supernet, `lotto.search.supernet`, trained
+once per setup and cached) as a task of `lotto.parallel`, and
 priced on the target device at its own resolution (`lotto.latency.predict`: the phone model, a
 host lookup table, or a measurement); the reward `ACC * (LAT/TAR)^w` goes back to the controller.
 
@@ -73,6 +75,7 @@ KEYS = ("step", "sample")
 COLUMNS = ("step", "sample", "controller", "spec", "params", "macs", "latency_ms",
            "latency_source", "expected_error", "val_accuracy", "reward", "cached", "seconds")
 LATENCY_SOURCES = (None, "model", "lut", "measure")
+PROXIES = ("train", "supernet")
 
 
 @dataclass
@@ -111,6 +114,12 @@ def validate(cfg: DictConfig) -> tuple[Space, Objective, str]:
     check(s.samples >= 1, "search.samples", f"{s.samples}: the sample budget must be >= 1")
     check(s.batch_size >= 1, "search.batch_size", "must be >= 1")
     validate_controller_settings(s)
+    check(s.get("proxy", "train") in PROXIES, "search.proxy",
+          f"{s.get('proxy')!r}: choose {' or '.join(PROXIES)}")
+    if s.get("proxy") == "supernet":
+        from lotto.search.supernet import check_config
+
+        check_config(cfg.supernet)
     obj = make_objective(cfg)
     device = canonical_device(str(cfg.latency.device))
     src = cfg.latency.source
@@ -153,6 +162,14 @@ def proxy_description(cfg: DictConfig) -> str:
     subset = (f"up to {d.subset} training examples" if d.subset is not None
               else "all training examples")
     val = f"{d.val_size} validation examples" if d.val_size is not None else "the validation split"
+    if cfg.search.get("proxy") == "supernet":
+        n = cfg.supernet
+        rule = (f"sandwich (+{n.random} random{', distilled' if n.distill else ''})"
+                if n.rule == "sandwich" else "uniform")
+        return (f"supernet proxy: {d.name}, {subset}, scored on {val}; widths x{p.width_mult:g}, "
+                f"strides cut only below {p.min_output} px; inherited weights of a supernet "
+                f"trained {n.steps} steps ({rule}), BN recalibrated on {n.recal_batches} "
+                f"batches of {n.recal_batch_size}")
     return (f"proxy task: {d.name}, {subset}, scored on {val}; widths x{p.width_mult:g}, strides "
             f"cut only below {p.min_output} px, {t.iterations} steps of batch {t.batch_size} from "
             "scratch")
@@ -175,6 +192,40 @@ def check_proxy(cfg: DictConfig, space: Space) -> None:
         except LottoError as e:
             raise LottoError(f"the proxy cannot be built on data {cfg.data.name} "
                              f"({data.image_size} px): {e}") from None
+
+
+def proxy_cache_name(cfg: DictConfig, supernet: Path | None) -> str:
+    """The shared cache of a proxy setup: a supernet's scores belong to its weights (and the
+    recalibration settings), the train proxy's to `proxy_key`."""
+    if supernet is None:
+        return proxy_key(cfg)
+    import hashlib
+
+    text = supernet.stem + json.dumps(OmegaConf.to_container(cfg.supernet, resolve=True),
+                                      sort_keys=True)
+    return "supernet-" + hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def make_job(cfg: DictConfig, space: Space, supernet: Path | None, spec: Any, ix: list[int],
+             unit: dict) -> Any:
+    """The task scoring one network `space.network(ix)` with the configured proxy."""
+    if supernet is None:
+        return Job(spec, cfg.data, cfg.train, cfg.proxy, proxy_seed(cfg), str(cfg.device),
+                   unit_label(unit), injected_fault(unit))
+    from lotto.search.supernet import SupernetJob, layout
+
+    return SupernetJob(spec, layout(space, ix), OmegaConf.to_container(cfg.space, resolve=True),
+                       cfg.data, cfg.proxy, cfg.supernet, str(supernet), proxy_seed(cfg),
+                       str(cfg.device), unit_label(unit), injected_fault(unit))
+
+
+def proxy_task(cfg: DictConfig) -> Any:
+    """The task function of the configured proxy."""
+    if cfg.search.get("proxy") == "supernet":
+        from lotto.search.supernet import evaluate_supernet
+
+        return evaluate_supernet
+    return evaluate
 
 
 # ---- latency ----------------------------------------------------------------------------------
@@ -265,9 +316,19 @@ class _Search:
         self.failures = FailureLog(run, self.metrics)
         self.local = Cache(run.file("evaluated.jsonl"))
         shared = None
+        self.supernet = None  # (weights file, its record) under search.proxy=supernet
+        if cfg.search.get("proxy") == "supernet":
+            from lotto.experiments.common import shared_data
+            from lotto.search.supernet import ensure_supernet
+            from lotto.train import resolve_device
+
+            device_ = resolve_device(str(cfg.device))
+            self.supernet = ensure_supernet(cfg, space, shared_data(cfg.data, device_),
+                                            seed=proxy_seed(cfg), device=device_,
+                                            progress=progress)
         if cfg.proxy.cache:
             shared = Path(cfg.run.runs_dir).expanduser() / COMMAND / ".cache" / \
-                f"{proxy_key(cfg)}.jsonl"
+                f"{self.cache_name()}.jsonl"
         self.shared = Cache(shared) if shared is not None else None
         self.price = price if price is not None else Pricer(cfg, device)
         axes = space.axes()
@@ -277,6 +338,13 @@ class _Search:
             OmegaConf.to_container(cfg.search, resolve=True), self.names)
         self.step = 0
         self.load_state()
+
+    def cache_name(self) -> str:
+        return proxy_cache_name(self.cfg, None if self.supernet is None else self.supernet[0])
+
+    def make_job(self, spec: Any, ix: list[int], unit: dict) -> Any:
+        return make_job(self.cfg, self.space, None if self.supernet is None else self.supernet[0],
+                        spec, ix, unit)
 
     # controller state: a new tensor file first, then the JSON that names it and the step (the
     # one commit point: a kill between the two leaves the old JSON naming the old tensors)
@@ -339,7 +407,7 @@ class _Search:
         if self.progress is not None:
             bar = self.progress.add_task(f"search ({self.controller.name})", total=total)
             self.progress.advance(bar, min(total, self.step * size))
-        fn = task_function(evaluate, runner, self.progress)
+        fn = task_function(proxy_task(self.cfg), runner, self.progress)
         self.retry_failed(runner, fn)
         done = 0
         while self.step < batches:
@@ -356,9 +424,7 @@ class _Search:
                     continue
                 if self.lookup(key) is None and key not in job_keys:
                     unit = {"step": self.step, "sample": first + j}
-                    jobs.append(Job(spec, self.cfg.data, self.cfg.train, self.cfg.proxy,
-                                    proxy_seed(self.cfg), str(self.cfg.device), unit_label(unit),
-                                    injected_fault(unit)))
+                    jobs.append(self.make_job(spec, samples[j], unit))
                     job_keys.append(key)
 
             if jobs:
@@ -397,13 +463,10 @@ class _Search:
             specs[(int(r["step"]), int(r["sample"]))] = (ix, self.space.network(ix, "retry"))
         trained: dict[str, tuple[dict | None, str, float]] = {}
         jobs, job_keys = [], []
-        for (step, sample), (_, spec) in specs.items():
+        for (step, sample), (ix, spec) in specs.items():
             key = spec_key(spec)
             if self.lookup(key) is None and key not in job_keys:
-                unit = {"step": step, "sample": sample}
-                jobs.append(Job(spec, self.cfg.data, self.cfg.train, self.cfg.proxy,
-                                proxy_seed(self.cfg), str(self.cfg.device), unit_label(unit),
-                                injected_fault(unit)))
+                jobs.append(self.make_job(spec, ix, {"step": step, "sample": sample}))
                 job_keys.append(key)
         if jobs:
             runner.run(fn, jobs, on_result=self._on_result(job_keys, trained))
@@ -576,7 +639,21 @@ def run_search(cfg: DictConfig, *, force: bool = False, progress: Progress | Non
     frame = search.metrics.frame()
     front = pareto_front(frame) if len(frame) else pd.DataFrame()
     summary: dict[str, Any] = {"run_dir": str(run.path), "failures": search.failures.entries,
-                               "fastest_ms": fastest}
+                               "fastest_ms": fastest,
+                               "proxy": str(cfg.search.get("proxy", "train"))}
+    from lotto.experiments.fidelity import fidelity_record_path
+
+    measured = fidelity_record_path(cfg, None if search.supernet is None else search.supernet[0])
+    try:  # the proxy's fidelity, if `lotto search --fidelity` measured this setup
+        summary["fidelity"] = json.loads(measured.read_text()) if measured.exists() else None
+    except ValueError:
+        summary["fidelity"] = None
+    if search.supernet is not None:
+        record = search.supernet[1]
+        summary["supernet"] = {"weights": str(search.supernet[0]), "cached": record["cached"],
+                               "train_seconds": record.get("seconds"),
+                               "steps": record.get("steps"),
+                               "final_loss": record.get("final_loss")}
     if len(frame):
         summary.update(summarize(frame, cfg, obj))
         from lotto.runs import atomic_write

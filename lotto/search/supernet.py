@@ -1,0 +1,437 @@
+"""A weight-sharing supernet over a factorised space: the `supernet` proxy of `lotto search`.
+
+One set of weights holds every network of the space (SPOS, Guo et al. 2020; BigNAS, Yu et al.
+2020; Once-for-All, Cai et al. 2020). Per layer position (stage s, repeat r) and block type
+(ir / ds / conv) it keeps the largest tensor any network of the space needs there (largest input
+width, expansion, output width, kernel, SE); a network takes its slice: the first channels of
+every dimension and the centre crop of the kernel. A layer position beyond a network's repeat
+count is skipped (the first r of the stage are used), as in BigNAS's depth choice.
+
+Training is single-path: each step trains one or more networks of the space on the same batch
+and updates the shared weights. Rules (`supernet.rule`):
+
+- `sandwich` (BigNAS / US-Nets): the largest and the smallest network plus `supernet.random`
+  random ones per step, gradients summed; with `supernet.distill` the others learn from the
+  largest's soft predictions (in-place distillation).
+- `uniform` (SPOS): one network drawn uniformly per step.
+
+A network is scored by building it as a plain `MobileNet` (`lotto.arch.build`), copying in its
+slice of the weights, recalibrating its BatchNorm statistics on a few training batches (the
+shared running statistics fit no one network: reset, then momentum None, a cumulative average)
+and evaluating it on the validation split: no gradient step, a fraction of a second.
+
+The supernet of one (space, data, proxy, supernet section, seed) is trained once and cached
+under `<runs_dir>/search/.supernet/<key>.safetensors` with its config `<key>.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from lotto.arch import ArchSpec
+from lotto.arch.build import build_network
+from lotto.data import Data
+from lotto.errors import LottoError
+from lotto.latency.space import Space
+
+RULES = ("sandwich", "uniform")
+
+
+# ---- which supernet tensor a network parameter is a slice of --------------------------------
+
+
+def layout(space: Space, indices: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """(stage, repeat) of every block of the network `space.network(indices)`."""
+    out = []
+    for s, choice in enumerate(space.decode(indices)):
+        out.extend((s, r) for r in range(int(choice[1])))
+    return tuple(out)
+
+
+def choices_layout(choices: Sequence[tuple]) -> tuple[tuple[int, int], ...]:
+    return tuple((s, r) for s, c in enumerate(choices) for r in range(int(c[1])))
+
+
+def tensor_key(name: str, spec: ArchSpec, where: Sequence[tuple[int, int]]) -> str:
+    """The supernet tensor behind parameter `name` of `spec`'s network: per block position and
+    block type (an ir's depthwise conv shares nothing with a ds's); stem, head and classifier
+    are shared by every network."""
+    if not name.startswith("blocks."):
+        return name
+    _, index, rest = name.split(".", 2)
+    i = int(index)
+    s, r = where[i]
+    return f"s{s}.r{r}.{spec.blocks[i].type}.{rest}"
+
+
+def take(weight: Tensor, shape: Sequence[int]) -> Tensor:
+    """The slice of `weight` of `shape`: first entries of every dimension, the centre of a
+    conv kernel (dims 2, 3 of a 4-d weight). A differentiable view."""
+    if len(shape) != weight.dim() or any(n > m for n, m in zip(shape, weight.shape)):
+        raise LottoError(f"network tensor {tuple(shape)} does not fit the supernet's "
+                         f"{tuple(weight.shape)}")
+    index: list[slice] = []
+    for d, (n, m) in enumerate(zip(shape, weight.shape)):
+        if weight.dim() == 4 and d >= 2:
+            lo = (m - n) // 2
+            index.append(slice(lo, lo + n))
+        else:
+            index.append(slice(0, n))
+    return weight[tuple(index)]
+
+
+# ---- the supernet ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Adapt:
+    """How a space network becomes the network that is trained (the proxy's transformation)."""
+
+    width_mult: float
+    min_output: int
+    in_channels: int
+    num_classes: int
+    image_size: int
+
+    def __call__(self, spec: ArchSpec) -> ArchSpec:
+        from lotto.arch import adapt_to_resolution, scale_width
+
+        if self.width_mult != 1.0:
+            spec = scale_width(spec, self.width_mult)
+        spec = spec.replace(in_channels=self.in_channels, num_classes=self.num_classes)
+        return adapt_to_resolution(spec, self.image_size, min_output=self.min_output)
+
+
+def extremes(space: Space) -> tuple[list[list[tuple]], list[tuple], list[tuple]]:
+    """Per block type, the network with every choice at its largest (the supernet's shapes come
+    from these), and the largest and smallest networks of the space (the sandwich's ends)."""
+    ops = sorted({o for s in space.stages for o in s.ops})
+    big = []
+    for op in ops:
+        big.append([(max(s.widths), max(s.repeats), max(s.kernels), max(s.expansions),
+                     any(s.se), op if op in s.ops else s.ops[0], s.skips[0])
+                    for s in space.stages])
+
+    def end(pick: Any, op_key: Any) -> list[tuple]:
+        out = []
+        for s in space.stages:
+            op = op_key(s.ops)
+            out.append((pick(s.widths), pick(s.repeats), pick(s.kernels), pick(s.expansions),
+                        pick(s.se), op, s.skips[0]))
+        return out
+
+    rank = {"conv": 2, "ir": 1, "ds": 0}  # MACs of a block type, largest first
+    largest = end(max, lambda o: max(o, key=rank.get))
+    smallest = end(min, lambda o: min(o, key=rank.get))
+    return big, largest, smallest
+
+
+class Supernet:
+    """The shared weights of a space (as seen through `adapt`) and the sliced networks."""
+
+    def __init__(self, space: Space, adapt: Adapt, seed: int = 0):
+        self.space, self.adapt = space, adapt
+        big, self.largest, self.smallest = extremes(space)
+        torch.manual_seed(seed)
+        weights: dict[str, Tensor] = {}
+        for choices in big:
+            spec = adapt(space.build(choices, "supernet"))
+            net = build_network(spec)
+            where = choices_layout(choices)
+            for name, p in net.named_parameters():
+                key = tensor_key(name, spec, where)
+                old = weights.get(key)
+                if old is None:
+                    weights[key] = p.detach().clone()
+                elif tuple(old.shape) != tuple(p.shape):
+                    grown = torch.zeros(torch.Size(max(a, b) for a, b in zip(old.shape, p.shape)))
+                    grown[tuple(slice(0, n) for n in p.shape)] = p.detach()
+                    grown[tuple(slice(0, n) for n in old.shape)] = old
+                    weights[key] = grown
+        self.weights = {k: nn.Parameter(v) for k, v in weights.items()}
+        self._nets: dict[str, nn.Module] = {}
+
+    # a network of the space: its spec, module and parameter -> supernet tensor map
+    def member(self, choices: Sequence[tuple]) -> tuple[ArchSpec, list[tuple[int, int]]]:
+        return self.adapt(self.space.build(choices, "member")), list(choices_layout(choices))
+
+    def _module(self, spec: ArchSpec) -> nn.Module:
+        from lotto.search.evaluate import spec_key
+
+        key = spec_key(spec)
+        net = self._nets.get(key)
+        if net is None:
+            if len(self._nets) > 256:
+                self._nets.clear()
+            net = self._nets[key] = build_network(spec)
+        return net
+
+    def params(self, spec: ArchSpec, where: Sequence[tuple[int, int]], net: nn.Module
+               ) -> dict[str, Tensor]:
+        out = {}
+        for name, p in net.named_parameters():
+            key = tensor_key(name, spec, where)
+            if key not in self.weights:
+                raise LottoError(f"the supernet has no tensor {key} (not a network of its space)")
+            out[name] = take(self.weights[key], p.shape)
+        return out
+
+    def forward(self, choices: Sequence[tuple], x: Tensor) -> Tensor:
+        """Logits of one network on `x`, through the shared weights (gradients reach them)."""
+        spec, where = self.member(choices)
+        net = self._module(spec).train()
+        return functional_call(net, self.params(spec, where, net), (x,))
+
+    def network(self, spec: ArchSpec, where: Sequence[tuple[int, int]]) -> nn.Module:
+        """A standalone network (already adapted `spec`) holding its slice of the weights."""
+        net = build_network(spec)
+        with torch.no_grad():
+            for name, value in self.params(spec, where, net).items():
+                net.get_parameter(name).copy_(value)
+        return net
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.detach().contiguous() for k, v in self.weights.items()}
+
+    def load(self, tensors: dict[str, Tensor]) -> None:
+        if set(tensors) != set(self.weights) or any(
+                tuple(tensors[k].shape) != tuple(v.shape) for k, v in self.weights.items()):
+            raise LottoError("supernet weights do not fit this space; delete them to retrain")
+        with torch.no_grad():
+            for k, v in self.weights.items():
+                v.copy_(tensors[k])
+
+
+# ---- training -------------------------------------------------------------------------------
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The `supernet:` section, every key checked (a bad one is one line, exit 2)."""
+    from lotto.config import check
+
+    check(cfg.rule in RULES, "supernet.rule", f"{cfg.rule!r}: choose {' or '.join(RULES)}")
+    check(int(cfg.steps) >= 1, "supernet.steps", "must be >= 1")
+    check(int(cfg.random) >= 0, "supernet.random", "must be >= 0")
+    check(int(cfg.batch_size) >= 1, "supernet.batch_size", "must be >= 1")
+    check(float(cfg.lr) > 0, "supernet.lr", "must be > 0")
+    check(int(cfg.recal_batches) >= 1, "supernet.recal_batches", "must be >= 1")
+    check(int(cfg.recal_batch_size) >= 1, "supernet.recal_batch_size", "must be >= 1")
+
+
+def _batches(data: Data, batch_size: int, gen: torch.Generator):
+    while True:
+        order = torch.randperm(len(data.train_y), generator=gen)
+        yield from data.batches(order, batch_size)
+
+
+def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
+                   device: torch.device, progress: Any = None) -> dict[str, Any]:
+    """Train the shared weights for `cfg.steps` steps (Adam, cosine decay); returns stats."""
+    for w in net.weights.values():
+        w.data = w.data.to(device)
+    opt = torch.optim.Adam(list(net.weights.values()), lr=float(cfg.lr),
+                           weight_decay=float(cfg.get("weight_decay", 0.0)))
+    steps = int(cfg.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda it: 0.5 * (1 + math.cos(math.pi * it / steps)))
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    batches = _batches(data, int(cfg.batch_size), gen)
+    start, losses = time.perf_counter(), []
+    bar = progress.add_task("supernet", total=steps) if progress is not None else None
+    for _ in range(steps):
+        x, y = next(batches)
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad(set_to_none=True)
+        if cfg.rule == "sandwich":
+            arms = [net.largest, net.smallest]
+            arms += [net.space.decode(net.space.sample_indices(rng))
+                     for _ in range(int(cfg.random))]
+        else:
+            arms = [net.space.decode(net.space.sample_indices(rng))]
+        soft = None
+        total = 0.0
+        for k, choices in enumerate(arms):
+            out = net.forward(choices, x)
+            if k > 0 and soft is not None:
+                loss = F.kl_div(F.log_softmax(out, 1), soft, reduction="batchmean")
+            else:
+                loss = F.cross_entropy(out, y)
+                if cfg.rule == "sandwich" and bool(cfg.distill):
+                    soft = F.softmax(out.detach(), 1)
+            if not torch.isfinite(loss):
+                raise LottoError("supernet training diverged (NaN/inf loss); lower supernet.lr")
+            loss.backward()
+            total += float(loss.detach())
+        opt.step()
+        sched.step()
+        losses.append(total / len(arms))
+        if bar is not None:
+            progress.advance(bar)
+    if bar is not None:
+        progress.remove_task(bar)
+    for w in net.weights.values():
+        w.data = w.data.to("cpu")
+    return {"seconds": time.perf_counter() - start, "steps": steps,
+            "final_loss": float(sum(losses[-20:]) / len(losses[-20:]))}
+
+
+# ---- scoring one network ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def recalibrate(model: nn.Module, data: Data, batches: int, batch_size: int, seed: int,
+                device: torch.device) -> None:
+    """BN running statistics of `model` from `batches` training batches: reset, then a
+    cumulative average (momentum None), as BigNAS / Once-for-All do before scoring."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data.train_y), generator=gen)
+    for x, _ in data.batches(order, batch_size, count=batches):
+        model(x.to(device))
+
+
+def score(net: Supernet, spec: ArchSpec, where: Sequence[tuple[int, int]], data: Data,
+          cfg: DictConfig, *, seed: int, device: torch.device) -> dict[str, float]:
+    """Validation accuracy / loss of one network with inherited weights, BN recalibrated."""
+    from lotto.train import evaluate
+
+    start = time.perf_counter()
+    model = net.network(spec, where).to(device)
+    recalibrate(model, data, int(cfg.recal_batches), int(cfg.recal_batch_size), seed, device)
+    loss, acc = evaluate(model, data.val_x.to(device) if isinstance(data.val_x, Tensor)
+                         else data.val_x, data.val_y.to(device))
+    return {"val_accuracy": float(acc), "val_loss": float(loss),
+            "train_seconds": time.perf_counter() - start,
+            "proxy_params": spec.params(), "proxy_macs": spec.macs()}
+
+
+# ---- the cache: one trained supernet per (space, data, proxy, supernet section, seed) ------
+
+
+def supernet_key(cfg: DictConfig, seed: int) -> str:
+    payload = {k: OmegaConf.to_container(cfg[k], resolve=True)
+               for k in ("space", "data", "supernet")}
+    payload["proxy"] = {k: OmegaConf.to_object(cfg.proxy)[k] for k in ("width_mult", "min_output")}
+    payload["data"].pop("workers", None)
+    for k in ("recal_batches", "recal_batch_size"):  # scoring settings: same weights
+        payload["supernet"].pop(k, None)
+    payload["seed"] = seed
+    text = json.dumps(payload, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def supernet_path(cfg: DictConfig, seed: int) -> Path:
+    return (Path(cfg.run.runs_dir).expanduser() / "search" / ".supernet"
+            / f"{supernet_key(cfg, seed)}.safetensors")
+
+
+def make_adapt(cfg: DictConfig, data: Data) -> Adapt:
+    return Adapt(float(cfg.proxy.width_mult), int(cfg.proxy.min_output), data.in_channels,
+                 data.num_classes, data.image_size)
+
+
+def ensure_supernet(cfg: DictConfig, space: Space, data: Data, *, seed: int,
+                    device: torch.device, progress: Any = None) -> tuple[Path, dict[str, Any]]:
+    """The trained supernet's weights file: from the cache, or trained now and cached (weights
+    first, then the config JSON that marks it complete)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    from lotto.files import replace_atomically
+
+    path = supernet_path(cfg, seed)
+    meta_path = path.with_suffix(".json")
+    net = Supernet(space, make_adapt(cfg, data), seed)
+    if path.exists() and meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            net.load(load_file(str(path)))
+            return path, {**meta, "cached": True}
+        except (ValueError, OSError, SafetensorError, LottoError):
+            pass  # a corrupt or foreign cache entry: trained again below, then replaced
+    stats = train_supernet(net, data, cfg.supernet, seed=seed, device=device, progress=progress)
+    state = net.state_dict()
+    replace_atomically(path, lambda tmp: save_file(state, str(tmp)))
+    meta = {"key": path.stem, **stats,
+            "config": {k: OmegaConf.to_container(cfg[k], resolve=True)
+                       for k in ("space", "data", "supernet")}}
+    replace_atomically(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+    return path, {**meta, "cached": False}
+
+
+# ---- the task: score one sample in a worker ---------------------------------------------------
+
+
+@dataclass
+class SupernetJob:
+    """One network scored with inherited weights: picklable, for a worker."""
+
+    spec: ArchSpec  # the space network (full widths, as priced)
+    where: tuple[tuple[int, int], ...]  # (stage, repeat) of each block
+    space: dict  # the space section (the worker rebuilds the supernet's shapes)
+    data: DictConfig
+    proxy: DictConfig
+    supernet: DictConfig
+    weights: str  # the trained supernet's file
+    seed: int
+    device: str
+    label: str
+    fault: str | None = None  # tests only (LOTTO_TEST_FAULT)
+
+
+_LOADED: dict[str, Supernet] = {}  # per process: the last supernet read (by file and mtime)
+
+
+def load_supernet(job: SupernetJob, data: Data) -> Supernet:
+    from safetensors.torch import load_file
+
+    from lotto.latency.space import parse_space
+
+    stamp = f"{job.weights}:{Path(job.weights).stat().st_mtime_ns}"
+    if stamp not in _LOADED:
+        _LOADED.clear()
+        space = parse_space(job.space, "config key space")
+        adapt = Adapt(float(job.proxy.width_mult), int(job.proxy.min_output), data.in_channels,
+                      data.num_classes, data.image_size)
+        net = Supernet(space, adapt, job.seed)
+        net.load(load_file(job.weights))
+        _LOADED[stamp] = net
+    return _LOADED[stamp]
+
+
+def evaluate_supernet(job: SupernetJob, progress: Any = None) -> dict[str, Any]:
+    """The task function of the supernet proxy (same result keys as the train proxy's)."""
+    from lotto.experiments.common import inject, shared_data
+    from lotto.train import resolve_device
+
+    inject(job.fault)
+    device = resolve_device(job.device)
+    data = shared_data(job.data, device)
+    net = load_supernet(job, data)
+    try:
+        result = score(net, net.adapt(job.spec), job.where, data, job.supernet, seed=job.seed,
+                       device=device)
+    except LottoError as e:  # one sample's problem, not the run's: a failed task
+        raise RuntimeError(str(e)) from None
+    if result["val_accuracy"] != result["val_accuracy"]:
+        raise RuntimeError("validation accuracy is NaN")
+    return result

@@ -1,0 +1,202 @@
+"""The weight-sharing supernet proxy: slicing, parity with a standalone network, BN
+recalibration, training, and `lotto search` with search.proxy=supernet (cache, resume, a failed
+sample). Tiny setting: digits (8 px), a 2-stage space at 32 px, a few supernet steps."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from lotto.config import load_config
+from lotto.errors import LottoError
+from lotto.experiments.common import shared_data
+from lotto.experiments.search import load_search_space, run_search
+from lotto.search.supernet import (
+    Supernet,
+    ensure_supernet,
+    layout,
+    make_adapt,
+    recalibrate,
+    score,
+    take,
+    train_supernet,
+)
+
+TINY_SPACE = """
+space:
+  base: mobilenet_v3_small
+  resolution: 32
+  kernels: [3, 5]
+  expansions: [3, 6]
+  se: [false, true]
+  ops: [conv, ds, ir]
+  skips: [true, false]
+  stages:
+    - {width: 16, repeat: 1, stride: 2}
+    - {width: 24, repeat: 2, stride: 2}
+"""
+FAST = ["data.name=digits", "data.val_size=200", "proxy.width_mult=1.0", "proxy.min_output=2",
+        "device=cpu", "search.batch_size=2", "search.samples=4", "search.proxy=supernet",
+        "supernet.steps=6", "supernet.batch_size=32", "supernet.recal_batches=2",
+        "supernet.recal_batch_size=64", "search.controller=random"]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def quick_plots(monkeypatch):
+    import lotto.experiments.search as search
+
+    monkeypatch.setattr(search, "plot", lambda *a: a[-1].write_bytes(b""))
+
+
+@pytest.fixture
+def space_file(tmp_path: Path) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+def config(space_file: Path, runs_dir: Path, *extra: str):
+    return load_config("search", space_file, [*FAST, f"run.runs_dir={runs_dir}", *extra])
+
+
+def test_take_is_first_channels_and_kernel_centre():
+    w = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
+    part = take(w, (1, 2, 3, 3))
+    assert torch.equal(part, w[:1, :2, 1:4, 1:4])
+    assert torch.equal(take(torch.arange(6.0), (4,)), torch.arange(4.0))
+    with pytest.raises(LottoError, match="does not fit"):
+        take(w, (3, 3, 5, 5))
+
+
+def test_standalone_network_matches_the_supernet_slice(space_file, runs_dir):
+    """A network built with its slice computes what the supernet computes for it (train mode:
+    batch statistics on both sides), for networks of every block type."""
+    cfg = config(space_file, runs_dir)
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0)
+    with torch.no_grad():  # the classifier's init gives logits ~0.01: scaled to order 1
+        net.weights["classifier.weight"].mul_(100)
+    rng = random.Random(3)
+    x = data.train_x[:16]
+    seen = set()
+    for _ in range(6):
+        ix = space.sample_indices(rng)
+        choices = space.decode(ix)
+        seen.update(c[5] for c in choices)
+        spec, where = net.member(choices)
+        model = net.network(spec, list(layout(space, ix))).train()
+        with torch.no_grad():  # the same dropout draws on both sides (after the supernet
+            net.forward(choices, x)  # built its module: an init draws from the generator)
+            torch.manual_seed(0)
+            want = net.forward(choices, x)
+            torch.manual_seed(0)
+            got = model(x)
+        assert want.abs().mean() > 0.1  # order-1 outputs
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert seen == {"conv", "ds", "ir"}
+
+
+def test_recalibration_is_the_cumulative_average_of_batch_statistics(space_file, runs_dir):
+    cfg = config(space_file, runs_dir)
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0)
+    spec, where = net.member(net.largest)
+    model = net.network(spec, where)
+    bn = model.stem[1]
+    means = []
+    hook = model.stem[0].register_forward_hook(
+        lambda m, i, o: means.append(o.detach().mean((0, 2, 3))))
+    recalibrate(model, data, batches=3, batch_size=50, seed=0, device=CPU)
+    hook.remove()
+    assert len(means) == 3 and bn.momentum is None
+    torch.testing.assert_close(bn.running_mean, torch.stack(means).mean(0), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_training_the_supernet_teaches_its_networks(space_file, runs_dir):
+    cfg = config(space_file, runs_dir, "supernet.steps=25")
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0)
+    spec, where = net.member(net.largest)
+    before = score(net, spec, where, data, cfg.supernet, seed=0, device=CPU)["val_accuracy"]
+    stats = train_supernet(net, data, cfg.supernet, seed=0, device=CPU)
+    accs = [score(net, *net.member(c), data, cfg.supernet, seed=0, device=CPU)["val_accuracy"]
+            for c in (net.largest, net.smallest)]
+    assert stats["steps"] == 25 and stats["seconds"] > 0
+    assert before < 0.2 and min(accs) > 0.3, (before, accs)  # chance: 0.1
+
+
+def test_supernet_search_trains_once_caches_and_resumes(space_file, runs_dir):
+    cfg = config(space_file, runs_dir)
+    first = run_search(cfg)
+    sn = first.summary["supernet"]
+    assert first.summary["proxy"] == "supernet" and sn["cached"] is False
+    assert Path(sn["weights"]).exists() and Path(sn["weights"]).with_suffix(".json").exists()
+    assert len(first.metrics) == 4 and (first.metrics.status == "ok").all()
+    assert first.metrics.val_accuracy.between(0, 1).all()
+    # a rerun of the same run: nothing trained or scored again
+    again = run_search(cfg)
+    assert again.metrics.equals(first.metrics)
+    # another controller seed: the supernet and the scores come from the caches
+    other = run_search(config(space_file, runs_dir, "seed=0", "search.controller=evolution",
+                              "search.evolution.population=2", "search.evolution.tournament=2",
+                              "run.name=evo"))
+    assert other.summary["supernet"]["cached"] is True
+    both = other.metrics.merge(first.metrics, on="spec", suffixes=("", "_first"))
+    assert (both.val_accuracy == both.val_accuracy_first).all()
+
+
+def test_killed_supernet_search_resumes_where_it_stopped(space_file, runs_dir):
+    cfg = config(space_file, runs_dir, "proxy.cache=false")
+    part = run_search(cfg, stop_after=1)
+    assert len(part.metrics) == 2
+    full = run_search(cfg)
+    assert len(full.metrics) == 4
+    assert full.metrics.head(2).equals(part.metrics)
+
+
+def test_corrupt_supernet_cache_is_trained_again(space_file, runs_dir):
+    cfg = config(space_file, runs_dir)
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    path, meta = ensure_supernet(cfg, space, data, seed=0, device=CPU)
+    assert meta["cached"] is False
+    assert ensure_supernet(cfg, space, data, seed=0, device=CPU)[1]["cached"] is True
+    path.write_bytes(b"not safetensors")
+    path2, meta2 = ensure_supernet(cfg, space, data, seed=0, device=CPU)
+    assert path2 == path and meta2["cached"] is False
+    assert json.loads(path.with_suffix(".json").read_text())["steps"] == 6
+
+
+def test_failed_sample_under_the_supernet_gets_reward_zero(space_file, runs_dir, monkeypatch):
+    monkeypatch.setenv("LOTTO_TEST_FAULT", "raise:step=0,sample=1")
+    result = run_search(config(space_file, runs_dir, "proxy.cache=false"))
+    row = result.metrics[result.metrics["sample"] == 1].iloc[0]
+    assert row.status == "failed" and row.reward == 0.0
+    assert len(result.failures) == 1 and (result.metrics.status == "ok").sum() == 3
+
+
+def test_supernet_parallel_workers_give_the_serial_numbers(space_file, runs_dir):
+    serial = run_search(config(space_file, runs_dir, "proxy.cache=false", "run.name=a"))
+    par = run_search(config(space_file, runs_dir, "proxy.cache=false", "run.name=b",
+                            "parallel.backend=process", "parallel.workers=2"))
+    assert list(par.metrics.val_accuracy) == list(serial.metrics.val_accuracy)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("supernet.rule=progressive", "supernet.rule"),
+    ("supernet.steps=0", "supernet.steps"),
+    ("search.proxy=oracle", "search.proxy"),
+])
+def test_bad_supernet_settings_are_one_line(space_file, runs_dir, override, needle):
+    with pytest.raises(LottoError, match=needle):
+        run_search(config(space_file, runs_dir, override))
+
