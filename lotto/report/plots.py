@@ -289,11 +289,14 @@ def netadapt_figure(section: Section) -> Figure | None:
 
 
 def _errorbar(rows: pd.DataFrame, col: str, error_col: str | None) -> np.ndarray | None:
+    """(2, n) lower/upper bar lengths of +-relative error; the lower one never passes 0 ms (a
+    noisy measurement's IQR/median can exceed 100%: latency is never negative)."""
     if error_col is None or error_col not in rows.columns:
         return None
     err = pd.to_numeric(rows[error_col], errors="coerce").to_numpy(dtype=float)
     ms = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
-    return np.nan_to_num(np.abs(err) * ms)
+    up = np.nan_to_num(np.abs(err) * ms)
+    return np.vstack([np.minimum(up, np.nan_to_num(np.maximum(ms, 0.0))), up])
 
 
 def bench_figure(section: Section) -> Figure | None:
