@@ -475,7 +475,7 @@ def measure(module: nn.Module, input_shape: tuple[int, ...], *, threads: int = 1
     """Export (or reuse the cached program), then load and time it in a child process (see
     above); returns (Timing, detail). A first failed child is retried once and reported in the
     detail (`runtime_failures`, and a warning); two failures are a LottoError."""
-    from lotto.latency.measure import Timing, clock_fn
+    from lotto.latency.measure import Timing, clock_fn, is_noisy, noisy_warning
 
     if threads < 1:
         raise LottoError(f"--threads must be >= 1, got {threads}")
@@ -498,10 +498,15 @@ def measure(module: nn.Module, input_shape: tuple[int, ...], *, threads: int = 1
             "input_shape": list(input_shape), "bn_folded": True, "channels_last": None,
             "calibration": ("n/a" if dtype != "int8" else
                             "configured data" if calibration is not None else "normal noise"),
-            "runtime_failures": failures}
+            "runtime_failures": failures, "noisy": is_noisy(timing.iqr_rel)}
+    warnings = []
     if failures:
-        info["warnings"] = [f"the ExecuTorch runtime failed once ({failures[0]}); the timing "
-                            "is from a second, clean process"]
+        warnings.append(f"the ExecuTorch runtime failed once ({failures[0]}); the timing is "
+                        "from a second, clean process")
+    if info["noisy"]:  # not re-measured here: each try is a new process (seconds of start-up)
+        warnings.append(noisy_warning("xnnpack timing", timing.iqr_rel, 1))
+    if warnings:
+        info["warnings"] = warnings
     return timing, info
 
 
