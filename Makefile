@@ -5,17 +5,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data demo test test-device lint bench clean
+.PHONY: setup data demo test lint bench clean
 
 setup: $(STAMP)
 
-# extras: search = optuna, for `lotto search --controller tpe|nsga2` and their tests.
-# The device extra (executorch, `lotto bench --device xnnpack|adb`) is left to `make test-device`:
-# its runtime's thread pool deadlocked once in three clean-clone test runs (executorch 1.5.1)
+# extras: search = optuna, for `lotto search --controller tpe|nsga2` and their tests;
+# device = executorch, for `lotto bench --device xnnpack|adb` and their tests;
+# tensorboard, for run.tensorboard=true and its test.
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,onnx,ray,search]'
+	$(BIN)/pip install --quiet -e '.[dev,onnx,ray,search,device,tensorboard]'
 	touch $(STAMP)
 
 data:
@@ -36,11 +36,6 @@ demo: setup data
 
 test: setup
 	$(BIN)/pytest -q
-
-# ExecuTorch + XNNPACK (and the adb path through it): installs the device extra, runs its tests
-test-device: setup
-	$(BIN)/pip install --quiet -e '.[device]'
-	$(BIN)/pytest -q tests/test_latency_xnnpack.py tests/test_latency_adb.py tests/test_calibrate_device.py
 
 lint: setup
 	$(BIN)/ruff check lotto tests scripts

@@ -137,8 +137,30 @@ def test_fastest_core_and_devices():
             "/sys/devices/system/cpu/cpu7/cpufreq/cpuinfo_max_freq 2841600\n"
             "/sys/devices/system/cpu/cpu6/cpufreq/cpuinfo_max_freq 2419200\n")
     assert fastest_core(text) == (7, 2841600) and fastest_core("") is None
+    # ties at the top frequency go to the highest-numbered core, whatever the listing order
+    # (first-listed, last-listed, lowest-numbered and text-ordered "10" < "9" rules all fail)
+    tie = ("/sys/devices/system/cpu/cpu{}/cpufreq/cpuinfo_max_freq {}\n")
+    cores = [(0, 1785600), (4, 2419200), (6, 2419200), (1, 1785600)]
+    for order in (cores, cores[::-1]):
+        assert fastest_core("".join(tie.format(c, f) for c, f in order)) == (6, 2419200)
+    many = [(9, 2000000), (10, 2000000), (2, 1000000)]
+    for order in (many, many[::-1]):
+        assert fastest_core("".join(tie.format(c, f) for c, f in order)) == (10, 2000000)
     listed = "List of devices attached\nA1\tdevice\nB2\tunauthorized\n\n"
     assert parse_devices(listed) == [("A1", "device"), ("B2", "unauthorized")]
+
+
+def test_parse_devices_ignores_adb_server_messages():
+    # what `adb devices` prints when it replaces a server of another version (issue 16)
+    text = ("adb server version (41) doesn't match this client (39); killing...\n"
+            "* daemon started successfully\n"
+            "List of devices attached\n"
+            "emulator-5554\tdevice\n"
+            "0123456789ABCDEF\tno permissions (user in plugdev group); see [http://x]\n\n")
+    assert parse_devices(text) == [
+        ("emulator-5554", "device"),
+        ("0123456789ABCDEF", "no permissions (user in plugdev group); see [http://x]")]
+    assert parse_devices("adb server version (41) doesn't match this client (39)\n") == []
 
 
 @pytest.fixture

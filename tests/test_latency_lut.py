@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import lotto.latency.lut as lut_mod
 from lotto.arch import preset
 from lotto.errors import LottoError
 from lotto.latency import predict
@@ -53,8 +54,51 @@ def built(space_file, tmp_path_factory):
     space = load_space(space_file)
     path = lut_path(tmp_path_factory.mktemp("runs"), "cpu", 1)
     lut = open_lut(path, "cpu", 1)
-    n = build_entries(lut, space.carriers(), min_run_time=0.005)
+    lut.meta["max_iqr"] = float("inf")  # these tests are about the table, not this machine's
+    with pytest.MonkeyPatch.context() as mp:  # noise (5 ms per unit on shared cores)
+        mp.setattr(lut_mod, "REMEASURES", 0)
+        n = build_entries(lut, space.carriers(), min_run_time=0.005)
     return space, lut, n
+
+
+def _noisy(median: float = 2.0, iqr: float = 1.0) -> dict:
+    return {"median": median, "p25": median - iqr / 2, "p75": median + iqr / 2,
+            "mean": median, "std": iqr, "n": 10, "number_per_run": 1}
+
+
+@pytest.mark.parametrize("method", ["isolated", "insitu"])
+def test_noisy_units_are_remeasured_then_refused(space_file, tmp_path, method,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    """A unit timed with IQR/median over 10% is measured again (the least noisy kept); one
+    still over the table's limit after that is not stored, and the build says so."""
+    space = load_space(space_file)
+    spec = next(iter(space.carriers()))
+    calls: list[int] = []
+    quiet_after = {"n": 2}  # noisy twice, then clean
+
+    def fake_unit(*a, **k):
+        calls.append(1)
+        return _noisy(iqr=1.5) if len(calls) <= quiet_after["n"] else _noisy(iqr=0.02)
+
+    def fake_insitu(s, *a, **k):
+        calls.append(1)
+        iqr = 1.5 if len(calls) <= quiet_after["n"] else 0.02
+        return {ctx.name: _noisy(iqr=iqr) for ctx in s.block_contexts()}
+
+    monkeypatch.setattr(lut_mod, "time_unit", fake_unit)
+    monkeypatch.setattr(lut_mod, "time_units_in_situ", fake_insitu)
+    lut = Lut.empty("cpu", 1, "float32", tmp_path / "a.json", method=method)
+    build_entries(lut, [spec])  # noisy, noisy, clean: the third measurement is stored
+    assert lut.entries and all(abs(e["p75"] - e["p25"] - 0.02) < 1e-9
+                               for e in lut.entries.values())
+    assert len(calls) == 3 if method == "insitu" else len(calls) >= 3
+    calls.clear()
+    quiet_after["n"] = 10**6  # never clean: refused, one line, nothing noisy stored
+    lut = Lut.empty("cpu", 1, "float32", tmp_path / "b.json", method=method)
+    with pytest.raises(LottoError, match=r"stayed noisy after 3 measurements .* not stored"):
+        build_entries(lut, [spec])
+    assert lut.entries == {}
+    assert len(calls) == 3 if method == "insitu" else len(calls) == 3 * len(lut.missing([spec]))
 
 
 def test_keys_name_every_field():

@@ -185,3 +185,18 @@ def test_bench_validation_axis_says_where_the_truth_comes_from() -> None:
     assert "measured" not in ax.get_xlabel()
     host = plots.figure(section("bench", rows.assign(kind="validation"))).get_axes()[1]
     assert host.get_xlabel() == "measured end to end here (ms)"
+
+
+def test_latency_error_bars_never_go_below_zero() -> None:
+    """A noisy host timing (IQR/median 122%, issue 16) drew its bar down to -17 ms."""
+    from matplotlib.collections import LineCollection
+
+    rows = pd.DataFrame({"step": [0, 1], "change": ["seed", "se"], "madds": [5e7, 6e7],
+                         "params": [1e6, 1.1e6],
+                         "latency_ms_host": [78.0, 9.3], "host_device": "cpu",
+                         "host_source": "measured", "host_error": [1.22, 0.02]})
+    fig = plots.build_v3_figure(section("build-v3", rows))
+    bars = [c for ax in fig.get_axes() for c in ax.collections if isinstance(c, LineCollection)]
+    lows = [float(seg[:, 1].min()) for c in bars for seg in c.get_segments()]
+    assert lows and min(lows) >= 0.0
+    assert max(float(seg[:, 1].max()) for c in bars for seg in c.get_segments()) > 78 * 2.2

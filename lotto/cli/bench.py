@@ -146,7 +146,9 @@ def _show_price(result: BenchResult) -> None:
         console.print(
             f"Latency (ms): median={s['latency_ms']:.3f} p25={d['p25_ms']:.3f} "
             f"p75={d['p75_ms']:.3f} mean={d['mean_ms']:.3f} std={d['std_ms']:.3f} n={d['n']} "
-            f"threads={d['threads']} device={s['device']}", highlight=False)
+            f"threads={d['threads']} device={s['device']}"
+            + (f"  NOISY (IQR/median {100 * (d['p75_ms'] - d['p25_ms']) / s['latency_ms']:.0f}%)"
+               if d.get("noisy") else ""), highlight=False)
         fp = s.get("fingerprint", {})
         if d.get("runtime"):  # xnnpack / adb: ExecuTorch program
             where = (f"phone {fp.get('manufacturer')} {fp.get('model')} "
@@ -213,15 +215,19 @@ def _show_build(s: dict[str, Any]) -> None:
 
 def _show_host_validation(result: BenchResult) -> None:
     v = result.summary["validation"]
-    table = Table(title="Lookup-table sum vs measured end to end")
+    from lotto.latency.measure import NOISY_IQR
+
+    table = Table(title="Lookup-table sum vs measured end to end",
+                  caption=f"!: noisy measurement (IQR/median > {100 * NOISY_IQR:.0f}%)")
     for col in ("network", "MACs (M)", "measured ms", "IQR/med %", "table ms", "error %",
                 "no offset %", "misses"):
         table.add_column(col, justify="left" if col == "network" else "right",
                          no_wrap=col == "network")
     for r in result.rows:
         iqr = (r["p75_ms"] - r["p25_ms"]) / r["measured_ms"] * 100
+        noisy = " !" if iqr > 100 * NOISY_IQR else ""  # marked: the caption says why
         table.add_row(str(r["network"]), f"{r['macs'] / 1e6:.0f}", f"{r['measured_ms']:.3f}",
-                      f"{iqr:.1f}", f"{r['latency_ms']:.3f}", f"{r['error'] * 100:+.1f}",
+                      f"{iqr:.1f}{noisy}", f"{r['latency_ms']:.3f}", f"{r['error'] * 100:+.1f}",
                       f"{r['raw_error'] * 100:+.1f}", str(int(r["lut_interpolated"] or 0)))
     console.print(table)
     console.print(

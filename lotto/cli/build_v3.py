@@ -17,6 +17,7 @@ from lotto.cli.app import (
     SeedOpt,
     check_parallel,
     console,
+    err_console,
     lotto_command,
 )
 
@@ -81,13 +82,16 @@ def _ms(value: object) -> str:
 def show(result: BuildResult) -> None:
     from rich.table import Table
 
+    from lotto.latency.measure import NOISY_IQR, is_noisy
+
     frame = result.metrics
     phones = [c[len("latency_ms_"):] for c in frame.columns
               if c.startswith("latency_ms_") and c != "latency_ms_host"]
     trained = "test_accuracy" in frame.columns
     out = Table(title=f"build-v3 ({result.summary['variant']}): {result.summary['seed_network']}"
                 f" -> {result.summary['final_network']}",
-                caption="host ms: measured here; phone ms: predicted by the phone model")
+                caption="host ms: measured here (!: noisy, IQR/median > "
+                f"{100 * NOISY_IQR:.0f}%); phone ms: predicted by the phone model")
     out.add_column("step", justify="right")
     out.add_column("change", no_wrap=True)
     out.add_column("params", justify="right")
@@ -101,13 +105,23 @@ def show(result: BuildResult) -> None:
     for row in frame.itertuples():
         cells = [str(row.step), row.change, f"{row.params:,}", f"{row.madds / 1e6:.1f}"]
         if "latency_ms_host" in frame.columns:
-            cells.append(_ms(row.latency_ms_host))
+            noisy = row.host_source == "measured" and is_noisy(row.host_error)
+            cells.append(_ms(row.latency_ms_host) + (" !" if noisy else ""))
         cells += [_ms(getattr(row, f"latency_ms_{p}")) for p in phones]
         if trained:
             acc = row.test_accuracy
             cells.append("-" if acc != acc else f"{100 * acc:.2f}")
         out.add_row(*cells)
     console.print(out)
+    if "latency_ms_host" in frame.columns:
+        noisy = [str(r.step) for r in frame.itertuples()
+                 if r.host_source == "measured" and is_noisy(r.host_error)]
+        if noisy:
+            err_console.print(f"warning: the host timing of step{'s' if len(noisy) > 1 else ''} "
+                              f"{', '.join(noisy)} is noisy (IQR/median > "
+                              f"{100 * NOISY_IQR:.0f}% after re-measuring; column host_error "
+                              "in metrics.csv): the machine was busy, those medians are likely "
+                              "too high", highlight=False)
     s = result.summary
     for line in s.get("skipped", []):  # a --from network that lacks what a change needs
         console.print(line)

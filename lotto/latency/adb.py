@@ -131,15 +131,20 @@ def fastest_core(cpufreq_text: str) -> tuple[int, int] | None:
 
 
 def parse_devices(text: str) -> list[tuple[str, str]]:
-    """(serial, state) from `adb devices`."""
+    """(serial, state) from `adb devices`.
+
+    A device line is `<serial><TAB><state>` (state: device, unauthorized, offline, "no
+    permissions (...)", ...). Everything else adb prints there is not a device: its banner,
+    "* daemon started successfully", and "adb server version (41) doesn't match this client
+    (39); killing..." when an old server is replaced, so only tab-separated lines count.
+    """
     out = []
     for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith(("List of devices", "*")):
+        serial, tab, state = line.strip().partition("\t")
+        serial, state = serial.strip(), state.strip()
+        if not tab or not serial or not state or any(c.isspace() for c in serial):
             continue
-        parts = line.split()
-        if len(parts) >= 2:
-            out.append((parts[0], parts[1]))
+        out.append((serial, state))
     return out
 
 

@@ -54,10 +54,21 @@ from scipy.optimize import nnls
 
 from lotto.arch import ArchSpec, BlockContext
 from lotto.errors import LottoError
-from lotto.latency.measure import fingerprint, measure_module, prepare, time_callable
+from lotto.latency.measure import (
+    REMEASURES,
+    fingerprint,
+    is_noisy,
+    measure_module,
+    prepare,
+    time_callable,
+)
 from lotto.latency.phone import LAYER_FEATURES, unit_features
 from lotto.latency.units import UnitCache
 from lotto.runs import write_text
+
+# A unit whose IQR/median stays above this after re-measuring is not stored (table meta
+# `max_iqr` overrides it): one noisy unit would bias every network that contains it.
+UNIT_MAX_IQR = 0.5
 
 SCHEMA = 1
 # fingerprint fields that must match for a table to be reused (cores and governor may vary)
@@ -510,11 +521,21 @@ def build_entries(
     device, threads, dtype, clock = _setup(lut)
     specs = list(specs)
     todo = lut.missing(specs)
+    limit = float(lut.meta.get("max_iqr", UNIT_MAX_IQR))
+    refused: dict[str, float] = {}  # key -> IQR/median of a unit too noisy to store
     if lut.meta.get("method", "insitu") == "isolated":
         for i, (key, (spec, info)) in enumerate(todo.items()):
             if progress:
                 progress(i, len(todo), key)
             timing = time_unit(spec, info, device, threads, min_run_time, dtype, core, clock)
+            for _ in range(REMEASURES):  # noisy: measured again, the least noisy one kept
+                if not is_noisy(_iqr(timing)):
+                    break
+                again = time_unit(spec, info, device, threads, min_run_time, dtype, core, clock)
+                timing = again if _iqr(again) < _iqr(timing) else timing
+            if is_noisy(_iqr(timing), limit):
+                refused[key] = _iqr(timing)
+                continue
             lut.add(key, info, timing)
             if lut.path is not None and (i + 1) % save_every == 0:
                 lut.save()  # a killed build keeps what it measured
@@ -526,11 +547,25 @@ def build_entries(
             if progress:
                 progress(i, len(networks), spec.name)
             infos = dict(lut._infos.units(spec))
+            new = [n for n, info in infos.items() if info.key not in lut.entries]
             timings = time_units_in_situ(spec, device, threads, min_run_time, dtype, core,
                                          clock)
-            for name, info in infos.items():
-                if info.key not in lut.entries:
-                    lut.add(info.key, info, timings[name])
+            for _ in range(REMEASURES):  # noisy units: the network again, least noisy kept
+                if not any(is_noisy(_iqr(timings[n])) for n in new):
+                    break
+                again = time_units_in_situ(spec, device, threads, min_run_time, dtype, core,
+                                           clock)
+                for n in new:
+                    if _iqr(again[n]) < _iqr(timings[n]):
+                        timings[n] = again[n]
+            for name in new:
+                info = infos[name]
+                if info.key in lut.entries:
+                    continue
+                if is_noisy(_iqr(timings[name]), limit):
+                    refused[info.key] = _iqr(timings[name])
+                    continue
+                lut.add(info.key, info, timings[name])
             if lut.path is not None and (i + 1) % save_every == 0:
                 lut.save()
         if progress:
@@ -542,7 +577,21 @@ def build_entries(
         lut.meta["unit_errors"] = lut.unit_errors()  # kept with the table, next to validation
     if lut.path is not None:
         lut.save()
+    if refused:
+        key, worst = max(refused.items(), key=lambda kv: kv[1])
+        many = len(refused) > 1
+        raise LottoError(
+            f"{len(refused)} lookup-table unit{'s' if many else ''} stayed noisy after "
+            f"{1 + REMEASURES} measurement{'s' if REMEASURES else ''} (IQR/median up to "
+            f"{100 * worst:.0f}% > {100 * limit:.0f}%, e.g. {key}) and "
+            f"{'were' if many else 'was'} not stored: the machine is busy. The table keeps "
+            f"the {len(todo) - len(refused)} units measured cleanly; re-run on an idle "
+            "machine to complete it")
     return len(todo)
+
+
+def _iqr(t: dict[str, Any]) -> float:
+    return (t["p75"] - t["p25"]) / t["median"] if t["median"] > 0 else 0.0
 
 
 def measure_spec(spec: ArchSpec, device: str, threads: int, min_run_time: float,

@@ -11,8 +11,10 @@ does, on an x86 CPU. Steps:
    XNNPACKQuantizer, symmetric per-channel weights, per-tensor activations) calibrated on a few
    batches (of the configured data, or standard-normal inputs when none is configured).
    An op the exporter or runtime cannot handle is a LottoError that names the op.
-3. Run with `executorch.runtime` (the portable runtime's Python bindings). Its thread pool is not
-   torch's: it is pinned to `threads` (default 1) for the timing and restored afterwards.
+3. Run with `executorch.runtime` (the portable runtime's Python bindings) in a child process
+   (`python -m lotto.latency.xnnpack`, with a timeout, retried once): the runtime's thread pool
+   (not torch's) is sized to `threads` (default 1) before the program is loaded, as
+   ExecuTorch's own runners do (see "Running" below for why the order matters).
 4. Time: warm-up runs, then per-call timing for at least `min_run_time` seconds and 10 calls;
    median, quartiles (same statistics as host timing, `lotto.latency.measure.Timing`).
 
@@ -30,7 +32,12 @@ import hashlib
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -259,33 +266,51 @@ def exported_for(module: nn.Module, input_shape: tuple[int, ...], *, dtype: str 
 
 # ---------------------------------------------------------------------------------------------
 # Running
+#
+# Root cause of the crashes (issue 16, one process in four died with SIGSEGV or a pthread mutex
+# assertion): the XNNPACK delegate takes the raw pthreadpool of ExecuTorch's process-wide
+# ThreadPool when a method is loaded (its runtime is created with that pool), and
+# `_unsafe_reset_threadpool` replaces the pool by destroying the old one. lotto used to load the
+# program first and resize the pool afterwards (from the cpu count, 2 here, to `threads`), so
+# every later `execute` ran on a freed pthreadpool: use after free, which crashed when the freed
+# memory had been reused. ExecuTorch's own runners (executor_runner, the llama and multimodal
+# runners) set the pool size once, before any program is loaded; so does lotto now: a Program
+# fixes the pool size before it loads, and the size can only change while no Program is alive.
 
 
-@contextlib.contextmanager
-def runtime_threads(threads: int) -> Iterator[None]:
-    """Pin ExecuTorch's thread pool (not torch's) to `threads` for the block.
+_live: weakref.WeakSet = weakref.WeakSet()  # loaded Programs: they hold the current pool
 
-    The pool is resized only when its size differs and is not restored afterwards: resizing a
-    pool that has run work and is then resized again aborts the process in pthreadpool
-    (observed with executorch 1.5.1), so lotto leaves it at the last size asked for.
+
+def set_runtime_threads(threads: int) -> None:
+    """Size ExecuTorch's thread pool (not torch's) to `threads`, before loading a program.
+
+    Resizing destroys the old pool, which every loaded XNNPACK runtime still points at: so it is
+    refused while a Program is alive (a LottoError, not a crash later in `execute`).
     """
     from executorch.extension.pybindings import portable_lib as pl
 
     if threads < 1:
         raise LottoError(f"--threads must be >= 1, got {threads}")
-    with quiet_stderr():
-        if int(pl._threadpool_get_thread_count()) != threads:
-            pl._unsafe_reset_threadpool(threads)
-    yield
+    with quiet_stderr():  # creating a pool probes cpuinfo, which logs to fd 2
+        current = int(pl._threadpool_get_thread_count())
+        if current == threads:
+            return
+        if len(_live):
+            raise LottoError(f"ExecuTorch's thread pool has {current} threads and a loaded "
+                             f"program uses it; {threads} threads need a new process")
+        pl._unsafe_reset_threadpool(threads)
 
 
 class Program:
-    """A loaded ExecuTorch program; `run(x)` returns the first output as a tensor."""
+    """A loaded ExecuTorch program on a `threads`-thread pool; `run(x)` returns the first
+    output as a tensor."""
 
-    def __init__(self, exported: Exported):
+    def __init__(self, exported: Exported, threads: int = 1):
         require()
         from executorch.runtime import Runtime
 
+        set_runtime_threads(threads)  # before loading: the delegate keeps the pool it sees
+        self.threads = threads
         try:
             with quiet_stderr():
                 runtime = Runtime.get()
@@ -294,28 +319,26 @@ class Program:
         except Exception as e:
             raise _fail("runtime (loading the program)", e,
                         ": the runtime has no kernel for it") from None
-        self._ran = False
+        _live.add(self)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._ran:  # the first call sets up XNNPACK's thread pool, which logs to fd 2
-            self._ran = True
-            with quiet_stderr():
-                return self.method.execute([x])[0]
         return self.method.execute([x])[0]
 
 
-def time_program(program: Program, x: torch.Tensor, *, threads: int = 1,
-                 min_run_time: float = 1.0, warmup: int = 10, min_runs: int = 10,
-                 core: int | None = None, clock: str = "wall") -> Any:
-    """Timing (lotto.latency.measure.Timing) of `program.run(x)`, one call at a time.
+def time_program(program: Program, x: torch.Tensor, *, min_run_time: float = 1.0,
+                 warmup: int = 10, min_runs: int = 10, core: int | None = None,
+                 clock: str = "wall") -> Any:
+    """Timing (lotto.latency.measure.Timing) of `program.run(x)`, one call at a time, on the
+    program's pool (`program.threads`); torch's own pool is pinned to 1 meanwhile.
 
     clock `thread` (CPU time of this thread) is exact at 1 thread: with a pool of one, XNNPACK
     runs every kernel inline in the calling thread.
     """
     from lotto.latency.measure import _stats, clock_fn, pinned_threads
 
+    threads = program.threads
     now = clock_fn(clock, torch.device("cpu"), threads)
-    with pinned_threads(1, core), runtime_threads(threads):
+    with pinned_threads(1, core):
         for _ in range(warmup):
             program.run(x)
         times: list[float] = []
@@ -327,14 +350,112 @@ def time_program(program: Program, x: torch.Tensor, *, threads: int = 1,
     return _stats(times, 1, threads, "xnnpack")
 
 
-def max_abs_diff(exported: Exported, module: nn.Module, x: torch.Tensor) -> float:
+def max_abs_diff(exported: Exported, module: nn.Module, x: torch.Tensor,
+                 threads: int = 1) -> float:
     """Largest |ExecuTorch output - PyTorch eager output| on `x` (fp32 numerical parity)."""
-    program = Program(exported)
-    with runtime_threads(1):
-        out = program.run(x)
+    out = Program(exported, threads).run(x)
     with torch.inference_mode():
         ref = module.eval()(x)
     return float((out.float() - ref.float()).abs().max())
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing in a child process
+#
+# With the pool sized before loading, no crash was seen in 100+ processes. The timing still runs
+# in a child process (`python -m lotto.latency.xnnpack`, a fresh interpreter: no forked pool,
+# no torch OpenMP pool of the parent) with a timeout, retried once and reported, so that a fault
+# of the native runtime (a crash, a hang in `execute`) can never take lotto down or hang it.
+
+CHILD_TIMEOUT_S = 600.0
+
+
+@dataclass
+class ChildResult:
+    """What one timing child did: `timing` (a dict) on success, else why it failed."""
+
+    timing: dict[str, Any] | None
+    failure: str | None
+    seconds: float
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def run_child(cmd: list[str], timeout: float) -> ChildResult:
+    """Run one timing child; its last stdout line is a JSON timing. Never raises for a crash,
+    a hang (killed at `timeout`) or garbage output: that is the `failure`."""
+    start = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return ChildResult(None, f"timed out after {timeout:g} s (killed)",
+                           time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if p.returncode != 0:
+        err = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+        last = f": {err[-1][:200]}" if err else ""
+        return ChildResult(None, describe_exit(p.returncode) + last, seconds)
+    try:
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        return ChildResult(dict(out), None, seconds)
+    except (IndexError, ValueError, TypeError):
+        return ChildResult(None, "printed no timing", seconds)
+
+
+def run_with_retry(cmd: list[str], timeout: float, what: str,
+                   attempts: int = 2) -> tuple[dict[str, Any], list[str]]:
+    """(timing dict, failures of the attempts before it); LottoError when all `attempts` fail."""
+    failures: list[str] = []
+    for _ in range(attempts):
+        result = run_child(cmd, timeout)
+        if result.timing is not None:
+            return result.timing, failures
+        failures.append(str(result.failure))
+    raise LottoError(f"the ExecuTorch runtime failed {attempts} times timing {what} "
+                     f"({'; '.join(failures)}); nothing was stored")
+
+
+def child_command(pte: Path, input_shape: tuple[int, ...], *, threads: int, min_run_time: float,
+                  warmup: int, core: int | None, clock: str) -> list[str]:
+    cmd = [sys.executable, "-m", "lotto.latency.xnnpack", str(pte),
+           "--shape", ",".join(map(str, input_shape)), "--threads", str(threads),
+           "--min-run-time", repr(float(min_run_time)), "--warmup", str(warmup),
+           "--clock", clock]
+    if core is not None:
+        cmd += ["--core", str(core)]
+    return cmd
+
+
+def _child_main(argv: list[str] | None = None) -> int:
+    """Entry of the timing child: size the pool, load, time, print the Timing as JSON."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m lotto.latency.xnnpack")
+    ap.add_argument("pte", type=Path)
+    ap.add_argument("--shape", required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--min-run-time", type=float, default=1.0)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--clock", default="wall")
+    ap.add_argument("--core", type=int, default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)  # torch's pool stays out of the way of the runtime's
+    shape = tuple(int(v) for v in a.shape.split(","))
+    exported = Exported(a.pte.read_bytes(), "?", shape, 0, {}, 0.0, "?", a.pte)
+    program = Program(exported, a.threads)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    timing = time_program(program, x, min_run_time=a.min_run_time, warmup=a.warmup,
+                          core=a.core, clock=a.clock)
+    print(json.dumps({**timing.summary(), "times_ms": list(timing.times_ms)}))
+    return 0
 
 
 def fingerprint(threads: int = 1) -> dict[str, Any]:
@@ -349,16 +470,45 @@ def measure(module: nn.Module, input_shape: tuple[int, ...], *, threads: int = 1
             min_run_time: float = 1.0, warmup: int = 10, dtype: str = "float32",
             core: int | None = None, clock: str = "wall", cache_dir: Path | None = None,
             key: str | None = None,
-            calibration: Callable[[], list[torch.Tensor]] | None = None) -> tuple[Any, dict]:
-    """Export (or reuse the cached program), load, time; returns (Timing, detail)."""
+            calibration: Callable[[], list[torch.Tensor]] | None = None,
+            timeout: float = CHILD_TIMEOUT_S) -> tuple[Any, dict]:
+    """Export (or reuse the cached program), then load and time it in a child process (see
+    above); returns (Timing, detail). A first failed child is retried once and reported in the
+    detail (`runtime_failures`, and a warning); two failures are a LottoError."""
+    from lotto.latency.measure import Timing, clock_fn, is_noisy, noisy_warning
+
+    if threads < 1:
+        raise LottoError(f"--threads must be >= 1, got {threads}")
+    clock_fn(clock, torch.device("cpu"), threads)  # a bad clock is a user error, not a crash
     exported = exported_for(module, input_shape, dtype=dtype, calibration=calibration,
                             cache_dir=cache_dir, key=key)
-    program = Program(exported)
-    x = torch.randn(input_shape, generator=torch.Generator().manual_seed(0))
-    timing = time_program(program, x, threads=threads, min_run_time=min_run_time,
-                          warmup=warmup, core=core, clock=clock)
+    with tempfile.TemporaryDirectory(prefix="lotto_xnnpack_") as tmp:
+        pte = exported.path
+        if pte is None:
+            pte = Path(tmp) / "program.pte"
+            pte.write_bytes(exported.buffer)
+        cmd = child_command(pte, tuple(input_shape), threads=threads,
+                            min_run_time=min_run_time, warmup=warmup, core=core, clock=clock)
+        what = f"a {'x'.join(map(str, input_shape))} program"
+        out, failures = run_with_retry(cmd, timeout, what)
+    times = tuple(float(t) for t in out.pop("times_ms"))
+    out.pop("iqr_rel", None)
+    timing = Timing(**out, times_ms=times)
     info = {**exported.summary(), "dtype": dtype, "clock": clock, "batch": int(input_shape[0]),
             "input_shape": list(input_shape), "bn_folded": True, "channels_last": None,
             "calibration": ("n/a" if dtype != "int8" else
-                            "configured data" if calibration is not None else "normal noise")}
+                            "configured data" if calibration is not None else "normal noise"),
+            "runtime_failures": failures, "noisy": is_noisy(timing.iqr_rel)}
+    warnings = []
+    if failures:
+        warnings.append(f"the ExecuTorch runtime failed once ({failures[0]}); the timing is "
+                        "from a second, clean process")
+    if info["noisy"]:  # not re-measured here: each try is a new process (seconds of start-up)
+        warnings.append(noisy_warning("xnnpack timing", timing.iqr_rel, 1))
+    if warnings:
+        info["warnings"] = warnings
     return timing, info
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

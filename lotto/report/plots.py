@@ -317,11 +317,14 @@ def netadapt_figure(section: Section) -> Figure | None:
 
 
 def _errorbar(rows: pd.DataFrame, col: str, error_col: str | None) -> np.ndarray | None:
+    """(2, n) lower/upper bar lengths of +-relative error; the lower one never passes 0 ms (a
+    noisy measurement's IQR/median can exceed 100%: latency is never negative)."""
     if error_col is None or error_col not in rows.columns:
         return None
     err = pd.to_numeric(rows[error_col], errors="coerce").to_numpy(dtype=float)
     ms = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
-    return np.nan_to_num(np.abs(err) * ms)
+    up = np.nan_to_num(np.abs(err) * ms)
+    return np.vstack([np.minimum(up, np.nan_to_num(np.maximum(ms, 0.0))), up])
 
 
 # The reference and the estimate of each kind of validation row (bench's `kind` column): a
@@ -426,7 +429,7 @@ def build_v3_figure(section: Section) -> Figure | None:
                 a = pd.to_numeric(rows.test_accuracy, errors="coerce").to_numpy(dtype=float)
                 ok = ~np.isnan(a) & ~np.isnan(ms)
                 x, y = ms[ok], a[ok] * 100
-                xerr = err[ok] if err is not None else None
+                xerr = err[:, ok] if err is not None else None
                 ax.errorbar(x, y, xerr=xerr, marker="o", ms=4, capsize=2, color=color,
                             label=label)
                 steps = rows.step.to_numpy()[ok]
