@@ -214,7 +214,10 @@ def test_default_proxy_fits_small_images():
 
 
 @pytest.mark.skipif(os.environ.get("LOTTO_SKIP_TIMING") == "1", reason="times this host")
-def test_cpu_target_uses_a_table_and_measures_the_final(spec_file, tmp_path):
+def test_cpu_target_uses_a_table_and_measures_the_final(spec_file, tmp_path, monkeypatch):
+    # about the pricing path, not this machine's noise: 50 ms timings of tiny units on shared
+    # cores can stay above the table's IQR limit (tests/test_latency_lut.py tests that refusal)
+    monkeypatch.setattr("lotto.latency.lut.UNIT_MAX_IQR", float("inf"))
     opts = ["latency.device=cpu", "latency.min_run_time=0.05", "latency.lut_multipliers=[0.5]",
             "netadapt.scratch=false", "netadapt.baseline=none", "netadapt.max_steps=1"]
     cfg = config(spec_file, tmp_path, *opts)
