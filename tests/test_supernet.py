@@ -200,3 +200,35 @@ def test_bad_supernet_settings_are_one_line(space_file, runs_dir, override, need
     with pytest.raises(LottoError, match=needle):
         run_search(config(space_file, runs_dir, override))
 
+
+
+def test_scoring_path_equals_training_path_in_eval_mode(space_file, runs_dir):
+    """What `score` evaluates (a standalone network holding its slice, BN recalibrated) is what
+    the supernet trained: the same logits as the training path (`functional_call` through the
+    shared weights) in eval mode with the same BN statistics, after a few training steps, for
+    networks of every block type; order-1 outputs."""
+    cfg = config(space_file, runs_dir, "supernet.steps=8", "supernet.rule=uniform")
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0)
+    train_supernet(net, data, cfg.supernet, seed=0, device=CPU)
+    rng = random.Random(7)
+    x = data.val_x[:32]
+    seen = set()
+    for _ in range(6):
+        ix = space.sample_indices(rng)
+        choices = space.decode(ix)
+        seen.update(c[5] for c in choices)
+        spec, where = net.member(choices)
+        model = net.network(spec, list(layout(space, ix)))
+        recalibrate(model, data, batches=2, batch_size=64, seed=0, device=CPU)
+        model.eval()
+        shared = net._module(spec)
+        shared.load_state_dict(model.state_dict())  # the recalibrated BN statistics
+        shared.eval()
+        with torch.no_grad():
+            want = torch.func.functional_call(shared, net.params(spec, where, shared), (x,))
+            got = model(x)
+        assert want.abs().mean() > 0.1, want.abs().mean()  # order-1 logits
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert seen == {"conv", "ds", "ir"}
