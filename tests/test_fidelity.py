@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from scipy.stats import kendalltau
+from search_space import TINY_SPACE
 from typer.testing import CliRunner
 
 import lotto.experiments.fidelity as fidelity_mod
@@ -17,19 +18,6 @@ from lotto.config import load_config
 from lotto.experiments.fidelity import run_fidelity
 from lotto.search.fidelity import bootstrap_tau, seed_tau, tau
 
-TINY_SPACE = """
-space:
-  base: mobilenet_v3_small
-  resolution: 32
-  kernels: [3, 5]
-  expansions: [3, 6]
-  se: [false, true]
-  ops: [conv, ds, ir]
-  skips: [true, false]
-  stages:
-    - {width: 16, repeat: 1, stride: 2}
-    - {width: 24, repeat: 2, stride: 2}
-"""
 FAST = ["data.name=digits", "data.val_size=200", "train.iterations=3it", "train.warmup=1it",
         "train.batch_size=32", "proxy.width_mult=1.0", "proxy.min_output=2", "device=cpu",
         "fidelity.enabled=true", "fidelity.networks=4", "fidelity.reference.iterations=6it",

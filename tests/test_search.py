@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from search_space import TINY_SPACE
 from typer.testing import CliRunner
 
 from lotto.arch import load_spec
@@ -31,19 +32,6 @@ from lotto.runs import RunDir
 from lotto.search.controllers import Evolution, Outcome, make_controller
 from lotto.search.reward import objective, reward
 
-TINY_SPACE = """
-space:
-  base: mobilenet_v3_small
-  resolution: 32
-  kernels: [3, 5]
-  expansions: [3, 6]
-  se: [false, true]
-  ops: [conv, ds, ir]
-  skips: [true, false]
-  stages:
-    - {width: 16, repeat: 1, stride: 2}
-    - {width: 24, repeat: 2, stride: 2}
-"""
 FAST = ["data.name=digits", "data.val_size=200", "train.iterations=2it", "train.warmup=1it",
         "train.batch_size=32", "proxy.width_mult=1.0", "proxy.min_output=2", "device=cpu",
         "search.batch_size=2", "search.samples=4", "search.evolution.population=2",

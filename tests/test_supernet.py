@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from search_space import TINY_SPACE
 
 from lotto.config import load_config
 from lotto.errors import LottoError
@@ -26,19 +27,6 @@ from lotto.search.supernet import (
     train_supernet,
 )
 
-TINY_SPACE = """
-space:
-  base: mobilenet_v3_small
-  resolution: 32
-  kernels: [3, 5]
-  expansions: [3, 6]
-  se: [false, true]
-  ops: [conv, ds, ir]
-  skips: [true, false]
-  stages:
-    - {width: 16, repeat: 1, stride: 2}
-    - {width: 24, repeat: 2, stride: 2}
-"""
 FAST = ["data.name=digits", "data.val_size=200", "proxy.width_mult=1.0", "proxy.min_output=2",
         "device=cpu", "search.batch_size=2", "search.samples=4", "search.proxy=supernet",
         "supernet.steps=6", "supernet.batch_size=32", "supernet.recal_batches=2",
