@@ -68,7 +68,7 @@ COMMON_KEYS = {"seed": "seed", "device": "device", "runs_dir": "run.runs_dir",
                "workers": "parallel.workers"}
 HELP_KEYS: dict[str, dict[str, str | tuple[str, ...]]] = {
     "lottery": {"prune_rate": "lottery.prune_rate", "rounds": "lottery.rounds",
-                "seeds": "lottery.seeds"},
+                "seeds": "lottery.seeds", "from_": "model.name"},
     "rethink": {"pruning": "pruning.kinds",
                 "method": ("pruning.structured.methods", "pruning.unstructured.methods"),
                 "ratio": ("pruning.structured.ratios", "pruning.unstructured.ratios"),
