@@ -133,3 +133,13 @@ def write_image_folder(
 def image_folder(tmp_path: Path) -> Path:
     """28x28 grayscale PNGs: 36 train and 12 test images in 3 classes."""
     return write_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def space_file(tmp_path: Path) -> Path:
+    """The tiny search space (tests/search_space.py) as a YAML file."""
+    from search_space import TINY_SPACE
+
+    path = tmp_path / "space.yaml"
+    path.write_text(TINY_SPACE)
+    return path

@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from scipy.stats import kendalltau
-from search_space import TINY_SPACE
 from typer.testing import CliRunner
 
 import lotto.experiments.fidelity as fidelity_mod
@@ -23,13 +22,6 @@ FAST = ["data.name=digits", "data.val_size=200", "train.iterations=3it", "train.
         "fidelity.enabled=true", "fidelity.networks=4", "fidelity.reference.iterations=6it",
         "fidelity.reference.warmup=1it", "fidelity.bootstrap=50", "supernet.steps=4",
         "supernet.batch_size=32", "supernet.recal_batches=1", "supernet.recal_batch_size=64"]
-
-
-@pytest.fixture
-def space_file(tmp_path: Path) -> Path:
-    path = tmp_path / "space.yaml"
-    path.write_text(TINY_SPACE)
-    return path
 
 
 def config(space_file: Path, runs_dir: Path, *extra: str):

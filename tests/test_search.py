@@ -50,13 +50,6 @@ def quick_plots(request, monkeypatch):
         monkeypatch.setattr(search, "plot", lambda *a: a[-1].write_bytes(b""))
 
 
-@pytest.fixture
-def space_file(tmp_path: Path) -> Path:
-    path = tmp_path / "space.yaml"
-    path.write_text(TINY_SPACE)
-    return path
-
-
 def config(space_file: Path, runs_dir: Path, *extra: str):
     return load_config("search", space_file, [*FAST, f"run.runs_dir={runs_dir}", *extra])
 

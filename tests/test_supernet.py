@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from search_space import TINY_SPACE
 
 from lotto.config import load_config
 from lotto.errors import LottoError
@@ -39,13 +38,6 @@ def quick_plots(monkeypatch):
     import lotto.experiments.search as search
 
     monkeypatch.setattr(search, "plot", lambda *a: a[-1].write_bytes(b""))
-
-
-@pytest.fixture
-def space_file(tmp_path: Path) -> Path:
-    path = tmp_path / "space.yaml"
-    path.write_text(TINY_SPACE)
-    return path
 
 
 def config(space_file: Path, runs_dir: Path, *extra: str):
