@@ -53,6 +53,18 @@ def test_take_is_first_channels_and_kernel_centre():
         take(w, (3, 3, 5, 5))
 
 
+def sampled_members(net: Supernet, space, seed: int, seen: set[str], n: int = 6):
+    """`n` random networks of the space as (choices, spec, where, standalone network holding
+    its slice); the op types drawn are added to `seen`."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        ix = space.sample_indices(rng)
+        choices = space.decode(ix)
+        seen.update(c[5] for c in choices)
+        spec, where = net.member(choices)
+        yield choices, spec, where, net.network(spec, list(layout(space, ix)))
+
+
 def test_standalone_network_matches_the_supernet_slice(space_file, runs_dir):
     """A network built with its slice computes what the supernet computes for it (train mode:
     batch statistics on both sides), for networks of every block type."""
@@ -62,15 +74,10 @@ def test_standalone_network_matches_the_supernet_slice(space_file, runs_dir):
     net = Supernet(space, make_adapt(cfg, data), seed=0)
     with torch.no_grad():  # the classifier's init gives logits ~0.01: scaled to order 1
         net.weights["classifier.weight"].mul_(100)
-    rng = random.Random(3)
     x = data.train_x[:16]
-    seen = set()
-    for _ in range(6):
-        ix = space.sample_indices(rng)
-        choices = space.decode(ix)
-        seen.update(c[5] for c in choices)
-        spec, where = net.member(choices)
-        model = net.network(spec, list(layout(space, ix))).train()
+    seen: set[str] = set()
+    for choices, _, _, model in sampled_members(net, space, 3, seen):
+        model.train()
         with torch.no_grad():  # the same dropout draws on both sides (after the supernet
             net.forward(choices, x)  # built its module: an init draws from the generator)
             torch.manual_seed(0)
@@ -192,15 +199,9 @@ def test_scoring_path_equals_training_path_in_eval_mode(space_file, runs_dir):
     data = shared_data(cfg.data, CPU)
     net = Supernet(space, make_adapt(cfg, data), seed=0)
     train_supernet(net, data, cfg.supernet, seed=0, device=CPU)
-    rng = random.Random(7)
     x = data.val_x[:32]
-    seen = set()
-    for _ in range(6):
-        ix = space.sample_indices(rng)
-        choices = space.decode(ix)
-        seen.update(c[5] for c in choices)
-        spec, where = net.member(choices)
-        model = net.network(spec, list(layout(space, ix)))
+    seen: set[str] = set()
+    for _, spec, where, model in sampled_members(net, space, 7, seen):
         recalibrate(model, data, batches=2, batch_size=64, seed=0, device=CPU)
         model.eval()
         shared = net._module(spec)
