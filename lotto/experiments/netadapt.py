@@ -58,6 +58,7 @@ from lotto.experiments.common import (
 )
 from lotto.experiments.proxy import proxy_spec, train_spec
 from lotto.latency.devices import PHONES, canonical_device, is_phone
+from lotto.latency.multiplier import multiplier_for
 from lotto.netadapt import Proposal, floor_spec, knobs, truncate_state, widest_within
 from lotto.parallel import Runner, TaskResult
 from lotto.runs import MetricsLog, RunDir, json_value
@@ -479,19 +480,6 @@ class _NetAdapt:
 
     # ---- final trainings -----------------------------------------------------------------------
 
-    def multiplier_for(self, ms: float) -> float:
-        """The largest uniform multiplier (0.01 steps) of the seed whose latency is <= ms."""
-        lo, hi = 1, 100  # in hundredths; latency assumed to grow with the multiplier
-        if self.pricer.ms(scale_width(self.seed_spec, lo / 100)) > ms:
-            return lo / 100
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.pricer.ms(scale_width(self.seed_spec, mid / 100)) <= ms:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo / 100
-
     def finals(self, runner: Runner, spec: ArchSpec, state: dict, budget: int) -> None:
         cfg, na = self.cfg, self.cfg.netadapt
         jobs = [Job(cfg, "long_ft", 0, "long_ft", spec, self.iters(na.long_ft), state=state,
@@ -504,7 +492,7 @@ class _NetAdapt:
                             key=lambda r: r["step"])
             points = chosen if na.baseline == "steps" else chosen[-1:]
             for r in points:
-                m = self.multiplier_for(float(r["latency_ms"]))
+                m = multiplier_for(self.seed_spec, float(r["latency_ms"]), self.pricer.ms)
                 base = scale_width(self.seed_spec, m).replace(name=f"{self.seed_spec.name}*{m:g}")
                 jobs.append(Job(cfg, "baseline", int(r["step"]), f"x{m:g}", base, budget,
                                 seed=int(cfg.seed) + 13, test=True))
