@@ -171,6 +171,22 @@ def test_foreign_table_warns_and_rebuilds(built, tmp_path):
     assert open_lut(Path(lut.path), "cpu", 2, warn=warnings.append).entries == {}  # threads
 
 
+def test_table_of_other_unit_features_is_rebuilt_not_misread(built, tmp_path):
+    """A table saved by a lotto whose units had other features (8 before the operator-level
+    model) would break the host model's fit: it is dropped with a warning, like a foreign one."""
+    _, lut, _ = built
+    path = tmp_path / "old.json"
+    lut.save(path)
+    data = json.loads(path.read_text())
+    data["meta"]["features"] = list(LAYER_FEATURES[:8])
+    for entry in data["entries"].values():
+        entry["features"] = entry["features"][:8]
+    path.write_text(json.dumps(data))
+    warnings: list[str] = []
+    fresh = open_lut(path, "cpu", 1, warn=warnings.append)
+    assert fresh.entries == {} and warnings and "features" in warnings[0]
+
+
 def _fake_timings(monkeypatch, by_name: dict[str, float]) -> None:
     """End-to-end 'measurements' fixed in advance, so the arithmetic can be checked by hand."""
     import lotto.latency.lut as lut_module

@@ -70,7 +70,7 @@ from lotto.runs import write_text
 # `max_iqr` overrides it): one noisy unit would bias every network that contains it.
 UNIT_MAX_IQR = 0.5
 
-SCHEMA = 1
+SCHEMA = 2  # 2: the unit features are named in the table (meta `features`)
 # fingerprint fields that must match for a table to be reused (cores and governor may vary)
 MATCH_FIELDS = ("device", "cpu", "torch", "threads", "gpu", "cuda")
 # Guesses, quoted (and labelled `expected_error_basis: guess`) only until a measurement exists:
@@ -156,6 +156,9 @@ class Lut:
         now = _now()
         meta = {
             "schema": SCHEMA,
+            # the host model and interpolation are fitted on these per-unit features: a table
+            # of other features (an older lotto) cannot be reused
+            "features": list(LAYER_FEATURES),
             "device": device,
             "fingerprint": fingerprint(device, threads),
             "threads": threads,
@@ -198,6 +201,8 @@ class Lut:
             return f"method {self.meta.get('method')} != {method}"
         if self.meta.get("schema") != SCHEMA:
             return f"schema {self.meta.get('schema')} != {SCHEMA}"
+        if self.meta.get("features") != list(LAYER_FEATURES):
+            return "unit features of another lotto version"
         if self.meta.get("dtype") != dtype:
             return f"dtype {self.meta.get('dtype')} != {dtype}"
         if self.meta.get("clock", "wall") != clock:
