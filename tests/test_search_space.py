@@ -1,4 +1,4 @@
-"""The factorised search space (lotto.latency.space) as `lotto search` uses it: MnasNet's
+"""The factorised search space (lotto.search.space) as `lotto search` uses it: MnasNet's
 per-stage choices (op, kernel, SE, skip, width factor, repeat delta), valid specs, one-line errors.
 """
 
@@ -12,7 +12,7 @@ import yaml
 
 from lotto.config import defaults_path
 from lotto.errors import LottoError
-from lotto.latency.space import load_space, parse_space
+from lotto.search.space import load_space, parse_space
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """`lotto search`: MnasNet-style hardware-aware architecture search (Tan et al. 2019).
 
 A controller (`lotto.search.controllers`) proposes a batch of networks from the factorised space
-(`lotto.latency.space`, the `space:` section); each new one is trained on the proxy task
+(`lotto.search.space`, the `space:` section); each new one is trained on the proxy task
 (`lotto.search.evaluate`: accuracy on the validation split; or, under search.proxy=supernet,
 scored with inherited weights of one weight-sharing supernet, `lotto.search.supernet`, trained
 once per setup and cached) as a task of `lotto.parallel`, and
@@ -48,7 +48,6 @@ from lotto.experiments.common import (
     unit_label,
 )
 from lotto.latency.devices import canonical_device, is_phone
-from lotto.latency.space import Space, parse_space
 from lotto.parallel import Runner, TaskResult
 from lotto.runs import MetricsLog, RunDir, write_text
 from lotto.search.controllers import (
@@ -69,6 +68,7 @@ from lotto.search.evaluate import (
     spec_key,
 )
 from lotto.search.reward import Objective, objective
+from lotto.search.space import Space, parse_space
 
 COMMAND = "search"
 KEYS = ("step", "sample")

@@ -46,7 +46,7 @@ from lotto.arch import ArchSpec
 from lotto.arch.build import build_network
 from lotto.data import Data
 from lotto.errors import LottoError
-from lotto.latency.space import Space
+from lotto.search.space import Space
 
 RULES = ("sandwich", "uniform")
 
@@ -404,7 +404,7 @@ _LOADED: dict[str, Supernet] = {}  # per process: the last supernet read (by fil
 def load_supernet(job: SupernetJob, data: Data) -> Supernet:
     from safetensors.torch import load_file
 
-    from lotto.latency.space import parse_space
+    from lotto.search.space import parse_space
 
     stamp = f"{job.weights}:{Path(job.weights).stat().st_mtime_ns}"
     if stamp not in _LOADED:
