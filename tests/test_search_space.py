@@ -30,7 +30,7 @@ def test_default_space_is_mnasnets(default_space):
     assert stages[3].widths == (48, 64, 80) and stages[3].repeats == (3, 4, 5)
     assert stages[6].repeats == (1, 2)
     assert set(stages[3].ops) == {"conv", "ds", "ir"} and stages[3].expansions == (3.0, 6.0)
-    assert stages[3].kernels == (3, 5, 7) and stages[3].skips == (True, False)
+    assert stages[3].kernels == (3, 5, 7) and stages[3].skips == ("identity", "none")
     # 3 widths x 3 repeats x (conv, ds, ir3, ir6) x 3 kernels x 2 SE x 2 skips = MnasNet's 432
     assert stages[3].size() == 432
 
@@ -58,7 +58,7 @@ def test_every_sample_is_a_valid_network_with_shared_stage_blocks(default_space)
                     assert b.exp == round((cin if j == 0 else width) * ratio)
                 residual = b.residual(cin if j == 0 else width)
                 legal = b.stride == 1 and (cin if j == 0 else width) == width
-                assert residual == (legal and skip)  # identity where legal, unless "none"
+                assert residual == (legal and skip == "identity")  # identity where legal, unless "none"
             cin = width
             k += repeats
         assert k == len(spec.blocks)
@@ -134,3 +134,64 @@ def test_carriers_are_packed_and_cover_every_unit(default_space):
     assert len(carriers) * 4 < n_reference  # 432 vs 2,113 networks for MnasNet's space
     samples = {key for s in space.sample(200, seed=5) for _, key in unit_keys(s)}
     assert samples <= packed
+
+
+# ---- canonical encoding: different decisions mean different networks ------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_space():
+    from search_space import TINY_SPACE
+
+    return parse_space(yaml.safe_load(TINY_SPACE))
+
+
+def test_canonical_equal_iff_same_network(tiny_space):
+    """Over random samples of a space full of equivalent decisions (ds/conv ignore the
+    expansion; a skip at a strided block is none), canonical-equal <=> spec-string-equal."""
+    from lotto.search.evaluate import spec_key
+
+    rng = random.Random(3)
+    by_spec, by_canon = {}, {}
+    for _ in range(600):
+        ix = tiny_space.sample_indices(rng)
+        canon = tiny_space.canonical(ix)
+        assert tiny_space.canonical(canon) == canon  # a representative is its own
+        key = spec_key(tiny_space.network(ix))
+        assert spec_key(tiny_space.network(canon)) == key  # the same network
+        by_spec.setdefault(key, set()).add(tuple(canon))
+        by_canon.setdefault(tuple(canon), set()).add(key)
+    assert all(len(v) == 1 for v in by_spec.values())
+    assert all(len(v) == 1 for v in by_canon.values())
+    assert len(by_spec) < 500  # the draw did hit equivalent decisions
+
+
+def test_size_counts_distinct_networks(tiny_space):
+    """`Space.size` = distinct spec strings over every index vector = distinct canonicals."""
+    from lotto.search.evaluate import spec_key
+
+    vectors = list(itertools.product(*(range(n) for _, _, n in tiny_space.axes())))
+    specs = {spec_key(tiny_space.network(ix)) for ix in vectors}
+    canon = {tuple(tiny_space.canonical(ix)) for ix in vectors}
+    assert tiny_space.size() == len(specs) == len(canon) < len(vectors)
+
+
+def test_evolution_never_proposes_its_parents_network(tiny_space):
+    """Tournament = population: the parent is the population's best. Every child changes one
+    decision and builds a different network (without `canonical` many would not: the tiny
+    space's expansion of a ds/conv block and its strided skips change nothing)."""
+    from lotto.search.controllers import Evolution, Outcome
+
+    options = [n for _, _, n in tiny_space.axes()]
+    evo = Evolution(options, 0, {"population": 4, "tournament": 4}, tiny_space.canonical)
+    children = 0
+    for step in range(40):
+        parent = max(evo.population, key=lambda m: m[1])[0] if evo.population else None
+        asked = evo.ask(4, step)
+        if len(evo.population) == evo.size:
+            for child in asked:
+                assert sum(a != b for a, b in zip(child, parent)) == 1
+                assert tiny_space.canonical(child) != tiny_space.canonical(parent)
+                children += 1
+        evo.tell(asked, [Outcome(float(hash(tuple(s)) % 97), 0.5, 1.0) for s in asked])
+    assert children >= 100

@@ -335,7 +335,7 @@ class _Search:
         self.names = [f"s{i}_{axis}" for i, axis, _ in axes]
         self.controller: Controller = make_controller(
             str(cfg.search.controller), [n for _, _, n in axes], int(cfg.seed),
-            OmegaConf.to_container(cfg.search, resolve=True), self.names)
+            OmegaConf.to_container(cfg.search, resolve=True), self.names, space.canonical)
         self.step = 0
         self.load_state()
 
@@ -414,8 +414,11 @@ class _Search:
             first = self.step * size
             n = min(size, total - first)
             samples = self.batch_samples(n)
+            # decisions that build the same network are one sample: canonical indices pick
+            # the supernet's slice, the spec string keys the caches
+            canon = [self.space.canonical(ix) for ix in samples]
             specs = [self.space.network(ix, f"search_s{self.step}_{j}")
-                     for j, ix in enumerate(samples)]
+                     for j, ix in enumerate(canon)]
             keys = [spec_key(sp) for sp in specs]
             trained: dict[str, tuple[dict | None, str, float]] = {}
             jobs, job_keys = [], []
@@ -424,7 +427,7 @@ class _Search:
                     continue
                 if self.lookup(key) is None and key not in job_keys:
                     unit = {"step": self.step, "sample": first + j}
-                    jobs.append(self.make_job(spec, samples[j], unit))
+                    jobs.append(self.make_job(spec, canon[j], unit))
                     job_keys.append(key)
 
             if jobs:
@@ -466,7 +469,8 @@ class _Search:
         for (step, sample), (ix, spec) in specs.items():
             key = spec_key(spec)
             if self.lookup(key) is None and key not in job_keys:
-                jobs.append(self.make_job(spec, ix, {"step": step, "sample": sample}))
+                jobs.append(self.make_job(spec, self.space.canonical(ix),
+                                          {"step": step, "sample": sample}))
                 job_keys.append(key)
         if jobs:
             runner.run(fn, jobs, on_result=self._on_result(job_keys, trained))
