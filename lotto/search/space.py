@@ -30,6 +30,7 @@ Two forms are accepted wherever a space is asked for (`lotto bench --build-lut -
 
 from __future__ import annotations
 
+import copy
 import itertools
 import random
 from collections.abc import Iterator, Mapping, Sequence
@@ -292,6 +293,58 @@ class Space:
 
 
 # ---------------------------------------------------------------------------------------------
+# Named spaces (`space: <name>` in configs/search.yaml, `--space <name>` for `lotto bench`)
+
+_MBV2_STAGES = [  # MobileNetV2's stages as (base width, base repeats, first stride)
+    {"width": 24, "repeat": 2, "stride": 2},
+    {"width": 32, "repeat": 3, "stride": 2},
+    {"width": 64, "repeat": 4, "stride": 2},
+    {"width": 96, "repeat": 3, "stride": 1},
+    {"width": 160, "repeat": 3, "stride": 2},
+    {"width": 320, "repeat": 1, "stride": 1},
+]
+_MNAS_CHOICES = {
+    "base": "mobilenet_v2", "resolution": 224, "se": [False, True], "ops": ["conv", "ds", "ir"],
+    "expansions": [3, 6], "act": None, "width_factors": [0.75, 1.0, 1.25],
+    "repeat_deltas": [-1, 0, 1], "width_divisor": 8,
+}
+SPACES: dict[str, dict[str, Any]] = {
+    # MnasNet's space (Tan et al. 2019, sec. 4.1, Fig. 4) over MobileNetV2's 7 stages, every
+    # stage searched: ConvOp {conv, ds, ir3, ir6}, kernel {3, 5}, SE {0, 0.25}, SkipOp
+    # {pooling, identity, none}, filters F_i x {0.75, 1, 1.25}, layers N_i + {-1, 0, +1}
+    "mnasnet": {**_MNAS_CHOICES, "kernels": [3, 5], "skips": ["pool", "identity", "none"],
+                "stages": [{"width": 16, "repeat": 1, "stride": 1}, *_MBV2_STAGES]},
+    # the space lotto searched first: kernels {3, 5, 7}, no pooling skip, the first stage fixed
+    # to MnasNet-A1's 3x3 SepConv
+    "mbv2-k357": {**_MNAS_CHOICES, "kernels": [3, 5, 7], "skips": ["identity", "none"],
+                  "stages": [{"widths": [16], "repeats": [1], "stride": 1, "ops": ["ds"],
+                              "kernels": [3], "se": [False], "skips": ["identity"]},
+                             *_MBV2_STAGES]},
+}
+
+
+def space_config(value: Any) -> dict[str, Any]:
+    """A `space:` section as a plain dict: a name of SPACES -> its definition (a copy); a
+    mapping (or an OmegaConf node) -> itself."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(value, str):
+        if value not in SPACES:
+            raise LottoError(f"space {value!r} is not a named space; choose one of "
+                             f"{', '.join(SPACES)} or give a mapping (base, stages, ...)")
+        return copy.deepcopy(SPACES[value])
+    if not isinstance(value, Mapping):
+        raise LottoError(f"space must be a name ({', '.join(SPACES)}) or a mapping, not "
+                         f"{type(value).__name__}")
+    return dict(value)
+
+
+# ---------------------------------------------------------------------------------------------
 # Parsing
 
 
@@ -307,9 +360,14 @@ def _tuple(value: Any, key: str, kind: type) -> tuple:
         ) from None
 
 
-def parse_space(data: Mapping[str, Any], source: str = "space") -> Space:
-    if "space" in data and isinstance(data["space"], Mapping):
+def parse_space(data: Mapping[str, Any] | str, source: str = "space") -> Space:
+    """A space from its `space:` section: a name of SPACES or a mapping (see the module doc)."""
+    if isinstance(data, Mapping) and "space" in data and isinstance(data["space"],
+                                                                    (Mapping, str)):
         data = data["space"]
+    if isinstance(data, str):
+        source = f"{source} ({data})"
+    data = space_config(data)
     unknown = sorted(set(data) - _SPACE_KEYS)
     if unknown:
         raise LottoError(f"{source}: unknown space key(s) {', '.join(unknown)}")
@@ -452,6 +510,8 @@ def load_space(text: str | Path, resolution: int | None = None) -> Space:
         if not isinstance(data, Mapping):
             raise LottoError(f"space file {path} must hold a mapping")
         inner = data.get("space", data)
+        if isinstance(inner, str):
+            inner = space_config(inner)
         if isinstance(inner, Mapping) and inner.get("specs") is None and not inner.get("stages"):
             if {"stem", "blocks", "head"} <= set(data):  # a single spec file
                 return _list([raw], resolution, str(path))
@@ -460,6 +520,11 @@ def load_space(text: str | Path, resolution: int | None = None) -> Space:
         return parse_space(inner, str(path))
     if path.suffix in (".yaml", ".yml"):
         raise LottoError(f"space file {path} not found")
+    if raw in SPACES:
+        data = space_config(raw)
+        if resolution is not None:
+            data["resolution"] = resolution
+        return parse_space(data, raw)
     return _list([x.strip() for x in raw.split(",") if x.strip()], resolution, "space")
 
 
