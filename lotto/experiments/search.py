@@ -68,7 +68,7 @@ from lotto.search.evaluate import (
     spec_key,
 )
 from lotto.search.reward import Objective, objective
-from lotto.search.space import Space, parse_space
+from lotto.search.space import Space, parse_space, space_config
 
 COMMAND = "search"
 KEYS = ("step", "sample")
@@ -97,8 +97,8 @@ def make_objective(cfg: DictConfig) -> Objective:
 
 
 def load_search_space(cfg: DictConfig) -> Space:
-    data = OmegaConf.to_container(cfg.space, resolve=True)
-    space = parse_space(data, "config key space")  # an illegal stage: one line naming it
+    # a name (SPACES) or a mapping; an illegal stage: one line naming it
+    space = parse_space(space_config(cfg.space), "config key space")
     if not space.factorised:
         raise LottoError("config key space: search needs a factorised space (stages), "
                          "not a list of specs")
@@ -214,7 +214,7 @@ def make_job(cfg: DictConfig, space: Space, supernet: Path | None, spec: Any, ix
                    unit_label(unit), injected_fault(unit))
     from lotto.search.supernet import SupernetJob, layout
 
-    return SupernetJob(spec, layout(space, ix), OmegaConf.to_container(cfg.space, resolve=True),
+    return SupernetJob(spec, layout(space, ix), space_config(cfg.space),
                        cfg.data, cfg.proxy, cfg.supernet, str(supernet), proxy_seed(cfg),
                        str(cfg.device), unit_label(unit), injected_fault(unit))
 

@@ -46,7 +46,7 @@ from lotto.arch import ArchSpec
 from lotto.arch.build import build_network
 from lotto.data import Data
 from lotto.errors import LottoError
-from lotto.search.space import Space
+from lotto.search.space import Space, space_config
 
 RULES = ("sandwich", "uniform")
 
@@ -328,8 +328,8 @@ def score(net: Supernet, spec: ArchSpec, where: Sequence[tuple[int, int]], data:
 
 
 def supernet_key(cfg: DictConfig, seed: int) -> str:
-    payload = {k: OmegaConf.to_container(cfg[k], resolve=True)
-               for k in ("space", "data", "supernet")}
+    payload = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "supernet")}
+    payload["space"] = space_config(cfg.space)  # a named space hashes as its definition
     payload["proxy"] = {k: OmegaConf.to_object(cfg.proxy)[k] for k in ("width_mult", "min_output")}
     payload["data"].pop("workers", None)
     for k in ("recal_batches", "recal_batch_size"):  # scoring settings: same weights
