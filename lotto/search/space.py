@@ -1,6 +1,11 @@
-"""Search spaces for lookup tables: a small YAML format, enumeration of units, sampling.
+"""Search spaces of `lotto search` and of lookup tables: a small YAML format, named spaces,
+sampling, one canonical encoding per network, enumeration of units.
 
-Two forms are accepted wherever a space is asked for (`lotto bench --build-lut --space X`):
+Three forms are accepted wherever a space is asked for (`lotto bench --build-lut --space X`,
+the `space:` section of configs/search.yaml):
+
+0. A name of SPACES: `mnasnet` (MnasNet's space, sec. 4.1: every stage searched, kernels
+   {3, 5}, skips {pool, identity, none}) or `mbv2-k357` (lotto's first default).
 
 1. A list of presets or spec files, comma-separated on the command line
    (`mobilenet_v2,mobilenet_v3_large,my_spec.yaml`) or in YAML as ``space: {specs: [...],
@@ -20,8 +25,9 @@ Two forms are accepted wherever a space is asked for (`lotto bench --build-lut -
            - {widths: [24], repeats: [1, 2, 3], stride: 2}
            ...
 
-   A network picks, per stage, one width, one repeat count and one block (kernel, expansion,
-   SE) used by all of the stage's blocks; only the first block of a stage is strided. The
+   A network picks, per stage, one width, one repeat count and one block (op, kernel,
+   expansion, SE, skip) used by all of the stage's blocks; only the first block of a stage is
+   strided. Decisions that build the same blocks are one network (`Space.canonical`). The
    table holds every unit any such network can contain: per stage, its first block for every
    (input width, width, kernel, expansion, SE) and, when a stage can repeat, its repeated block
    for every (width, kernel, expansion, SE); plus the stem, head and classifier. Width choices
