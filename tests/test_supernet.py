@@ -258,3 +258,20 @@ def test_supernet_over_mnasnets_choices_matches_its_slices(tmp_path, runs_dir):
     assert pooled >= 2
     result = run_search(config(space_file, runs_dir, "search.controller=evolution"))
     assert (result.metrics.status == "ok").all() and len(result.metrics) == 4
+
+
+def test_a_named_space_runs_a_supernet_search(runs_dir, monkeypatch):
+    """`space: <name>` (a string in the config) reaches every consumer: validation, the
+    supernet's key, its training record, the workers' jobs and the fidelity record."""
+    import yaml
+    from search_space import TINY_SPACE
+
+    from lotto.search import space as space_module
+
+    monkeypatch.setitem(space_module.SPACES, "tiny", yaml.safe_load(TINY_SPACE)["space"])
+    cfg = load_config("search", None, [*FAST, f"run.runs_dir={runs_dir}", "space=tiny"])
+    assert cfg.space == "tiny"
+    result = run_search(cfg)
+    assert (result.metrics.status == "ok").all() and len(result.metrics) == 4
+    meta = json.loads(next((runs_dir / "search" / ".supernet").glob("*.json")).read_text())
+    assert meta["config"]["space"]["stages"] == yaml.safe_load(TINY_SPACE)["space"]["stages"]

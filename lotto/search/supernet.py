@@ -372,8 +372,9 @@ def ensure_supernet(cfg: DictConfig, space: Space, data: Data, *, seed: int,
     state = net.state_dict()
     replace_atomically(path, lambda tmp: save_file(state, str(tmp)))
     meta = {"key": path.stem, **stats,
-            "config": {k: OmegaConf.to_container(cfg[k], resolve=True)
-                       for k in ("space", "data", "supernet")}}
+            "config": {"space": space_config(cfg.space),
+                       **{k: OmegaConf.to_container(cfg[k], resolve=True)
+                          for k in ("data", "supernet")}}}
     replace_atomically(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     return path, {**meta, "cached": False}
 
