@@ -72,7 +72,7 @@ def phones() -> None:
 def speed() -> None:
     from lotto.latency import predict
     from lotto.latency.phone import load_phone_model
-    from lotto.latency.space import load_space
+    from lotto.search.space import load_space
 
     space = load_space(Path(__file__).resolve().parents[1] / "lotto" / "configs" / "search.yaml")
     specs = space.sample(2000, seed=7)
@@ -114,7 +114,7 @@ def host(device: str, space_arg: str | None, runs_dir: Path, networks: int, thre
          core: int | None, unit_time: float, net_time: float, clock: str, method: str) -> None:
     from lotto.config import defaults_path
     from lotto.latency.lut import build_entries, calibrate_offset, lut_path, open_lut, validate
-    from lotto.latency.space import load_space
+    from lotto.search.space import load_space
 
     space = load_space(space_arg or defaults_path("search"))
     path = lut_path(runs_dir, device, threads, clock=clock, method=method)

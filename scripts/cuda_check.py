@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from lotto.latency import predict
     from lotto.latency.lut import Lut, build_entries, calibrate_offset, validate
     from lotto.latency.measure import fingerprint, prepare, profile_layers
-    from lotto.latency.space import load_space
+    from lotto.search.space import load_space
 
     t0 = time.time()
     print("fingerprint:", json.dumps(fingerprint("cuda", 1)))

@@ -170,3 +170,26 @@ def test_registry_builds_a_spec_file_or_a_run(tmp_path) -> None:
     (tmp_path / "final.yaml").unlink()
     with pytest.raises(LottoError, match="holds no spec"):
         build_model(str(tmp_path), 1, 10, 28)
+
+
+def test_pooling_skip_adds_the_pooled_input() -> None:
+    """blocks.0 = ds 16 -> 16 stride 2 with a pooling skip: output = body(x) + avgpool2(x),
+    odd input sizes included (ceil mode: the conv's output size); MACs by hooks = the spec's."""
+    import torch.nn.functional as F
+
+    from lotto.arch import parse_blocks, preset
+    from lotto.arch.build import build_block, build_network
+    from lotto.flops import count_macs
+
+    base = preset("mobilenet_v3_small", num_classes=10)
+    spec = base.replace(resolution=15, blocks=tuple(parse_blocks(
+        ["ds_k3_s2_c16_poolskip", "ir_k3_s1_e32_c24"], 16))).validate()
+    block = build_block(spec, "blocks.0").eval()
+    x = torch.randn(2, 16, 7, 7)
+    with torch.no_grad():
+        body = block.project(block.dw(x))
+        want = body + F.avg_pool2d(x, 2, 2, ceil_mode=True)
+        assert torch.allclose(block(x), want, atol=1e-6)
+        assert block(x).shape == (2, 16, 4, 4)
+    net = build_network(spec)
+    assert count_macs(net, 3, 15) == spec.macs()

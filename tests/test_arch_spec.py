@@ -290,3 +290,33 @@ def test_specs_are_immutable_and_hashable() -> None:
         spec.name = "x"  # type: ignore[misc]
     assert hash(spec) == hash(preset("mnasnet_b1"))
     assert spec.replace(num_classes=10) != spec
+
+
+# ---- pooling skip (MnasNet's "pooling" SkipOp) ----------------------------------------------
+
+
+def test_pooling_skip_round_trips_and_is_checked() -> None:
+    text = "ir_k3_s2_e96_c16_re_poolskip"
+    block = parse_block(text)
+    assert block.skip == "pool" and block.format() == text
+    assert block.shortcut(16) == "pool" and not block.residual(16)
+    spec = _with_blocks(text, resolution=32)
+    assert ArchSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(LottoError, match="needs stride 2"):
+        _with_blocks("ir_k3_s1_e96_c16_poolskip").validate()
+    with pytest.raises(LottoError, match="equal widths"):
+        _with_blocks("ir_k3_s2_e96_c24_poolskip").validate()
+
+
+def test_pooling_skip_layers_are_free_and_destride_to_identity() -> None:
+    pooled = _with_blocks("ds_k3_s2_c16_poolskip", resolution=32)
+    plain = _with_blocks("ds_k3_s2_c16", resolution=32)
+    rows = [x for x in pooled.layers() if x.block == 0]
+    pool = next(x for x in rows if x.op == "avgpool")
+    add = next(x for x in rows if x.op == "add")
+    assert (pool.in_h, pool.out_h, pool.stride, pool.in_c) == (16, 8, 2, 16)
+    assert (add.in_h, add.out_h) == (8, 8)
+    assert (pooled.macs(), pooled.params()) == (plain.macs(), plain.params())  # pool, add: free
+    assert pooled.block_contexts()[1].key != plain.block_contexts()[1].key
+    small = adapt_to_resolution(pooled, 8, min_output=8)  # the block loses its stride ...
+    assert small.blocks[0].stride == 1 and small.blocks[0].skip is True  # ... pool = identity

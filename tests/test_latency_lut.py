@@ -26,7 +26,7 @@ from lotto.latency.lut import (
     validate,
 )
 from lotto.latency.phone import LAYER_FEATURES
-from lotto.latency.space import load_space
+from lotto.search.space import load_space
 
 TINY_SPACE = """
 space:

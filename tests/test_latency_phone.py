@@ -317,3 +317,25 @@ def test_pixel4_scale_is_leave_one_network_out(cal):
         checks.EFFICIENTNET_LITE_PIXEL4_MS.update(saved)
     assert moved["model"]["predictions"][2] == pytest.approx(base["model"]["predictions"][2])
     assert moved["model"]["predictions"][0] != pytest.approx(base["model"]["predictions"][0])
+
+
+def test_pooling_skip_is_priced_like_pooling_and_adds():
+    """A pooling shortcut is a local average pool + an add on the phone: not free (other pooling
+    and the residual add cost something), and more than the same block without it."""
+    from lotto.arch import parse_blocks
+    from lotto.latency.ops import layer_ops, op_features
+
+    model = load_phone_model("pixel1")
+    base = preset("mobilenet_v2")
+    blocks = list(base.blocks)
+    i = next(j for j, b in enumerate(blocks) if b.stride == 2)  # 16 -> 24, stride 2
+    cin = base.block_inputs()[i]
+    plain = dataclasses.replace(blocks[i], out=cin)
+    pooled = parse_blocks([plain.format() + "_poolskip"])[0]
+    make = lambda b: base.replace(blocks=tuple(blocks[:i] + [b] + blocks[i + 1:])).validate()  # noqa: E731
+    with_pool, without = make(pooled), make(plain)
+    rows = [x for x in with_pool.layers() if x.block == i and x.op in ("avgpool", "add")]
+    assert [x.op for x in rows] == ["avgpool", "add"]
+    for row in rows:
+        assert float(sum(op_features(o) for o in layer_ops(row)) @ model._layer_coef) > 0
+    assert predict(with_pool, "pixel1").ms > predict(without, "pixel1").ms

@@ -178,3 +178,22 @@ def test_expansion_never_collapses_onto_the_input_width():
     assert 24 not in widths  # e == input width would drop the expand conv
     low = floor_spec(spec, 8)
     assert topology(low) == topology(spec) and low.macs() < spec.macs()
+
+
+def test_pooling_skip_ties_its_input_and_output_widths():
+    """A pooling skip (16 -> 16, stride 2) adds its pooled input to its output: NetAdapt's width
+    group holds both, and removing the group's dead channels keeps the function."""
+    blocks = ["ir_k3_s1_e32_c16_re_noskip", "ir_k3_s2_e48_c16_re_poolskip",
+              "ir_k3_s1_e64_c24_re"]
+    spec = ArchSpec(name="pooled", stem=StemSpec(16, 3, 2, "hswish"),
+                    blocks=tuple(parse_blocks(blocks, 16)),
+                    head=HeadSpec(conv=40, hidden=0, act="hswish", dropout=0.0),
+                    resolution=16, in_channels=3, num_classes=5, bn_momentum=0.1).validate()
+    group = next(k for k in knobs(spec) if "c1" in k.members)
+    assert {"c1", "c2"} <= set(group.members)  # block1's input and output: one width
+    state = random_state(spec)
+    kill(state, ["blocks.0.project", "blocks.1.project"], [1, 4, 5, 9, 11, 12, 14, 15])
+    new = set_width(spec, group, 8).validate()
+    assert new.blocks[1].skip == "pool" and topology(new) == topology(spec)
+    cut = truncate_state(spec, new, state)
+    assert torch.allclose(outputs(new, cut), outputs(spec, state), atol=1e-5)

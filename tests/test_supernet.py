@@ -213,3 +213,65 @@ def test_scoring_path_equals_training_path_in_eval_mode(space_file, runs_dir):
         assert want.abs().mean() > 0.1, want.abs().mean()  # order-1 logits
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert seen == {"conv", "ds", "ir"}
+
+
+POOLED_SPACE = """
+space:
+  base: mobilenet_v3_small
+  resolution: 32
+  kernels: [3, 5]
+  expansions: [3, 6]
+  se: [false, true]
+  ops: [conv, ds, ir]
+  skips: [pool, identity, none]
+  stages:
+    - {widths: [16], repeats: [1, 2], stride: 2}
+    - {widths: [16, 24], repeats: [1, 2], stride: 2}
+"""
+
+
+def test_supernet_over_mnasnets_choices_matches_its_slices(tmp_path, runs_dir):
+    """MnasNet's per-stage choices (kernels {3, 5}, SE 0 / 0.25, pool / identity / none skips):
+    a sliced standalone network computes what the supernet computes, pooling skips included
+    (16 -> 16 strided blocks: the pooled input is added), and a supernet search runs."""
+    space_file = tmp_path / "pooled.yaml"
+    space_file.write_text(POOLED_SPACE)
+    cfg = config(space_file, runs_dir)
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0)
+    with torch.no_grad():
+        net.weights["classifier.weight"].mul_(100)
+    x = data.train_x[:16]
+    seen: set[str] = set()
+    pooled = 0
+    for choices, spec, _, model in sampled_members(net, space, 5, seen, n=12):
+        pooled += any(b.skip == "pool" for b in spec.blocks)
+        model.train()
+        with torch.no_grad():
+            net.forward(choices, x)
+            torch.manual_seed(0)
+            want = net.forward(choices, x)
+            torch.manual_seed(0)
+            got = model(x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert pooled >= 2
+    result = run_search(config(space_file, runs_dir, "search.controller=evolution"))
+    assert (result.metrics.status == "ok").all() and len(result.metrics) == 4
+
+
+def test_a_named_space_runs_a_supernet_search(runs_dir, monkeypatch):
+    """`space: <name>` (a string in the config) reaches every consumer: validation, the
+    supernet's key, its training record, the workers' jobs and the fidelity record."""
+    import yaml
+    from search_space import TINY_SPACE
+
+    from lotto.search import space as space_module
+
+    monkeypatch.setitem(space_module.SPACES, "tiny", yaml.safe_load(TINY_SPACE)["space"])
+    cfg = load_config("search", None, [*FAST, f"run.runs_dir={runs_dir}", "space=tiny"])
+    assert cfg.space == "tiny"
+    result = run_search(cfg)
+    assert (result.metrics.status == "ok").all() and len(result.metrics) == 4
+    meta = json.loads(next((runs_dir / "search" / ".supernet").glob("*.json")).read_text())
+    assert meta["config"]["space"]["stages"] == yaml.safe_load(TINY_SPACE)["space"]["stages"]

@@ -1,7 +1,7 @@
 """Spec -> nn.Module, torchvision state-dict loading, and registry entries for the presets.
 
 Module names follow the spec's layer table (`ArchSpec.layers()[i].name`): ``stem``,
-``blocks.<i>.{expand,dw,se,project,conv}``, ``head``, ``pool``, ``hidden``, ``dropout``,
+``blocks.<i>.{expand,dw,se,project,conv,shortcut}``, ``head``, ``pool``, ``hidden``, ``dropout``,
 ``classifier``. So a per-layer measurement can be joined to the table by name.
 """
 
@@ -17,7 +17,14 @@ from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 
 from lotto.arch.presets import PRESETS, preset
-from lotto.arch.spec import ArchSpec, BlockContext, adapt_to_resolution, load_spec, scale_width
+from lotto.arch.spec import (
+    POOL,
+    ArchSpec,
+    BlockContext,
+    adapt_to_resolution,
+    load_spec,
+    scale_width,
+)
 from lotto.errors import LottoError
 from lotto.models import he_init, register
 
@@ -39,6 +46,8 @@ class Block(nn.Module):
         norm, act = _norm(spec), _ACT[b.act]
         e = b.expansion(cin)
         self.residual = b.residual(cin)
+        if b.skip == POOL:  # MnasNet's pooling SkipOp (spec docstring): pooled input + output
+            self.shortcut = nn.AvgPool2d(b.stride, b.stride, ceil_mode=True)
         if b.type == "conv":
             self.conv = Conv2dNormActivation(
                 cin, b.out, b.kernel, b.stride, norm_layer=norm, activation_layer=act
@@ -66,6 +75,9 @@ class Block(nn.Module):
             module = getattr(self, name, None)
             if module is not None:
                 y = module(y)
+        shortcut = getattr(self, "shortcut", None)
+        if shortcut is not None:
+            return y + shortcut(x)
         return y + x if self.residual else y
 
 

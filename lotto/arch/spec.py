@@ -25,6 +25,11 @@ Each block has a compact one-line form (timm style), e.g. ``ir_k5_s2_e120_c40_se
             | "re" | "re6" | "hs"     activation: ReLU (default), ReLU6, h-swish
             | "skip" | "noskip"       residual forced on / off (default: auto = stride 1 and
                                       input width = output width)
+            | "poolskip"              pooling shortcut (MnasNet's "pooling" SkipOp): the block
+                                      input average-pooled over stride x stride windows (ceil
+                                      mode: the conv's output size) is added to the output.
+                                      Needs stride 2 and input width = output width (at stride
+                                      1 it would be the identity residual: use "skip")
 
 Conv, BN, activation: every conv is bias-free and followed by BN; the projection (ir, ds) is
 linear. SE = global pool -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> gate, multiplied into
@@ -67,6 +72,9 @@ SE_GATES = ("hsigmoid", "sigmoid")
 _ACT_TOKEN = {"relu": "re", "relu6": "re6", "hswish": "hs"}
 _TOKEN_ACT = {**{v: k for k, v in _ACT_TOKEN.items()}, **{k: k for k in _ACT_TOKEN}}
 FLOAT_BYTES = 4
+POOL = "pool"  # BlockSpec.skip of a pooling shortcut
+_SKIP_TOKEN = {True: "skip", False: "noskip", POOL: "poolskip"}
+_TOKEN_SKIP = {v: k for k, v in _SKIP_TOKEN.items()}
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -96,7 +104,8 @@ class BlockSpec:
     out: int
     se: float = 0.0
     act: str = "relu"
-    skip: bool | None = None  # None = auto (stride 1 and input width == output width)
+    skip: bool | str | None = None  # None = auto (stride 1 and input width == output width);
+    # True / False = identity residual forced on / off; "pool" = pooling shortcut (strided)
 
     def format(self) -> str:
         """The compact one-line string; `parse_block(b.format()) == b`."""
@@ -108,7 +117,7 @@ class BlockSpec:
             parts.append(f"se{float(self.se)!r}")  # repr: the shortest exact round trip
         parts.append(_ACT_TOKEN.get(self.act, self.act))
         if self.skip is not None:
-            parts.append("skip" if self.skip else "noskip")
+            parts.append(_SKIP_TOKEN[self.skip])
         return "_".join(parts)
 
     def __str__(self) -> str:
@@ -124,9 +133,18 @@ class BlockSpec:
         return self.type == "ir" and self.exp != in_channels
 
     def residual(self, in_channels: int) -> bool:
+        """An identity residual (a pooling shortcut is not one: see `shortcut`)."""
+        if self.skip == POOL:
+            return False
         if self.skip is not None:
             return self.skip
         return self.stride == 1 and in_channels == self.out
+
+    def shortcut(self, in_channels: int) -> str:
+        """What is added to the block's output: "identity", "pool" or "none"."""
+        if self.skip == POOL:
+            return POOL
+        return "identity" if self.residual(in_channels) else "none"
 
 
 @dataclass(frozen=True)
@@ -235,12 +253,20 @@ class ArchSpec:
                 raise LottoError(f"{label}: only ir blocks take an expansion width (e)")
             _in_range(b.se, f"{label}: SE ratio", 0, 1)
             _check_act(b.act, label)
-            if b.skip not in (None, True, False):
-                raise LottoError(f"{label}: skip must be true, false or null, got {b.skip!r}")
+            if not any(b.skip is v for v in (None, True, False)) and b.skip != POOL:
+                raise LottoError(f"{label}: skip must be true, false, pool or null, got "
+                                 f"{b.skip!r}")
             label = f"{label} ({b.format()})"
             if b.se and self.se_width(b, cin) < 1:
                 raise LottoError(f"{label}: SE squeeze width would be 0")
-            if b.skip:
+            if b.skip == POOL:
+                if b.stride != 2:
+                    raise LottoError(f"{label}: a pooling skip needs stride 2 (at stride 1 it "
+                                     "is the identity residual: use skip)")
+                if cin != b.out:
+                    raise LottoError(f"{label}: a pooling skip needs equal widths, got {cin} "
+                                     f"in and {b.out} out")
+            elif b.skip:
                 if b.stride != 1:
                     raise LottoError(f"{label}: a residual needs stride 1, not {b.stride}")
                 if cin != b.out:
@@ -469,8 +495,8 @@ def _parse(text: str, in_channels: int | None, allow_repeat: bool) -> list[Block
     for tok in tokens:
         if tok in _TOKEN_ACT:
             key, value = "act", _TOKEN_ACT[tok]
-        elif tok in ("skip", "noskip"):
-            key, value = "skip", tok == "skip"
+        elif tok in _TOKEN_SKIP:
+            key, value = "skip", _TOKEN_SKIP[tok]
         else:
             m = _OPTION.match(tok)
             if not m:
@@ -541,8 +567,9 @@ class Layer:
     """One op of the network at batch 1, in execution order.
 
     op: conv (full kxk conv), dwconv, pwconv (1x1 conv, groups 1), fc, se (the whole SE
-    module: pool, two 1x1 convs with bias, ReLU, gate, multiply), pool (global average), add
-    (residual). `act` is the activation applied right after the op (None = linear); `bn` says
+    module: pool, two 1x1 convs with bias, ReLU, gate, multiply), pool (global average),
+    avgpool (a pooling shortcut: average over stride x stride windows), add (residual or
+    shortcut). `act` is the activation applied right after the op (None = linear); `bn` says
     a BN follows (folded into the conv at inference). Bytes are float32 activations/weights.
     """
 
@@ -666,7 +693,11 @@ def _layers(spec: ArchSpec) -> list[Layer]:
                 mid=spec.se_width(b, cin), gate=spec.se_gate, bias=True)
         if b.type != "conv":
             add(f"{unit}.project", unit, "block", i, "pwconv", hw, e, b.out, bn=True)
-        if b.residual(cin):
+        if b.skip == POOL:  # pooled input + output: pool and add are free (MACs rule)
+            add(f"{unit}.shortcut", unit, "block", i, "avgpool", hw_in, cin, cin,
+                kernel=b.stride, stride=b.stride)
+            add(unit, unit, "block", i, "add", hw, b.out, b.out)
+        elif b.residual(cin):
             add(unit, unit, "block", i, "add", hw_in, b.out, b.out)
     c = spec.blocks[-1].out
     h = spec.head
@@ -759,7 +790,9 @@ def adapt_to_resolution(spec: ArchSpec, resolution: int, min_output: int = 4) ->
             break
         i = strided[0]
         b = blocks[i]
-        blocks[i] = dataclasses.replace(b, stride=1, skip=b.residual(inputs[i]))
+        # a pooling shortcut at stride 1 is the identity residual
+        skip = True if b.skip == POOL else b.residual(inputs[i])
+        blocks[i] = dataclasses.replace(b, stride=1, skip=skip)
     return spec.replace(resolution=resolution, stem=stem, blocks=tuple(blocks)).validate()
 
 
@@ -785,6 +818,7 @@ def scale_width(spec: ArchSpec, mult: float) -> ArchSpec:
 __all__ = [
     "ACTIVATIONS",
     "BLOCK_TYPES",
+    "POOL",
     "ArchSpec",
     "BlockContext",
     "BlockSpec",

@@ -48,7 +48,8 @@ def bench(
     build_lut: Annotated[bool, typer.Option(
         "--build-lut", help="Measure the units of --space into this host's table.")] = False,
     space: Annotated[str | None, typer.Option(
-        "--space", help="Space YAML or comma-separated presets/spec files for the table.")] = None,
+        "--space", help="Space: a name (mnasnet, mbv2-k357), a YAML file, or comma-separated "
+        "presets/spec files for the table.")] = None,
     validate: Annotated[bool, typer.Option(
         "--validate", help="Hosts: table vs measured; phones: cross-validation.")] = False,
     calibrate: Annotated[str | None, typer.Option(

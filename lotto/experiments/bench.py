@@ -41,8 +41,8 @@ from lotto.latency.lut import (
 )
 from lotto.latency.lut import validate as validate_lut
 from lotto.latency.measure import DTYPES, fingerprint, prepare, profile_layers
-from lotto.latency.space import Space, load_space
 from lotto.runs import MetricsLog, RunDir
+from lotto.search.space import Space, load_space
 
 # metrics.csv: one row per network priced; every row has every column (empty = n/a)
 METRIC_COLUMNS = (

@@ -202,6 +202,8 @@ def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | N
 def fidelity_record_path(cfg: DictConfig, supernet: Path | None) -> Path:
     """Where the last fidelity measured for this proxy setup and space is kept (a search of the
     same setup reports it)."""
-    space = json.dumps(OmegaConf.to_container(cfg.space, resolve=True), sort_keys=True)
+    from lotto.search.space import space_config
+
+    space = json.dumps(space_config(cfg.space), sort_keys=True)
     name = f"{proxy_cache_name(cfg, supernet)}-{hashlib.sha1(space.encode()).hexdigest()[:8]}"
     return Path(cfg.run.runs_dir).expanduser() / COMMAND / ".fidelity" / f"{name}.json"

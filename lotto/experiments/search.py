@@ -1,7 +1,7 @@
 """`lotto search`: MnasNet-style hardware-aware architecture search (Tan et al. 2019).
 
 A controller (`lotto.search.controllers`) proposes a batch of networks from the factorised space
-(`lotto.latency.space`, the `space:` section); each new one is trained on the proxy task
+(`lotto.search.space`, the `space:` section); each new one is trained on the proxy task
 (`lotto.search.evaluate`: accuracy on the validation split; or, under search.proxy=supernet,
 scored with inherited weights of one weight-sharing supernet, `lotto.search.supernet`, trained
 once per setup and cached) as a task of `lotto.parallel`, and
@@ -48,7 +48,6 @@ from lotto.experiments.common import (
     unit_label,
 )
 from lotto.latency.devices import canonical_device, is_phone
-from lotto.latency.space import Space, parse_space
 from lotto.parallel import Runner, TaskResult
 from lotto.runs import MetricsLog, RunDir, write_text
 from lotto.search.controllers import (
@@ -69,6 +68,7 @@ from lotto.search.evaluate import (
     spec_key,
 )
 from lotto.search.reward import Objective, objective
+from lotto.search.space import Space, parse_space, space_config
 
 COMMAND = "search"
 KEYS = ("step", "sample")
@@ -97,8 +97,8 @@ def make_objective(cfg: DictConfig) -> Objective:
 
 
 def load_search_space(cfg: DictConfig) -> Space:
-    data = OmegaConf.to_container(cfg.space, resolve=True)
-    space = parse_space(data, "config key space")  # an illegal stage: one line naming it
+    # a name (SPACES) or a mapping; an illegal stage: one line naming it
+    space = parse_space(space_config(cfg.space), "config key space")
     if not space.factorised:
         raise LottoError("config key space: search needs a factorised space (stages), "
                          "not a list of specs")
@@ -214,7 +214,7 @@ def make_job(cfg: DictConfig, space: Space, supernet: Path | None, spec: Any, ix
                    unit_label(unit), injected_fault(unit))
     from lotto.search.supernet import SupernetJob, layout
 
-    return SupernetJob(spec, layout(space, ix), OmegaConf.to_container(cfg.space, resolve=True),
+    return SupernetJob(spec, layout(space, ix), space_config(cfg.space),
                        cfg.data, cfg.proxy, cfg.supernet, str(supernet), proxy_seed(cfg),
                        str(cfg.device), unit_label(unit), injected_fault(unit))
 
@@ -335,7 +335,7 @@ class _Search:
         self.names = [f"s{i}_{axis}" for i, axis, _ in axes]
         self.controller: Controller = make_controller(
             str(cfg.search.controller), [n for _, _, n in axes], int(cfg.seed),
-            OmegaConf.to_container(cfg.search, resolve=True), self.names)
+            OmegaConf.to_container(cfg.search, resolve=True), self.names, space.canonical)
         self.step = 0
         self.load_state()
 
@@ -414,8 +414,11 @@ class _Search:
             first = self.step * size
             n = min(size, total - first)
             samples = self.batch_samples(n)
+            # decisions that build the same network are one sample: canonical indices pick
+            # the supernet's slice, the spec string keys the caches
+            canon = [self.space.canonical(ix) for ix in samples]
             specs = [self.space.network(ix, f"search_s{self.step}_{j}")
-                     for j, ix in enumerate(samples)]
+                     for j, ix in enumerate(canon)]
             keys = [spec_key(sp) for sp in specs]
             trained: dict[str, tuple[dict | None, str, float]] = {}
             jobs, job_keys = [], []
@@ -424,7 +427,7 @@ class _Search:
                     continue
                 if self.lookup(key) is None and key not in job_keys:
                     unit = {"step": self.step, "sample": first + j}
-                    jobs.append(self.make_job(spec, samples[j], unit))
+                    jobs.append(self.make_job(spec, canon[j], unit))
                     job_keys.append(key)
 
             if jobs:
@@ -466,7 +469,8 @@ class _Search:
         for (step, sample), (ix, spec) in specs.items():
             key = spec_key(spec)
             if self.lookup(key) is None and key not in job_keys:
-                jobs.append(self.make_job(spec, ix, {"step": step, "sample": sample}))
+                jobs.append(self.make_job(spec, self.space.canonical(ix),
+                                          {"step": step, "sample": sample}))
                 job_keys.append(key)
         if jobs:
             runner.run(fn, jobs, on_result=self._on_result(job_keys, trained))

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from scipy.optimize import nnls
 
-from lotto.arch import ArchSpec, BlockContext
+from lotto.arch import ArchSpec, BlockContext, BlockSpec
 from lotto.errors import LottoError
 from lotto.latency.measure import (
     REMEASURES,
@@ -88,8 +88,14 @@ def lut_key(ctx: BlockContext) -> str:
     ho, wo, co = ctx.out_shape
     key = f"{base}|in={shape}|out={ho}x{wo}x{co}"
     if ctx.block is not None:
-        key += f"|skip={int(ctx.block.residual(ctx.in_shape[2]))}"
+        key += f"|skip={_skip(ctx.block, ctx.in_shape[2])}"
     return key + "".join(f"|{e}" for e in extra)
+
+
+def _skip(block: BlockSpec, in_channels: int) -> str:
+    """1 / 0 for an identity residual or none (as in older tables), "pool" for a pooling one."""
+    kind = block.shortcut(in_channels)
+    return "pool" if kind == "pool" else str(int(kind == "identity"))
 
 
 def sibling_signature(ctx: BlockContext) -> str:
@@ -97,7 +103,7 @@ def sibling_signature(ctx: BlockContext) -> str:
     h, w, _ = ctx.in_shape
     if ctx.block is not None:
         b = ctx.block
-        skip = int(b.residual(ctx.in_shape[2]))
+        skip = _skip(b, ctx.in_shape[2])
         extra = ctx.key.partition("+")[2]
         return f"{b.type}_k{b.kernel}_s{b.stride}_se{b.se:g}_{b.act}|in={h}x{w}|skip={skip}|{extra}"
     base = ctx.key.partition("@")[0]

@@ -160,7 +160,7 @@ def layer_ops(layer: Layer) -> list[Op]:
         ops = [Op("fc", 1, 1, layer.in_c, 1, 1, layer.out_c)]
     elif op == "se":
         ops = [Op("se", *dims, mid=layer.mid)]
-    elif op == "pool":
+    elif op in ("pool", "avgpool"):  # global, or a pooling shortcut's stride x stride windows
         ops = [Op("pool", *dims)]
     elif op == "add":
         ops = [Op("add", *dims)]

@@ -26,8 +26,8 @@ from lotto.errors import LottoError
 
 
 def topology(spec: ArchSpec) -> list[tuple[str, bool, bool, bool]]:
-    """What truncation must keep: per block (type, has expand conv, residual, has SE)."""
-    return [(b.type, b.has_expand(c), b.residual(c), bool(b.se))
+    """What truncation must keep: per block (type, has expand conv, shortcut, has SE)."""
+    return [(b.type, b.has_expand(c), b.shortcut(c), bool(b.se))
             for b, c in zip(spec.blocks, spec.block_inputs(), strict=True)]
 
 
@@ -88,7 +88,7 @@ class _Spaces:
                 self.dims[f"{p}.se.fc2.weight"] = (se_s, m_s)
                 self.dims[f"{p}.se.fc2.bias"] = (se_s,)
                 self.writers.setdefault(m_s, []).append(f"{p}.se.fc1.weight")
-            if b.residual(cin):
+            if b.shortcut(cin) != "none":  # identity or pooled input: added to the output
                 self.union(cin_s, out_s)
         last = f"c{len(spec.blocks)}"
         feat = last

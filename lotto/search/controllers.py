@@ -17,7 +17,9 @@ exactly what an uninterrupted run would have asked.
 - reinforce: the same policy, one plain policy-gradient step per batch with the same baseline.
 - evolution: regularised evolution (Real et al. 2019): a population of the `population` most
   recent samples; a child mutates one decision of the best of `tournament` random members; the
-  oldest member dies (aging), not the worst. Random samples until the population is full.
+  oldest member dies (aging), not the worst. Random samples until the population is full. Given
+  the space's `canonical` map, a mutation that builds the parent's network again (e.g. an
+  expansion ratio of a ds block) is drawn again: every child is a different network.
 - random: uniform over the options of every decision.
 - tpe / nsga2: optuna samplers through ask-and-tell (optional extra `lotto[search]`); the study
   is rebuilt each batch from the told trials (the saved state), sampler seeded by (seed, step).
@@ -29,7 +31,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,8 @@ from lotto.errors import LottoError
 
 CONTROLLERS = ("ppo", "reinforce", "evolution", "random", "tpe", "nsga2")
 OPTUNA_CONTROLLERS = ("tpe", "nsga2")
+MUTATION_DRAWS = 32  # random single-decision mutations tried before a systematic scan
+Canonical = Callable[[Sequence[int]], list[int]]  # `Space.canonical`: same network, same value
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,10 @@ class Evolution(Controller):
 
     name = "evolution"
 
-    def __init__(self, options: Sequence[int], seed: int, settings: Mapping[str, Any]):
+    def __init__(self, options: Sequence[int], seed: int, settings: Mapping[str, Any],
+                 canonical: Canonical | None = None):
         super().__init__(options, seed, settings)
+        self.canonical = canonical
         self.size = int(settings.get("population", 8))
         self.tournament = int(settings.get("tournament", 3))
         if self.size < 2 or not 1 <= self.tournament <= self.size:
@@ -110,12 +116,31 @@ class Evolution(Controller):
                 continue
             contenders = rng.sample(self.population, self.tournament)
             parent = max(contenders, key=lambda m: m[1])[0]
+            out.append(self.mutate(parent, rng))
+        return out
+
+    def mutate(self, parent: Sequence[int], rng: random.Random) -> list[int]:
+        """The parent with one decision changed so that the network changes: random draws,
+        then every single change in random order; a uniform draw if none changes it."""
+        def key(ix: Sequence[int]) -> list[int]:
+            return self.canonical(ix) if self.canonical is not None else list(ix)
+
+        own = key(parent)
+        axes = [i for i, k in enumerate(self.options) if k > 1]
+        for _ in range(MUTATION_DRAWS):
             child = list(parent)
-            axes = [i for i, k in enumerate(self.options) if k > 1]
             i = rng.choice(axes)
             child[i] = rng.choice([v for v in range(self.options[i]) if v != parent[i]])
-            out.append(child)
-        return out
+            if key(child) != own:
+                return child
+        moves = [(i, v) for i in axes for v in range(self.options[i]) if v != parent[i]]
+        rng.shuffle(moves)
+        for i, v in moves:
+            child = list(parent)
+            child[i] = v
+            if key(child) != own:
+                return child
+        return self.uniform(rng)
 
     def tell(self, samples: Sequence[Sequence[int]], outcomes: Sequence[Outcome]) -> None:
         for s, o in zip(samples, outcomes):
@@ -321,16 +346,17 @@ def import_optuna(kind: str) -> Any:
 
 
 def make_controller(kind: str, options: Sequence[int], seed: int,
-                    settings: Mapping[str, Any], names: Sequence[str] | None = None
-                    ) -> Controller:
-    """The controller `kind`, with its section of the settings (search.<kind>)."""
+                    settings: Mapping[str, Any], names: Sequence[str] | None = None,
+                    canonical: Canonical | None = None) -> Controller:
+    """The controller `kind`, with its section of the settings (search.<kind>). `canonical`
+    (the space's `Space.canonical`) tells evolution which decisions build the same network."""
     own = settings.get(kind, {}) or {} if hasattr(settings, "get") else {}
     if kind == "ppo":
         return PolicyGradient(options, seed, own, ppo=True)
     if kind == "reinforce":
         return PolicyGradient(options, seed, settings.get("ppo", {}) or {}, ppo=False)
     if kind == "evolution":
-        return Evolution(options, seed, own)
+        return Evolution(options, seed, own, canonical)
     if kind == "random":
         return RandomSearch(options, seed, own)
     if kind in OPTUNA_CONTROLLERS:

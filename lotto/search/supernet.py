@@ -46,7 +46,7 @@ from lotto.arch import ArchSpec
 from lotto.arch.build import build_network
 from lotto.data import Data
 from lotto.errors import LottoError
-from lotto.latency.space import Space
+from lotto.search.space import Space, space_config
 
 RULES = ("sandwich", "uniform")
 
@@ -328,8 +328,8 @@ def score(net: Supernet, spec: ArchSpec, where: Sequence[tuple[int, int]], data:
 
 
 def supernet_key(cfg: DictConfig, seed: int) -> str:
-    payload = {k: OmegaConf.to_container(cfg[k], resolve=True)
-               for k in ("space", "data", "supernet")}
+    payload = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "supernet")}
+    payload["space"] = space_config(cfg.space)  # a named space hashes as its definition
     payload["proxy"] = {k: OmegaConf.to_object(cfg.proxy)[k] for k in ("width_mult", "min_output")}
     payload["data"].pop("workers", None)
     for k in ("recal_batches", "recal_batch_size"):  # scoring settings: same weights
@@ -372,8 +372,9 @@ def ensure_supernet(cfg: DictConfig, space: Space, data: Data, *, seed: int,
     state = net.state_dict()
     replace_atomically(path, lambda tmp: save_file(state, str(tmp)))
     meta = {"key": path.stem, **stats,
-            "config": {k: OmegaConf.to_container(cfg[k], resolve=True)
-                       for k in ("space", "data", "supernet")}}
+            "config": {"space": space_config(cfg.space),
+                       **{k: OmegaConf.to_container(cfg[k], resolve=True)
+                          for k in ("data", "supernet")}}}
     replace_atomically(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     return path, {**meta, "cached": False}
 
@@ -404,7 +405,7 @@ _LOADED: dict[str, Supernet] = {}  # per process: the last supernet read (by fil
 def load_supernet(job: SupernetJob, data: Data) -> Supernet:
     from safetensors.torch import load_file
 
-    from lotto.latency.space import parse_space
+    from lotto.search.space import parse_space
 
     stamp = f"{job.weights}:{Path(job.weights).stat().st_mtime_ns}"
     if stamp not in _LOADED:

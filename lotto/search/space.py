@@ -1,6 +1,11 @@
-"""Search spaces for lookup tables: a small YAML format, enumeration of units, sampling.
+"""Search spaces of `lotto search` and of lookup tables: a small YAML format, named spaces,
+sampling, one canonical encoding per network, enumeration of units.
 
-Two forms are accepted wherever a space is asked for (`lotto bench --build-lut --space X`):
+Three forms are accepted wherever a space is asked for (`lotto bench --build-lut --space X`,
+the `space:` section of configs/search.yaml):
+
+0. A name of SPACES: `mnasnet` (MnasNet's space, sec. 4.1: every stage searched, kernels
+   {3, 5}, skips {pool, identity, none}) or `mbv2-k357` (lotto's first default).
 
 1. A list of presets or spec files, comma-separated on the command line
    (`mobilenet_v2,mobilenet_v3_large,my_spec.yaml`) or in YAML as ``space: {specs: [...],
@@ -20,8 +25,9 @@ Two forms are accepted wherever a space is asked for (`lotto bench --build-lut -
            - {widths: [24], repeats: [1, 2, 3], stride: 2}
            ...
 
-   A network picks, per stage, one width, one repeat count and one block (kernel, expansion,
-   SE) used by all of the stage's blocks; only the first block of a stage is strided. The
+   A network picks, per stage, one width, one repeat count and one block (op, kernel,
+   expansion, SE, skip) used by all of the stage's blocks; only the first block of a stage is
+   strided. Decisions that build the same blocks are one network (`Space.canonical`). The
    table holds every unit any such network can contain: per stage, its first block for every
    (input width, width, kernel, expansion, SE) and, when a stage can repeat, its repeated block
    for every (width, kernel, expansion, SE); plus the stem, head and classifier. Width choices
@@ -30,6 +36,7 @@ Two forms are accepted wherever a space is asked for (`lotto bench --build-lut -
 
 from __future__ import annotations
 
+import copy
 import itertools
 import random
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,7 +47,7 @@ from typing import Any
 import yaml
 
 from lotto.arch import ArchSpec, BlockSpec, load_spec, make_divisible, preset, scale_width
-from lotto.arch.spec import ACTIVATIONS
+from lotto.arch.spec import ACTIVATIONS, POOL
 from lotto.errors import LottoError
 
 _STAGE_KEYS = {"widths", "repeats", "stride", "kernels", "expansions", "se", "act", "ops", "skips",
@@ -50,6 +57,19 @@ _SPACE_KEYS = {
     "num_classes", "ops", "skips", "width_factors", "repeat_deltas", "width_divisor",
 }
 OPS = ("ir", "ds", "conv")
+# MnasNet's SkipOp: identity residual (where legal: stride 1, equal widths), pooling (the input
+# average-pooled by the stride, added where the widths match: `lotto.arch.spec`, "poolskip"; at
+# stride 1 the identity) or none. YAML's true / false mean identity / none.
+SKIPS = ("identity", "pool", "none")
+
+
+def skip_name(value: Any) -> str:
+    """A stage's skip option as one of SKIPS (true / false: identity / none)."""
+    if value is True or value is False:
+        return "identity" if value else "none"
+    if value in SKIPS:
+        return str(value)
+    raise ValueError(value)
 
 
 @dataclass(frozen=True)
@@ -62,7 +82,7 @@ class Stage:
     se: tuple[bool, ...]
     act: str
     ops: tuple[str, ...] = ("ir",)  # block type: ir (expansion from `expansions`), ds or conv
-    skips: tuple[bool, ...] = (True,)  # True: identity residual where legal; False: none
+    skips: tuple[str, ...] = ("identity",)  # SKIPS: identity / pool where legal, or none
 
     def choices(self) -> list[tuple[str, tuple]]:
         """The stage's factorised decisions (axis name, options), in the order `build` takes."""
@@ -71,10 +91,33 @@ class Stage:
                 ("skip", self.skips)]
 
     def size(self) -> int:
-        """Distinct blocks of the stage: an expansion ratio only matters to ir."""
+        """The stage's block choices as MnasNet counts them (an expansion ratio only matters to
+        ir). Whether a skip is legal depends on the input width: `Space.size` counts exactly."""
         ops = (len(self.expansions) if "ir" in self.ops else 0) + sum(o != "ir" for o in self.ops)
         return (len(self.widths) * len(self.repeats) * len(self.kernels) * len(self.se) * ops
                 * len(self.skips))
+
+    def blocks(self, cin: int, choice: Sequence) -> tuple[BlockSpec, ...]:
+        """The stage's blocks for one choice (width, repeats, kernel, expansion, se[, op, skip])
+        after a stage of width `cin`: what a network of the space holds, and so what identifies
+        a stage choice (`Space.canonical`)."""
+        width, repeats, kernel, ratio, se = choice[:5]
+        op, skip = (choice[5], skip_name(choice[6])) if len(choice) > 5 else ("ir", "identity")
+        out, c = [], cin
+        for r in range(repeats):
+            stride = self.stride if r == 0 else 1
+            exp = max(1, int(round(c * ratio))) if op == "ir" else None
+            same = c == width
+            if skip == "pool" and stride == 2 and same:
+                block_skip: bool | str | None = POOL
+            elif skip == "none" and stride == 1 and same:
+                block_skip = False  # where auto would add the identity residual
+            else:
+                block_skip = None  # auto: identity where legal (pool at stride 1 = identity)
+            out.append(BlockSpec(op, kernel, stride, exp, width, 0.25 if se else 0.0, self.act,
+                                 block_skip))
+            c = width
+        return tuple(out)
 
 
 @dataclass
@@ -86,39 +129,43 @@ class Space:
     base: ArchSpec | None = None
     stages: list[Stage] = field(default_factory=list)
     source: str = "space"
+    # (stage, input width) -> {stage blocks: their first choice indices}: `_table`
+    _tables: dict[tuple[int, int], dict[tuple, tuple[int, ...]]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     @property
     def factorised(self) -> bool:
         return bool(self.stages)
 
     def size(self) -> int:
-        """Number of distinct networks (for a list: its length)."""
+        """Number of distinct networks (for a list: its length). Factorised: distinct stage
+        blocks per (stage, input width), multiplied along every path of widths: equal to the
+        number of distinct canonical index vectors (`canonical`)."""
         if not self.factorised:
             return len(self.specs)
-        n = 1
-        for s in self.stages:
-            n *= s.size()
-        return n
+        paths = {self.base.stem.channels: 1}  # type: ignore[union-attr]
+        for i in range(len(self.stages)):
+            nxt: dict[int, int] = {}
+            for cin, n in paths.items():
+                for blocks in self._table(i, cin):
+                    width = blocks[-1].out
+                    nxt[width] = nxt.get(width, 0) + n
+            paths = nxt
+        return sum(paths.values())
 
     # ---- networks -------------------------------------------------------------------------
 
     def build(self, choices: Sequence[tuple], name: str) -> ArchSpec:
         """The network of one choice per stage: (width, repeats, kernel, expansion, se[, op,
-        skip]), op ir/ds/conv (default ir), skip True = identity residual where legal (default),
-        False = none. An expansion ratio is ignored by ds and conv blocks."""
+        skip]), op ir/ds/conv (default ir), skip one of SKIPS or true/false (default identity).
+        An expansion ratio is ignored by ds and conv blocks; a skip where it is not legal is
+        none (`Stage.blocks`)."""
         assert self.base is not None
         blocks: list[BlockSpec] = []
         c = self.base.stem.channels
         for stage, choice in zip(self.stages, choices):
-            width, repeats, kernel, ratio, se = choice[:5]
-            op, skip = (choice[5], choice[6]) if len(choice) > 5 else ("ir", True)
-            for r in range(repeats):
-                stride = stage.stride if r == 0 else 1
-                exp = max(1, int(round(c * ratio))) if op == "ir" else None
-                auto = stride == 1 and c == width  # where an identity residual is legal
-                blocks.append(BlockSpec(op, kernel, stride, exp, width, 0.25 if se else 0.0,
-                                        stage.act, None if skip or not auto else False))
-                c = width
+            blocks.extend(stage.blocks(c, choice))
+            c = choice[0]
         head = self.base.head
         return self.base.replace(name=name, blocks=tuple(blocks), head=head).validate()
 
@@ -128,18 +175,54 @@ class Space:
         return [(i, axis, len(options)) for i, stage in enumerate(self.stages)
                 for axis, options in stage.choices() if len(options) > 1]
 
-    def decode(self, indices: Sequence[int]) -> list[tuple]:
-        """Per-stage choices from one index per `axes()` decision (the controllers' tokens)."""
+    def _stage_indices(self, indices: Sequence[int]) -> list[tuple[int, ...]]:
+        """Per stage, one index per axis of `Stage.choices()` (single-option axes: 0)."""
         picks = iter(indices)
         out = []
         for stage in self.stages:
-            values = []
+            ks = []
             for _, options in stage.choices():
                 k = next(picks) if len(options) > 1 else 0
                 if not 0 <= k < len(options):
                     raise LottoError(f"choice index {k} out of range 0..{len(options) - 1}")
-                values.append(options[k])
-            out.append(tuple(values))
+                ks.append(k)
+            out.append(tuple(ks))
+        return out
+
+    def decode(self, indices: Sequence[int]) -> list[tuple]:
+        """Per-stage choices from one index per `axes()` decision (the controllers' tokens)."""
+        return [tuple(options[k] for (_, options), k in zip(stage.choices(), ks))
+                for stage, ks in zip(self.stages, self._stage_indices(indices))]
+
+    def _table(self, i: int, cin: int) -> dict[tuple, tuple[int, ...]]:
+        """Stage i after input width `cin`: every distinct block tuple it can hold, mapped to
+        the first (lowest in option order) choice indices that give it. Built once, lazily."""
+        table = self._tables.get((i, cin))
+        if table is None:
+            stage = self.stages[i]
+            options = [o for _, o in stage.choices()]
+            table = {}
+            for ks in itertools.product(*(range(len(o)) for o in options)):
+                blocks = stage.blocks(cin, [o[k] for o, k in zip(options, ks)])
+                table.setdefault(blocks, ks)
+            self._tables[(i, cin)] = table
+        return table
+
+    def canonical(self, indices: Sequence[int]) -> list[int]:
+        """The canonical representative of a network's decisions: per stage, the lowest option
+        indices that build the same blocks (e.g. expansion -> its first option when op is not
+        ir; a skip that is legal nowhere in the stage -> the first skip option). Two index
+        vectors build the same network iff their canonical forms are equal (exact when no two
+        adjacent stages can build interchangeable blocks: every stage's first block strided or
+        changing width, as in the shipped spaces)."""
+        c = self.base.stem.channels  # type: ignore[union-attr]
+        out: list[int] = []
+        for i, (stage, ks) in enumerate(zip(self.stages, self._stage_indices(indices))):
+            options = [o for _, o in stage.choices()]
+            blocks = stage.blocks(c, [o[k] for o, k in zip(options, ks)])
+            first = self._table(i, c)[blocks]
+            out.extend(k for o, k in zip(options, first) if len(o) > 1)
+            c = blocks[-1].out
         return out
 
     def network(self, indices: Sequence[int], name: str = "sample") -> ArchSpec:
@@ -169,10 +252,11 @@ class Space:
     def carriers(self) -> Iterator[ArchSpec]:
         """Networks that together contain every unit of the space (for building a table).
 
-        Each stage's block choices (with every input width the previous stage can give it) are
+        Each stage's distinct block choices (with every input width the previous stage can give
+        it; choices that build the same blocks, as an expansion ratio of a ds block, once) are
         packed greedily into as few networks as possible: every network takes one not yet
         covered choice per stage whose input width fits, and where a stage has none left it
-        picks the width the next stage still needs most. MnasNet's default space: 2,113 networks
+        picks the width the next stage still needs most. The mbv2-k357 space: 2,113 networks
         one stage at a time, 432 packed.
         """
         if not self.factorised:
@@ -182,13 +266,16 @@ class Space:
         todo: list[list[tuple]] = []
         for i, stage in enumerate(self.stages):
             previous = self.stages[i - 1].widths if i else (stem,)
-            todo.append([
-                (cin, width, max(stage.repeats), k, e, se, op, skip)
-                for cin, width, k, e, se, op, skip in itertools.product(
+            seen: set[tuple] = set()
+            todo.append([])
+            for cin, width, k, e, se, op, skip in itertools.product(
                     previous, stage.widths, stage.kernels, stage.expansions, stage.se,
-                    stage.ops, stage.skips)
-                if op == "ir" or e == stage.expansions[0]  # the ratio does not change ds/conv
-            ])
+                    stage.ops, stage.skips):
+                choice = (cin, width, max(stage.repeats), k, e, se, op, skip)
+                blocks = (cin, stage.blocks(cin, choice[1:]))  # a unit holds its input width
+                if blocks not in seen:
+                    seen.add(blocks)
+                    todo[-1].append(choice)
 
         def wanted(i: int, width: int) -> int:  # choices of stage i that need input `width`
             return sum(c[0] == width for c in todo[i]) if i < len(todo) else 0
@@ -212,6 +299,58 @@ class Space:
 
 
 # ---------------------------------------------------------------------------------------------
+# Named spaces (`space: <name>` in configs/search.yaml, `--space <name>` for `lotto bench`)
+
+_MBV2_STAGES = [  # MobileNetV2's stages as (base width, base repeats, first stride)
+    {"width": 24, "repeat": 2, "stride": 2},
+    {"width": 32, "repeat": 3, "stride": 2},
+    {"width": 64, "repeat": 4, "stride": 2},
+    {"width": 96, "repeat": 3, "stride": 1},
+    {"width": 160, "repeat": 3, "stride": 2},
+    {"width": 320, "repeat": 1, "stride": 1},
+]
+_MNAS_CHOICES = {
+    "base": "mobilenet_v2", "resolution": 224, "se": [False, True], "ops": ["conv", "ds", "ir"],
+    "expansions": [3, 6], "act": None, "width_factors": [0.75, 1.0, 1.25],
+    "repeat_deltas": [-1, 0, 1], "width_divisor": 8,
+}
+SPACES: dict[str, dict[str, Any]] = {
+    # MnasNet's space (Tan et al. 2019, sec. 4.1, Fig. 4) over MobileNetV2's 7 stages, every
+    # stage searched: ConvOp {conv, ds, ir3, ir6}, kernel {3, 5}, SE {0, 0.25}, SkipOp
+    # {pooling, identity, none}, filters F_i x {0.75, 1, 1.25}, layers N_i + {-1, 0, +1}
+    "mnasnet": {**_MNAS_CHOICES, "kernels": [3, 5], "skips": ["pool", "identity", "none"],
+                "stages": [{"width": 16, "repeat": 1, "stride": 1}, *_MBV2_STAGES]},
+    # the space lotto searched first: kernels {3, 5, 7}, no pooling skip, the first stage fixed
+    # to MnasNet-A1's 3x3 SepConv
+    "mbv2-k357": {**_MNAS_CHOICES, "kernels": [3, 5, 7], "skips": ["identity", "none"],
+                  "stages": [{"widths": [16], "repeats": [1], "stride": 1, "ops": ["ds"],
+                              "kernels": [3], "se": [False], "skips": ["identity"]},
+                             *_MBV2_STAGES]},
+}
+
+
+def space_config(value: Any) -> dict[str, Any]:
+    """A `space:` section as a plain dict: a name of SPACES -> its definition (a copy); a
+    mapping (or an OmegaConf node) -> itself."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(value, str):
+        if value not in SPACES:
+            raise LottoError(f"space {value!r} is not a named space; choose one of "
+                             f"{', '.join(SPACES)} or give a mapping (base, stages, ...)")
+        return copy.deepcopy(SPACES[value])
+    if not isinstance(value, Mapping):
+        raise LottoError(f"space must be a name ({', '.join(SPACES)}) or a mapping, not "
+                         f"{type(value).__name__}")
+    return dict(value)
+
+
+# ---------------------------------------------------------------------------------------------
 # Parsing
 
 
@@ -227,9 +366,14 @@ def _tuple(value: Any, key: str, kind: type) -> tuple:
         ) from None
 
 
-def parse_space(data: Mapping[str, Any], source: str = "space") -> Space:
-    if "space" in data and isinstance(data["space"], Mapping):
+def parse_space(data: Mapping[str, Any] | str, source: str = "space") -> Space:
+    """A space from its `space:` section: a name of SPACES or a mapping (see the module doc)."""
+    if isinstance(data, Mapping) and "space" in data and isinstance(data["space"],
+                                                                    (Mapping, str)):
         data = data["space"]
+    if isinstance(data, str):
+        source = f"{source} ({data})"
+    data = space_config(data)
     unknown = sorted(set(data) - _SPACE_KEYS)
     if unknown:
         raise LottoError(f"{source}: unknown space key(s) {', '.join(unknown)}")
@@ -317,7 +461,14 @@ def _stage(raw: Mapping[str, Any], data: Mapping[str, Any], key: str, source: st
     expansions = values("expansions", float, [6])
     se = values("se", bool, [False])
     ops = values("ops", str, ["ir"])
-    skips = values("skips", bool, [True])
+    raw_skips = raw.get("skips", data.get("skips", ["identity"]))
+    try:
+        skips = tuple(skip_name(v) for v in _tuple(raw_skips, f"{key}.skips", lambda v: v))
+    except ValueError:
+        raise fail("skips", f"{raw_skips!r}: choose from {', '.join(SKIPS)} (or true / "
+                   "false)") from None
+    if len(set(skips)) != len(skips):
+        raise fail("skips", f"{raw_skips!r}: an option is listed twice")
     act = str(raw.get("act") or data.get("act") or base_act)
     try:
         stride = int(raw.get("stride", 1))
@@ -365,6 +516,8 @@ def load_space(text: str | Path, resolution: int | None = None) -> Space:
         if not isinstance(data, Mapping):
             raise LottoError(f"space file {path} must hold a mapping")
         inner = data.get("space", data)
+        if isinstance(inner, str):
+            inner = space_config(inner)
         if isinstance(inner, Mapping) and inner.get("specs") is None and not inner.get("stages"):
             if {"stem", "blocks", "head"} <= set(data):  # a single spec file
                 return _list([raw], resolution, str(path))
@@ -373,6 +526,11 @@ def load_space(text: str | Path, resolution: int | None = None) -> Space:
         return parse_space(inner, str(path))
     if path.suffix in (".yaml", ".yml"):
         raise LottoError(f"space file {path} not found")
+    if raw in SPACES:
+        data = space_config(raw)
+        if resolution is not None:
+            data["resolution"] = resolution
+        return parse_space(data, raw)
     return _list([x.strip() for x in raw.split(",") if x.strip()], resolution, "space")
 
 
