@@ -12,10 +12,11 @@ seed scaled by a uniform width multiplier to the final latency, trained from scr
 from-scratch trainings get the iterations the adapted network's weights saw in all (seed +
 chosen short fine-tunes + long fine-tune).
 
-Latency is the spec's at its own resolution on the target device (`lotto.latency.predict`):
-phones from the phone model; `cpu` from a host lookup table (missing units timed in situ at
-the start, others interpolated), and the seed and final measured end to end at the end.
-Accuracy comes from a proxy task (the configured data, strides cut to `proxy.min_output`).
+Latency is the spec's at its own resolution on the target device (`lotto.latency.pricer.Pricer`,
+the rule search prices by too): phones from the phone model; `cpu` from a host lookup table
+(built in situ around the seed: missing units timed at the start, others interpolated), and the
+seed and final measured end to end at the end. Accuracy comes from the proxy task search trains
+on too (`lotto.proxy`: the configured data, strides cut to `proxy.min_output`).
 
 Files: `seed.safetensors`, `spec_step<k>.yaml` + `step<k>.safetensors` per chosen step,
 `final.yaml` (the adapted spec at its own resolution), `final.safetensors` with
@@ -146,10 +147,6 @@ def seed_spec(cfg: DictConfig) -> ArchSpec:
         spec = scale_width(spec, float(mult)).replace(name=f"{spec.name}_x{mult:g}")
     return spec
 
-
-# --------------------------------------------------------------------------------------------
-# Latency: `lotto.latency.pricer.Pricer` (phones: the model; cpu: the host table, built in situ
-# around the seed, its missing units timed at the start)
 
 # --------------------------------------------------------------------------------------------
 # The task: one training (a proposal's short fine-tune, the seed, long_ft, scratch, baseline):
