@@ -413,8 +413,8 @@ def test_default_proxy_trains_on_small_images(runs_dir):
 
 
 def test_a_proxy_that_cannot_be_built_fails_before_any_training(runs_dir, monkeypatch):
-    import lotto.experiments.proxy as proxy
     import lotto.experiments.search as search
+    import lotto.proxy as proxy
 
     # strides never cut (as the default proxy was on 8 px before adapt_to_resolution agreed
     # with validate): the default space's total stride 32 cannot run on 8 px

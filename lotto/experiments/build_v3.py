@@ -16,7 +16,6 @@ A step is finished when its row is in metrics.csv; a re-run skips it.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from lotto.arch.v3 import efficient_last_stage, replace_blocks, set_stem, use_hs
 from lotto.config import check
 from lotto.errors import LottoError
 from lotto.latency.devices import PHONES, canonical_device, is_phone
+from lotto.latency.onnx_check import export_onnx
 from lotto.runs import MetricsLog, RunDir, json_value
 
 COMMAND = "build-v3"
@@ -178,36 +178,6 @@ def latency_ms(spec: ArchSpec, device: str, cfg: DictConfig) -> tuple[float, str
 
 # --------------------------------------------------------------------------------------------
 # Export and training
-
-
-def export_onnx(model: torch.nn.Module, spec: ArchSpec, path: Path) -> None:
-    """Write `model` as ONNX (legacy TorchScript exporter: works offline, no onnxscript)."""
-    try:
-        import onnx
-    except ImportError:
-        raise LottoError("--export onnx needs the onnx package: pip install lotto[onnx]") from None
-    from lotto.runs import atomic_write
-
-    x = torch.zeros(1, spec.in_channels, spec.resolution, spec.resolution)
-    model = model.eval()
-
-    def write(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            errors = []
-            for dynamo in (False, True):
-                try:
-                    torch.onnx.export(model, (x,), str(tmp), dynamo=dynamo,
-                                      input_names=["input"], output_names=["logits"])
-                    break
-                except Exception as e:  # the other exporter may work where one does not
-                    errors.append(f"{'dynamo' if dynamo else 'torchscript'}: "
-                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            else:
-                raise LottoError("ONNX export is unavailable here (" + "; ".join(errors) + ")")
-        onnx.checker.check_model(onnx.load(str(tmp)))
-
-    atomic_write(path, write)
 
 
 def _train(spec: ArchSpec, cfg: DictConfig, data: Any, device: torch.device, run: RunDir,

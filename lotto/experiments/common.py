@@ -1,14 +1,12 @@
-"""Pieces `lottery` and `rethink` share: seeded models, run-dir tensors, random streams, turning
+"""Pieces the experiments share: seeded models, run-dir tensors, random streams, turning
 a diverged training run into a user error, and running trainings as tasks of `lotto.parallel`
-(data cached per worker, a failures table, a fault-injection hook for tests).
+(a failures table; the data cache per worker and the fault-injection hook for tests live below
+the experiments, in `lotto.tasks`, and are re-exported here).
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
-import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -18,11 +16,18 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress
 from torch import nn
 
-from lotto.data import Data, load_data
+from lotto.data import Data
 from lotto.errors import LottoError
 from lotto.models import build_model
 from lotto.parallel import ParallelConfig, Runner, parallel_config
 from lotto.runs import MetricsLog, RunDir
+from lotto.tasks import (  # noqa: F401  (re-exported: the experiments' one import)
+    FAULT_ENV,
+    inject,
+    injected_fault,
+    shared_data,
+    unit_label,
+)
 from lotto.train import TrainingDiverged
 
 # Offsets that give each random draw of a seed (and round) its own stream, so that adding a
@@ -77,48 +82,6 @@ def finished_work_is_kept(kept: Callable[[], str], run: RunDir) -> Iterator[None
 
 
 # ---- trainings as tasks -------------------------------------------------------------------------
-
-_DATA: dict[str, Data] = {}  # this process's data set: loaded once per worker, not once per task
-
-
-def shared_data(cfg: DictConfig, device: torch.device) -> Data:
-    """`load_data(cfg, device)`, cached in this process for the last (data config, device).
-
-    The driver loads through here too, so a serial task finds the driver's copy; one entry only,
-    so a long-lived process (tests, a worker reused across runs) holds one data set at a time.
-    """
-    key = json.dumps([OmegaConf.to_container(cfg, resolve=True), str(device)], sort_keys=True)
-    if key not in _DATA:
-        _DATA.clear()
-        _DATA[key] = load_data(cfg, device)
-    return _DATA[key]
-
-
-# Fault injection, for tests only: LOTTO_TEST_FAULT="kill:<unit>" makes the task training <unit>
-# SIGKILL its own worker process, "raise:<unit>" raise a RuntimeError (<unit> as `unit_label`
-# writes it). The driver reads it when it makes the task, so that it reaches workers started
-# before it was set; the task acts on it (`inject`).
-FAULT_ENV = "LOTTO_TEST_FAULT"
-
-
-def unit_label(key: dict) -> str:
-    """'seed=0,round=1,variant=reinit': a unit's key in one line (failures, the fault hook)."""
-    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in key.items())
-
-
-def injected_fault(key: dict) -> str | None:
-    """The fault LOTTO_TEST_FAULT asks of the unit `key`: "kill", "raise" or None."""
-    kind, _, unit = os.environ.get(FAULT_ENV, "").partition(":")
-    return kind if unit and unit == unit_label(key) else None
-
-
-def inject(fault: str | None) -> None:
-    """In a task: fail the way `injected_fault` said (tests only)."""
-    if fault == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if fault is not None:
-        raise RuntimeError(f"injected fault ({FAULT_ENV})")
-
 
 def open_runner(cfg: DictConfig) -> Runner:
     """The `Runner` of the command's `parallel:` section (validated: a LottoError naming a key)."""

@@ -43,7 +43,7 @@ from lotto.experiments.search import (
 )
 from lotto.parallel import Runner, TaskResult
 from lotto.runs import RunDir
-from lotto.search.evaluate import Cache, Job, evaluate, spec_key
+from lotto.search.evaluate import Cache, evaluate, sample_job, spec_key
 from lotto.search.fidelity import bootstrap_tau, seed_tau, tau
 
 COLUMNS = ("spec", "proxy", "reference", "proxy_seconds", "reference_seconds")
@@ -142,8 +142,8 @@ def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | N
         ref_cache = Cache(runs_root / ".reference" / f"{reference_key(cfg)}.jsonl")
         units = [(i, s) for i in range(len(specs)) for s in seeds
                  if ref_cache.get(f"{keys[i]} seed{s}") is None]
-        ref_jobs = [Job(specs[i], cfg.data, ref_train, ref_proxy, s, str(cfg.device),
-                        unit_label({"network": i, "seed": s})) for i, s in units]
+        ref_jobs = [sample_job(specs[i], cfg.data, ref_train, ref_proxy, s, str(cfg.device),
+                               unit_label({"network": i, "seed": s})) for i, s in units]
 
         def on_reference(index: int, result: TaskResult) -> None:
             i, s = units[index]

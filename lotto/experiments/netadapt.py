@@ -12,10 +12,11 @@ seed scaled by a uniform width multiplier to the final latency, trained from scr
 from-scratch trainings get the iterations the adapted network's weights saw in all (seed +
 chosen short fine-tunes + long fine-tune).
 
-Latency is the spec's at its own resolution on the target device (`lotto.latency.predict`):
-phones from the phone model; `cpu` from a host lookup table (missing units timed in situ at
-the start, others interpolated), and the seed and final measured end to end at the end.
-Accuracy comes from a proxy task (the configured data, strides cut to `proxy.min_output`).
+Latency is the spec's at its own resolution on the target device (`lotto.latency.pricer.Pricer`,
+the rule search prices by too): phones from the phone model; `cpu` from a host lookup table
+(built in situ around the seed: missing units timed at the start, others interpolated), and the
+seed and final measured end to end at the end. Accuracy comes from the proxy task search trains
+on too (`lotto.proxy`: the configured data, strides cut to `proxy.min_output`).
 
 Files: `seed.safetensors`, `spec_step<k>.yaml` + `step<k>.safetensors` per chosen step,
 `final.yaml` (the adapted spec at its own resolution), `final.safetensors` with
@@ -32,13 +33,13 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.progress import Progress
 
 from lotto.arch import ArchSpec, load_spec, scale_width
@@ -56,13 +57,15 @@ from lotto.experiments.common import (
     shared_data,
     task_function,
 )
-from lotto.experiments.proxy import proxy_spec, train_spec
 from lotto.latency.devices import PHONES, canonical_device, is_phone
 from lotto.latency.multiplier import multiplier_for
+from lotto.latency.pricer import Pricer
 from lotto.netadapt import Proposal, floor_spec, knobs, truncate_state, widest_within
 from lotto.parallel import Runner, TaskResult
+from lotto.proxy import Job as ProxyJob
+from lotto.proxy import ProxyResult, proxy_spec, run_job
 from lotto.runs import MetricsLog, RunDir, json_value
-from lotto.train import check_train_config, evaluate, parse_step, resolve_device
+from lotto.train import check_train_config, parse_step, resolve_device
 
 COMMAND = "netadapt"
 METRICS = ("ratio", "min-drop")
@@ -146,125 +149,35 @@ def seed_spec(cfg: DictConfig) -> ArchSpec:
 
 
 # --------------------------------------------------------------------------------------------
-# Latency: the shared interface
+# The task: one training (a proposal's short fine-tune, the seed, long_ft, scratch, baseline):
+# the proxy task `lotto.proxy.Job`, with the unit it trains
 
 
-class Pricer:
-    """Latency of a spec on the target device: the phone model, or a host lookup table."""
-
-    def __init__(self, cfg: DictConfig, seed: ArchSpec,
-                 say: Callable[[str], None] = lambda m: None):
-        self.device = canonical_device(cfg.latency.device)
-        self.cfg = cfg
-        self.lut = None
-        self.cache: dict[ArchSpec, Any] = {}
-        if not is_phone(self.device):
-            self.lut = self._table(seed, say)
-
-    def _table(self, seed: ArchSpec, say: Callable[[str], None]) -> Any:
-        from lotto.latency.lut import build_entries, calibrate_offset, lut_path, open_lut
-
-        lat = self.cfg.latency
-        threads = int(lat.threads)
-        path = Path(str(lat.lut)).expanduser() if lat.lut else lut_path(
-            self.cfg.run.runs_dir, self.device, threads)
-        lut = open_lut(path, self.device, threads, warn=say)
-        grid = [seed] + [scale_width(seed, float(m)).replace(name=f"{seed.name}*{m:g}")
-                         for m in lat.lut_multipliers if m != 1.0]
-        todo = len(lut.missing(grid))
-        if todo:
-            say(f"lookup table {path}: timing {todo} missing units on {self.device}")
-            build_entries(lut, grid, min_run_time=float(lat.min_run_time))
-        if lut.meta.get("offset_basis") is None:
-            calibrate_offset(lut, grid, min_run_time=float(lat.min_run_time))
-        return lut
-
-    def __call__(self, spec: ArchSpec) -> Any:
-        from lotto.latency import predict
-
-        if spec not in self.cache:
-            if self.lut is None:
-                self.cache[spec] = predict(spec, self.device)
-            else:
-                self.cache[spec] = predict(spec, self.device, source="lut", lut=self.lut)
-        return self.cache[spec]
-
-    def ms(self, spec: ArchSpec) -> float:
-        return float(self(spec).ms)
-
-    def measure(self, spec: ArchSpec) -> Any:
-        from lotto.latency import predict
-
-        lat = self.cfg.latency
-        return predict(spec, self.device, source="measure", threads=int(lat.threads),
-                       min_run_time=max(1.0, float(lat.min_run_time)))
-
-
-# --------------------------------------------------------------------------------------------
-# The task: one training (a proposal's short fine-tune, the seed, long_ft, scratch, baseline)
-
-
-@dataclass
-class Job:
-    cfg: DictConfig
+@dataclass(kw_only=True)
+class Job(ProxyJob):
     kind: str  # seed | proposal | long_ft | scratch | baseline
     step: int
     proposal: str
-    spec: ArchSpec  # at its own resolution; trained as its proxy
-    iterations: int
-    parent: ArchSpec | None = None  # truncated from (proposal)
-    state: dict[str, torch.Tensor] | None = None  # start weights (of parent's proxy, or spec's)
-    seed: int = 0
-    test: bool = False  # also report test accuracy (final comparisons only, never selection)
-    fault: str | None = None
-
-
-@dataclass
-class Trained:
-    val_accuracy: float
-    val_loss: float
-    test_accuracy: float | None
-    seconds: float
-    state: dict[str, torch.Tensor]
+    parent: ArchSpec | None = None  # a proposal's `state` is its parent's: truncated first
 
 
 def _proxy(cfg: DictConfig, spec: ArchSpec, data: Data) -> ArchSpec:
     return proxy_spec(spec, data, float(cfg.proxy.bn_momentum), int(cfg.proxy.min_output))
 
 
-def train_job(job: Job, progress: Progress | None = None) -> Trained:
-    """The task function: truncate (proposals), train, evaluate. Runs here or in a worker."""
+def train_job(job: Job, progress: Progress | None = None) -> ProxyResult:
+    """The task function: truncate the parent's weights (proposals), then `lotto.proxy.run_job`
+    (train, evaluate). Runs here or in a worker. A diverged loss stops the run (a user error:
+    the recipe would diverge again)."""
     inject(job.fault)
-    cfg = job.cfg
-    device = resolve_device(cfg.device)
-    data = shared_data(cfg.data, device)
     state = job.state
     if job.parent is not None and state is not None:
-        state = truncate_state(_proxy(cfg, job.parent, data), _proxy(cfg, job.spec, data), state)
-    start = time.perf_counter()
-    if job.iterations > 0:
-        tcfg = OmegaConf.merge(cfg.train, {"iterations": int(job.iterations)})
-        with divergence_is_a_user_error(f"{job.kind} {job.proposal} (step {job.step})"):
-            res = train_spec(job.spec, data, tcfg, seed=job.seed, device=device,
-                             bn_momentum=float(cfg.proxy.bn_momentum),
-                             min_output=int(cfg.proxy.min_output), state=state, keep_state=True,
-                             progress=progress, desc=f"step {job.step} {job.proposal}")
-        val_acc, val_loss, state = res.val_accuracy, res.val_loss, res.state
-    else:
-        assert state is not None
-        val_loss, val_acc = _evaluate(cfg, job.spec, data, state, device, test=False)
-    test_acc = None
-    if job.test:
-        test_acc = _evaluate(cfg, job.spec, data, state, device, test=True)[1]
-    return Trained(val_acc, val_loss, test_acc, time.perf_counter() - start, state)
-
-
-def _evaluate(cfg: DictConfig, spec: ArchSpec, data: Data, state: dict, device: torch.device,
-              test: bool) -> tuple[float, float]:
-    model = build_network(_proxy(cfg, spec, data)).to(device)
-    model.load_state_dict(state)
-    x, y = (data.test_x, data.test_y) if test else (data.val_x, data.val_y)
-    return evaluate(model, x, y)
+        data = shared_data(job.data, resolve_device(job.device))
+        state = truncate_state(
+            proxy_spec(job.parent, data, job.bn_momentum, job.min_output),
+            proxy_spec(job.spec, data, job.bn_momentum, job.min_output), state)
+    with divergence_is_a_user_error(f"{job.kind} {job.proposal} (step {job.step})"):
+        return run_job(replace(job, state=state, parent=None, fault=None), progress)
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,6 +260,17 @@ class _NetAdapt:
     def iters(self, value: Any) -> int:
         return parse_step(value, self.per_epoch)
 
+    def job(self, kind: str, step: int, proposal: str, spec: ArchSpec, iterations: int, *,
+            seed: int, state: dict | None = None, parent: ArchSpec | None = None,
+            test: bool = False, fault: str | None = None) -> Job:
+        """One training of the run: the proxy of `spec` (at its own resolution) for
+        `iterations` steps from `state` (truncated from `parent`'s proxy) or a fresh init."""
+        cfg = self.cfg
+        return Job(spec, cfg.data, cfg.train, seed, str(cfg.device), int(iterations),
+                   float(cfg.proxy.bn_momentum), int(cfg.proxy.min_output), state=state,
+                   keep_state=True, test=test, label=f"step {step} {proposal}", fault=fault,
+                   kind=kind, step=step, proposal=proposal, parent=parent)
+
     def say(self, text: str) -> None:
         if self.progress is not None:
             self.progress.console.print(text, highlight=False, soft_wrap=True)
@@ -361,7 +285,7 @@ class _NetAdapt:
                 "width_mult": None, "iterations": None, "seconds": None, **extra}
 
     def run_jobs(self, runner: Runner, jobs: list[Job],
-                 done: Callable[[Job, Trained], None]) -> None:
+                 done: Callable[[Job, ProxyResult], None]) -> None:
         fn = task_function(train_job, runner, self.progress)
 
         def on_result(index: int, result: TaskResult) -> None:
@@ -389,9 +313,9 @@ class _NetAdapt:
         if cfg.pretrained is not None:
             state = load_seed_weights(cfg, self.seed_spec, self.data)
             iterations = self.iters(cfg.pretrained_ft)
-        job = Job(cfg, "seed", 0, "seed", self.seed_spec, iterations, state=state,
-                  seed=int(cfg.seed), fault=injected_fault({"step": 0, "proposal": "seed"}))
-        out: list[Trained] = []
+        job = self.job("seed", 0, "seed", self.seed_spec, iterations, state=state,
+                       seed=int(cfg.seed), fault=injected_fault({"step": 0, "proposal": "seed"}))
+        out: list[ProxyResult] = []
         self.run_jobs(runner, [job], lambda j, t: out.append(t))
         if not out:
             raise LottoError(f"the seed's training failed ({self.failures.entries[-1]['error']})"
@@ -460,11 +384,11 @@ class _NetAdapt:
         jobs = []
         for p in todo:
             key = {"step": k, "proposal": p.knob.name}
-            jobs.append(Job(cfg, "proposal", k, p.knob.name, p.spec,
-                            self.iters(cfg.netadapt.short_ft), parent=spec, state=state,
-                            seed=int(cfg.seed) * 1000 + k, fault=injected_fault(key)))
+            jobs.append(self.job("proposal", k, p.knob.name, p.spec,
+                                 self.iters(cfg.netadapt.short_ft), parent=spec, state=state,
+                                 seed=int(cfg.seed) * 1000 + k, fault=injected_fault(key)))
 
-        def done(job: Job, out: Trained) -> None:
+        def done(job: Job, out: ProxyResult) -> None:
             p = by_name[job.proposal]
             self.run.save_tensors(f"step{k}/{job.proposal}.safetensors", out.state)
             d_acc, d_lat = out.val_accuracy - acc, lat - p.latency_ms
@@ -482,11 +406,11 @@ class _NetAdapt:
 
     def finals(self, runner: Runner, spec: ArchSpec, state: dict, budget: int) -> None:
         cfg, na = self.cfg, self.cfg.netadapt
-        jobs = [Job(cfg, "long_ft", 0, "long_ft", spec, self.iters(na.long_ft), state=state,
-                    seed=int(cfg.seed) + 7, test=True)]
+        jobs = [self.job("long_ft", 0, "long_ft", spec, self.iters(na.long_ft), state=state,
+                         seed=int(cfg.seed) + 7, test=True)]
         if na.scratch:
-            jobs.append(Job(cfg, "scratch", 0, "scratch", spec, budget, seed=int(cfg.seed) + 11,
-                            test=True))
+            jobs.append(self.job("scratch", 0, "scratch", spec, budget, seed=int(cfg.seed) + 11,
+                                 test=True))
         if na.baseline != "none":
             chosen = sorted((r for r in self.metrics.find(kind="proposal") if _true(r["chosen"])),
                             key=lambda r: r["step"])
@@ -494,14 +418,14 @@ class _NetAdapt:
             for r in points:
                 m = multiplier_for(self.seed_spec, float(r["latency_ms"]), self.pricer.ms)
                 base = scale_width(self.seed_spec, m).replace(name=f"{self.seed_spec.name}*{m:g}")
-                jobs.append(Job(cfg, "baseline", int(r["step"]), f"x{m:g}", base, budget,
-                                seed=int(cfg.seed) + 13, test=True))
+                jobs.append(self.job("baseline", int(r["step"]), f"x{m:g}", base, budget,
+                                     seed=int(cfg.seed) + 13, test=True))
         for job in jobs:
             job.fault = injected_fault({"step": job.step, "proposal": job.proposal})
         todo = [j for j in jobs if not self.metrics.find(kind=j.kind, step=j.step,
                                                         proposal=j.proposal)]
 
-        def done(job: Job, out: Trained) -> None:
+        def done(job: Job, out: ProxyResult) -> None:
             if job.kind == "long_ft":
                 self.run.save_tensors("final.safetensors", out.state)
                 _proxy(cfg, spec, self.data).save(self.run.file("final_trained.yaml"))
@@ -569,7 +493,7 @@ def run_netadapt(cfg: DictConfig, *, force: bool = False, progress: Progress | N
     spec, data, _ = prepare(cfg)
     say = (lambda m: progress.console.print(m, highlight=False)) if progress else (lambda m: None)
     refuse_far_target(cfg, spec)  # before a host table is timed (minutes)
-    pricer = Pricer(cfg, spec, say)
+    pricer = Pricer(cfg, spec, say=say)
     seed_ms = pricer.ms(spec)
     value, unit = parse_amount(cfg.latency.target, "latency.target")
     target_ms = value * seed_ms if unit == "x" else value
@@ -599,7 +523,7 @@ def run_netadapt(cfg: DictConfig, *, force: bool = False, progress: Progress | N
     summary = summarize(cfg, na, frame, final, steps, chain, time.perf_counter() - start)
     if dev == "cpu" and cfg.latency.measure_final:
         for name, s in (("seed", spec), ("final", final)):
-            measured = pricer.measure(s)
+            measured = pricer.measure(s, max(1.0, float(cfg.latency.min_run_time)))
             summary[f"{name}_measured_ms"] = float(measured.ms)
             summary[f"{name}_measured_iqr_rel"] = float(measured.expected_error)
             summary[f"{name}_lut_error"] = (summary[f"{name}_latency_ms"] - measured.ms) \

@@ -4,9 +4,9 @@ A controller (`lotto.search.controllers`) proposes a batch of networks from the 
 (`lotto.search.space`, the `space:` section); each new one is trained on the proxy task
 (`lotto.search.evaluate`: accuracy on the validation split; or, under search.proxy=supernet,
 scored with inherited weights of one weight-sharing supernet, `lotto.search.supernet`, trained
-once per setup and cached) as a task of `lotto.parallel`, and
-priced on the target device at its own resolution (`lotto.latency.predict`: the phone model, a
-host lookup table, or a measurement); the reward `ACC * (LAT/TAR)^w` goes back to the controller.
+once per setup and cached) as a task of `lotto.parallel`, and priced on the target device at its
+own resolution (`lotto.latency.pricer.Pricer`: the phone model, a host lookup table, or a
+measurement); the reward `ACC * (LAT/TAR)^w` goes back to the controller.
 
 Files under the run directory: `metrics.{csv,parquet}` (one row per sample), `failures.csv`
 (samples whose training crashed: reward 0), `evaluated.jsonl` (this run's proxy results by spec
@@ -48,6 +48,7 @@ from lotto.experiments.common import (
     unit_label,
 )
 from lotto.latency.devices import canonical_device, is_phone
+from lotto.latency.pricer import Pricer
 from lotto.parallel import Runner, TaskResult
 from lotto.runs import MetricsLog, RunDir, write_text
 from lotto.search.controllers import (
@@ -60,11 +61,11 @@ from lotto.search.controllers import (
 )
 from lotto.search.evaluate import (
     Cache,
-    Job,
     evaluate,
     proxy_key,
     proxy_network,
     proxy_seed,
+    sample_job,
     spec_key,
 )
 from lotto.search.reward import Objective, objective
@@ -179,8 +180,8 @@ def check_proxy(cfg: DictConfig, space: Space) -> None:
     """Build the proxy of the space's first and last networks on the data before any training
     (as netadapt's prepare does): every network of a factorised space has the same strides, so
     a proxy the data cannot take fails here, once, not in every sample."""
-    from lotto.experiments.common import shared_data
-    from lotto.experiments.proxy import proxy_spec
+    from lotto.proxy import proxy_spec
+    from lotto.tasks import shared_data
     from lotto.train import resolve_device
 
     data = shared_data(cfg.data, resolve_device(str(cfg.device)))
@@ -210,8 +211,8 @@ def make_job(cfg: DictConfig, space: Space, supernet: Path | None, spec: Any, ix
              unit: dict) -> Any:
     """The task scoring one network `space.network(ix)` with the configured proxy."""
     if supernet is None:
-        return Job(spec, cfg.data, cfg.train, cfg.proxy, proxy_seed(cfg), str(cfg.device),
-                   unit_label(unit), injected_fault(unit))
+        return sample_job(spec, cfg.data, cfg.train, cfg.proxy, proxy_seed(cfg), str(cfg.device),
+                          unit_label(unit), injected_fault(unit))
     from lotto.search.supernet import SupernetJob, layout
 
     return SupernetJob(spec, layout(space, ix), space_config(cfg.space),
@@ -228,45 +229,7 @@ def proxy_task(cfg: DictConfig) -> Any:
     return evaluate
 
 
-# ---- latency ----------------------------------------------------------------------------------
-
-
-class Pricer:
-    """Latency of a spec on the target device (memoised by spec string)."""
-
-    def __init__(self, cfg: DictConfig, device: str):
-        self.cfg, self.device = cfg, device
-        self.memo: dict[str, tuple[float, str, float]] = {}
-        self.lut = None
-        src = cfg.latency.source
-        if not is_phone(device) and src in (None, "lut", "model"):
-            from lotto.latency.lut import Lut, lut_path
-
-            path = lut_path(cfg.run.runs_dir, device, int(cfg.latency.threads))
-            if path.exists():
-                lut = Lut.load(path)
-                if lut.mismatch(device, int(cfg.latency.threads), "float32") is None:
-                    self.lut = lut
-            if self.lut is None and src in ("lut", "model"):
-                raise LottoError(f"latency.source {src}: no lookup table for {device} at {path}; "
-                                 f"build one with `lotto bench --device {device} --build-lut`")
-        self.source = ("model" if is_phone(device) else
-                       src if src is not None else ("lut" if self.lut is not None else "measure"))
-
-    def __call__(self, spec: Any) -> tuple[float, str, float]:
-        key = spec_key(spec)
-        if key not in self.memo:
-            from lotto.latency import predict
-
-            if self.source == "measure":
-                lat = predict(spec, self.device, threads=int(self.cfg.latency.threads),
-                              min_run_time=float(self.cfg.latency.min_run_time))
-            elif self.source == "model" and is_phone(self.device):
-                lat = predict(spec, self.device)
-            else:
-                lat = predict(spec, self.device, source=self.source, lut=self.lut)
-            self.memo[key] = (float(lat.ms), lat.source, float(lat.expected_error))
-        return self.memo[key]
+# ---- latency: `lotto.latency.pricer.Pricer` (the rule is documented there) ---------------------
 
 
 def fastest_ms(space: Space, price: Pricer) -> float:
@@ -634,7 +597,7 @@ def run_search(cfg: DictConfig, *, force: bool = False, progress: Progress | Non
     parallel_settings(cfg)
     check_proxy(cfg, space)  # before the run directory and the budget
     say = (lambda m: progress.console.print(m, highlight=False)) if progress else (lambda m: None)
-    price = Pricer(cfg, device)
+    price = Pricer(cfg, device, say=say)
     fastest = check_target(cfg, space, obj, price, say)
     run = RunDir.open(cfg, COMMAND, force=force)
     search = _Search(cfg, space, obj, device, run, progress, price)

@@ -1,4 +1,4 @@
-"""Numerical check of the ONNX export with ONNX Runtime (optional extra `.[device]`).
+"""The ONNX export and its numerical check with ONNX Runtime (optional extra `.[device]`).
 
 `lotto build-v3 --export onnx` writes networks with `export_onnx` (TorchScript exporter, the
 dynamo one as a fallback). `onnx_parity` exports a module the same way, runs it with ONNX
@@ -9,12 +9,14 @@ input: the largest absolute difference, and that difference relative to the larg
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from lotto.arch import ArchSpec
 from lotto.errors import LottoError
 
 
@@ -27,6 +29,36 @@ def available() -> bool:
     return True
 
 
+def export_onnx(model: torch.nn.Module, spec: ArchSpec, path: Path) -> None:
+    """Write `model` as ONNX (legacy TorchScript exporter: works offline, no onnxscript)."""
+    try:
+        import onnx
+    except ImportError:
+        raise LottoError("--export onnx needs the onnx package: pip install lotto[onnx]") from None
+    from lotto.runs import atomic_write
+
+    x = torch.zeros(1, spec.in_channels, spec.resolution, spec.resolution)
+    model = model.eval()
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            errors = []
+            for dynamo in (False, True):
+                try:
+                    torch.onnx.export(model, (x,), str(tmp), dynamo=dynamo,
+                                      input_names=["input"], output_names=["logits"])
+                    break
+                except Exception as e:  # the other exporter may work where one does not
+                    errors.append(f"{'dynamo' if dynamo else 'torchscript'}: "
+                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            else:
+                raise LottoError("ONNX export is unavailable here (" + "; ".join(errors) + ")")
+        onnx.checker.check_model(onnx.load(str(tmp)))
+
+    atomic_write(path, write)
+
+
 def onnx_parity(module: nn.Module, input_shape: tuple[int, ...], *, seed: int = 0,
                 path: Path | None = None) -> dict[str, Any]:
     """Export `module` to ONNX, run it with ONNX Runtime, compare with PyTorch eager."""
@@ -34,9 +66,6 @@ def onnx_parity(module: nn.Module, input_shape: tuple[int, ...], *, seed: int = 
         raise LottoError("the ONNX Runtime check needs onnx and onnxruntime: "
                          "pip install -e '.[onnx,device]'")
     import onnxruntime as ort
-
-    from lotto.arch import ArchSpec
-    from lotto.experiments.build_v3 import export_onnx
 
     model = module.eval()
     x = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed))

@@ -1,7 +1,8 @@
 """Candidate evaluation: proxy training as a task of `lotto.parallel`, and the accuracy cache.
 
-The task trains one spec's proxy (`lotto.experiments.proxy.train_spec`: from scratch, scored on
-the validation split) and returns its numbers; latency is priced by the driver. Anything a
+The task trains one spec's proxy (`lotto.proxy.Job` / `run_job`, the proxy task netadapt trains
+on too: here from scratch, scored on the validation split) and returns its numbers; latency is
+priced by the driver (`lotto.latency.pricer`). Anything a
 sample raises (a spec the builder rejects, a diverged loss, an injected fault) is a failed task:
 the sample gets reward 0 and a row in failures.csv, and the search goes on.
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,55 +24,46 @@ from omegaconf import DictConfig, OmegaConf
 
 from lotto.arch import ArchSpec, scale_width
 from lotto.errors import LottoError
-
-
-@dataclass
-class Job:
-    """One proxy training: picklable, for a worker."""
-
-    spec: ArchSpec
-    data: DictConfig
-    train: DictConfig
-    proxy: DictConfig
-    seed: int
-    device: str
-    label: str
-    fault: str | None = None  # tests only (LOTTO_TEST_FAULT)
+from lotto.proxy import Job, run_job
 
 
 def proxy_network(spec: ArchSpec, proxy: DictConfig) -> ArchSpec:
     """The spec as the proxy trains it: widths scaled by proxy.width_mult (before the strides
-    are cut for the data's image size in `train_spec`)."""
+    are cut for the data's image size in `lotto.proxy.proxy_spec`)."""
     m = float(proxy.width_mult)
     return spec if m == 1.0 else scale_width(spec, m)
 
 
+def sample_job(spec: ArchSpec, data: DictConfig, train: DictConfig, proxy: DictConfig,
+               seed: int, device: str, label: str, fault: str | None = None) -> Job:
+    """The proxy training of one sample: `proxy_network(spec)` from scratch for
+    `train.iterations`, scored on the validation split (the `proxy` section's settings)."""
+    return Job(proxy_network(spec, proxy), data, train, seed, device,
+               bn_momentum=float(proxy.bn_momentum), min_output=int(proxy.min_output),
+               label=label, fault=fault)
+
+
 def evaluate(job: Job, progress: Any = None) -> dict[str, Any]:
-    """The task function: train the proxy, return val accuracy / loss / seconds / proxy size."""
-    from lotto.experiments.common import inject, shared_data
-    from lotto.experiments.proxy import proxy_spec, train_spec
+    """The task function: `lotto.proxy.run_job`, its numbers as a cache entry (val accuracy /
+    loss / seconds / proxy size). A diverged loss or a spec the proxy cannot build fails this
+    sample (a failed task), not the run."""
+    from lotto.tasks import shared_data
     from lotto.train import TrainingDiverged, resolve_device
 
-    inject(job.fault)
-    device = resolve_device(job.device)
-    data = shared_data(job.data, device)
+    shared_data(job.data, resolve_device(job.device))  # data the run cannot load stops the run
     try:
-        small = proxy_network(job.spec, job.proxy)
-        result = train_spec(small, data, job.train, seed=job.seed, device=device,
-                            bn_momentum=float(job.proxy.bn_momentum),
-                            min_output=int(job.proxy.min_output), progress=progress,
-                            desc=job.label)
+        result = run_job(job, progress)
     except TrainingDiverged as e:  # one sample's problem, not the run's: a failed task
         raise RuntimeError(f"NaN/inf loss at iteration {e.iteration}") from None
     except LottoError as e:  # e.g. a spec its proxy cannot build: this sample fails, not the run
         raise RuntimeError(str(e)) from None
-    trained = proxy_spec(small, data, float(job.proxy.bn_momentum), int(job.proxy.min_output))
     acc = float(result.val_accuracy)
     if acc != acc:
         raise RuntimeError("validation accuracy is NaN")
+    assert result.trained is not None
     return {"val_accuracy": acc, "val_loss": float(result.val_loss),
-            "train_seconds": float(result.seconds), "proxy_params": trained.params(),
-            "proxy_macs": trained.macs()}
+            "train_seconds": float(result.seconds), "proxy_params": result.trained.params(),
+            "proxy_macs": result.trained.macs()}
 
 
 def spec_key(spec: ArchSpec) -> str:

@@ -421,7 +421,7 @@ def load_supernet(job: SupernetJob, data: Data) -> Supernet:
 
 def evaluate_supernet(job: SupernetJob, progress: Any = None) -> dict[str, Any]:
     """The task function of the supernet proxy (same result keys as the train proxy's)."""
-    from lotto.experiments.common import inject, shared_data
+    from lotto.tasks import inject, shared_data
     from lotto.train import resolve_device
 
     inject(job.fault)
