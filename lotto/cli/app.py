@@ -283,9 +283,12 @@ def show_plan(plan: Any) -> None:
         say(f"{word}: {m} planned, {m - len(todo)} reused, {len(todo)} to train "
             f"({steps:,} steps, {evals:,} evaluations of {plan.eval_examples:,} examples)")
         parts.append(f"trainings {_duration(plan.training_seconds() if todo else 0.0)}{workers}")
-        detail.append(f"one training step of {plan.timed or plan.cfg.model.name} at batch "
-                      f"{plan.cfg.train.batch_size} took {1000 * plan.step_seconds:.1f} ms here "
-                      f"just now, one evaluation {plan.eval_seconds:.2f} s")
+        if todo:
+            detail.append(f"one training step of {plan.timed or plan.cfg.model.name} at batch "
+                          f"{plan.cfg.train.batch_size} took {1000 * plan.step_seconds:.1f} ms "
+                          f"here just now, one evaluation {plan.eval_seconds:.2f} s")
+        else:
+            detail.append("nothing left to train")
     if plan.measurements:
         left = plan.to_measure
         m = len(plan.measurements)
@@ -304,7 +307,8 @@ def show_plan(plan: Any) -> None:
     if not parts:
         say("time: nothing to train or measure")
     else:
-        say(f"time: about {_duration(plan.seconds())}{workers} (rough, without data loading: "
+        loading = ", without data loading" if plan.trainings else ""
+        say(f"time: about {_duration(plan.seconds())}{workers} (rough{loading}: "
             f"{'; '.join(detail)})")
     for caveat in plan.caveats:
         say(f"rough: {caveat}")

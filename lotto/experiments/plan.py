@@ -182,6 +182,26 @@ def time_measurement(spec: object, device: str, *, threads: int, min_run_time: f
     return time.perf_counter() - start + max(0.0, min_run_time - QUICK_RUN)
 
 
+def _time(plan: Plan, model: object, data: Data, train_cfg: DictConfig, device: torch.device,
+          test: bool = True) -> None:
+    """Time `model` (a module, or a function making it) on this machine's trainer, only when
+    the plan has trainings left to do."""
+    if not plan.todo:
+        return
+    module = model() if callable(model) and not isinstance(model, nn.Module) else model
+    plan.step_seconds, plan.eval_seconds, plan.fixed_seconds = time_training(
+        module, data, train_cfg, device, test)  # type: ignore[arg-type]
+
+
+def _time_measurements(plan: Plan, seconds: object) -> None:
+    """Price each measurement still to do at `seconds()` (one quick real timing), only if any."""
+    left = plan.to_measure
+    if left:
+        each = seconds()  # type: ignore[operator]
+        for m in left:
+            m.seconds = each
+
+
 def _evals(steps: int, eval_every: int) -> int:
     return steps // max(1, eval_every) + 1
 
@@ -214,9 +234,8 @@ def plan_lottery(cfg: DictConfig) -> Plan:
     plan = Plan("lottery", cfg, path, path.exists(), RunDir.conflict(cfg, path), trainings,
                 len(data.val_y) + len(data.test_y), workers=_workers(cfg))
     _mark_done(plan, ["seed", "round", "variant"])
-    model = seeded_model(cfg.model.name, data, cfg.seed, dropout=cfg.model.dropout)
-    plan.step_seconds, plan.eval_seconds, plan.fixed_seconds = time_training(
-        model, data, cfg.train, device)
+    _time(plan, lambda: seeded_model(cfg.model.name, data, cfg.seed, dropout=cfg.model.dropout),
+          data, cfg.train, device)
     return plan
 
 
@@ -271,9 +290,8 @@ def plan_rethink(cfg: DictConfig) -> Plan:
     plan = Plan("rethink", cfg, path, path.exists(), RunDir.conflict(cfg, path), trainings,
                 len(data.val_y) + len(data.test_y), workers=_workers(cfg), notes=notes)
     _mark_done(plan, ["pruning", "method", "ratio", "mode", "lr", "seed"])
-    model = seeded_model(cfg.model.name, data, cfg.seed, **model_options(cfg))
-    plan.step_seconds, plan.eval_seconds, plan.fixed_seconds = time_training(
-        model, data, cfg.train, device)
+    _time(plan, lambda: seeded_model(cfg.model.name, data, cfg.seed, **model_options(cfg)),
+          data, cfg.train, device)
     return plan
 
 
@@ -322,8 +340,7 @@ def plan_search(cfg: DictConfig) -> Plan:
                        int(cfg.proxy.min_output))
     plan.timed = f"the proxy of the space's middle network ({small.macs() / 1e6:.1f}M MAdds)"
     torch.manual_seed(int(cfg.seed))
-    plan.step_seconds, plan.eval_seconds, plan.fixed_seconds = time_training(
-        build_network(small), data, cfg.train, dev, test=False)
+    _time(plan, lambda: build_network(small), data, cfg.train, dev, test=False)
     caches = [plan.run_path / "evaluated.jsonl"] if plan.conflict is None else []
     if cfg.proxy.cache and not supernet:
         caches.append(Path(cfg.run.runs_dir).expanduser() / COMMAND / ".cache"
@@ -461,8 +478,7 @@ def plan_netadapt(cfg: DictConfig) -> Plan:
     proxy = na._proxy(cfg, spec, data)
     plan.timed = f"the seed's proxy {spec.name} ({proxy.macs() / 1e6:.1f}M MAdds)"
     torch.manual_seed(int(cfg.seed))
-    plan.step_seconds, plan.eval_seconds, plan.fixed_seconds = time_training(
-        build_network(proxy), data, cfg.train, device, test=False)
+    _time(plan, lambda: build_network(proxy), data, cfg.train, device, test=False)
     plan.caveats.append("every training is priced as the seed's proxy (adapted networks are "
                         "smaller: an overestimate); the proposals' latency search and weight "
                         "truncation are not counted")
@@ -483,14 +499,7 @@ def plan_build_v3(cfg: DictConfig) -> Plan:
         load_pretrained(build_network(final), Path(cfg.pretrained).expanduser())
     plan = _new_plan(cfg, COMMAND, unit="measurements", unit_name="steps", notes=skipped)
     host = str(cfg.latency.host)
-    each = 0.0
-    if host != "none":
-        lat = cfg.latency
-        each = time_measurement(steps[0].spec, host, threads=int(lat.threads),
-                                min_run_time=float(lat.min_run_time), warmup=10)
-        plan.caveats.append(f"each step's {host} measurement is priced as the seed's (one quick "
-                            "real measurement); a noisy one the run re-takes is not counted")
-    plan.measurements = [Measurement({"step": st.step, "change": st.change}, each)
+    plan.measurements = [Measurement({"step": st.step, "change": st.change}, 0.0)
                          for st in steps]
     plan.notes.append(f"steps: {', '.join(st.change for st in steps)}; latency: "
                       + ", ".join([*([f"{host} measured"] if host != "none" else []),
@@ -514,10 +523,17 @@ def plan_build_v3(cfg: DictConfig) -> Plan:
                                     data.image_size)
         plan.timed = f"the final network adapted to {cfg.data.name} ({small.macs() / 1e6:.1f}M " \
                      "MAdds)"
-        torch.manual_seed(int(cfg.seed))
-        plan.step_seconds, plan.eval_seconds, plan.fixed_seconds = time_training(
-            build_network(small), data, cfg.train, device)
     _mark_done(plan, ["step", "change"])
+    if host != "none":
+        lat = cfg.latency
+        _time_measurements(plan, lambda: time_measurement(
+            steps[0].spec, host, threads=int(lat.threads), min_run_time=float(lat.min_run_time),
+            warmup=10))
+        plan.caveats.append(f"each step's {host} measurement is priced as the seed's (one quick "
+                            "real measurement); a noisy one the run re-takes is not counted")
+    if trained:
+        torch.manual_seed(int(cfg.seed))
+        _time(plan, lambda: build_network(small), data, cfg.train, device)
     if cfg.export == "onnx":
         plan.caveats.append("the ONNX export of the final network is not estimated (seconds)")
     return plan
@@ -554,12 +570,14 @@ def plan_bench(cfg: DictConfig) -> Plan:
                             "not estimated")
     elif spec is not None:  # price one network
         source = cfg.source or ("model" if phone else "measure")
-        seconds = 0.0
+        plan.measurements = [Measurement({"kind": "bench", "network": spec.name,
+                                          "device": device}, 0.0)]
+        _mark_done(plan, ["kind", "network", "device"])
         if source == "measure":
-            seconds = time_measurement(spec, device, threads=int(cfg.threads),
-                                       min_run_time=float(cfg.measure.min_run_time),
-                                       warmup=int(cfg.measure.warmup), dtype=str(cfg.dtype),
-                                       clock=str(cfg.measure.clock))
+            _time_measurements(plan, lambda: time_measurement(
+                spec, device, threads=int(cfg.threads),
+                min_run_time=float(cfg.measure.min_run_time), warmup=int(cfg.measure.warmup),
+                dtype=str(cfg.dtype), clock=str(cfg.measure.clock)))
             if cfg.per_layer:
                 plan.caveats.append(f"--per-layer: {cfg.measure.per_layer_runs} more forwards "
                                     "with hooks, not estimated")
@@ -570,8 +588,6 @@ def plan_bench(cfg: DictConfig) -> Plan:
         plan.notes.append(f"{spec.name} on {device}: "
                           + ("measured here" if source == "measure" else
                              "phone model (instant)" if phone else f"{source} (instant)"))
-        plan.measurements = [Measurement({"kind": "bench", "network": spec.name,
-                                          "device": device}, seconds)]
     elif cfg.validate and phone:
         plan.notes.append(f"--validate {device}: the phone model's cross-validation on the "
                           "published latencies (computation: seconds; nothing is measured)")
@@ -581,10 +597,10 @@ def plan_bench(cfg: DictConfig) -> Plan:
         if cfg.build_lut:
             carriers = list(space.carriers())
             missing = [c for c in carriers if lut.missing([c])]
-            each = time_measurement(missing[0] if missing else carriers[0], device,
-                                    threads=int(cfg.threads),
+            each = time_measurement(missing[0], device, threads=int(cfg.threads),
                                     min_run_time=float(cfg.lut.min_run_time), warmup=1,
-                                    dtype=str(cfg.dtype), clock=str(cfg.measure.clock))
+                                    dtype=str(cfg.dtype), clock=str(cfg.measure.clock)
+                                    ) if missing else 0.0
             plan.measurements += [Measurement({"kind": "lut", "network": c.name}, each,
                                               done=c not in missing) for c in carriers]
             plan.notes.append(f"--build-lut: {len(lut.entries)} units in {lut.path}; "
@@ -595,16 +611,18 @@ def plan_bench(cfg: DictConfig) -> Plan:
                                 f"({cfg.lut.reference_networks} networks) is not counted")
         if cfg.validate:
             specs = space.sample(int(cfg.validation.networks), int(cfg.seed))
-            each = time_measurement(specs[0], device, threads=int(cfg.threads),
-                                    min_run_time=float(cfg.validation.min_run_time),
-                                    warmup=int(cfg.measure.warmup), dtype=str(cfg.dtype),
-                                    clock=str(cfg.measure.clock))
             rows = _reusable(plan)
             done = set(rows.network[rows.kind == "validation"]) if "kind" in rows else set()
+            todo = [s for s in specs if s.name not in done]
+            each = time_measurement(todo[0], device, threads=int(cfg.threads),
+                                    min_run_time=float(cfg.validation.min_run_time),
+                                    warmup=int(cfg.measure.warmup), dtype=str(cfg.dtype),
+                                    clock=str(cfg.measure.clock)) if todo else 0.0
             plan.measurements += [Measurement({"kind": "validation", "network": s.name}, each,
                                               done=s.name in done) for s in specs]
             plan.notes.append(f"--validate: {len(specs)} networks of the space measured end to "
                               "end against the table")
         return plan
-    _mark_done(plan, ["kind", "network", "device"])
+    if is_runtime_device(device):
+        _mark_done(plan, ["kind", "network", "device"])
     return plan
