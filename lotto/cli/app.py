@@ -300,6 +300,7 @@ def show_plan(plan: Any) -> None:
         detail.append(f"one measurement about {each:.1f} s: a quick real one just now, scaled "
                       "to the configured run time" if each > 0 else
                       f"{unknown} measurement(s) not estimated" if unknown else
+                      "nothing left to measure" if not left else
                       "the measurements need no timing here (a model or table prices them)")
     if len(parts) > 1:  # say what each part takes
         detail.insert(0, ", ".join(parts))

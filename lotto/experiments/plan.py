@@ -30,7 +30,10 @@ from lotto.errors import LottoError
 from lotto.runs import RunDir
 from lotto.train import parse_step
 
-TIMED_STEPS = (5, 45)  # steps of the two timed trainings (their difference: the step time)
+# Steps of the short timed training and, at most, of the long one (their difference: the step
+# time); the long one is cut so that it takes about TIMING_BUDGET seconds on a costly network.
+TIMED_STEPS = (3, 43)
+TIMING_BUDGET = 3.0
 
 
 @dataclass
@@ -141,8 +144,9 @@ def time_training(model: nn.Module, data: Data, train_cfg: DictConfig,
     """Seconds of one training step, of one evaluation (validation, + test unless `test` is
     False: the proxy trainings of search and netadapt score on validation only) and of a
     training's fixed cost (set-up, the first epoch's draws) of `model` here, on lotto's own
-    trainer with the configured recipe: two short trainings, TIMED_STEPS[0] and TIMED_STEPS[1]
-    steps."""
+    trainer with the configured recipe: after a one-step warm-up, two short trainings of
+    TIMED_STEPS[0] steps and of up to TIMED_STEPS[1] (fewer where the network is slow: about
+    TIMING_BUDGET s)."""
     from lotto.train import evaluate, train
 
     def timed(steps: int) -> float:
@@ -152,9 +156,12 @@ def time_training(model: nn.Module, data: Data, train_cfg: DictConfig,
         train(model, data, cfg, seed=0, device=device, eval_start=False, eval_test=False)
         return time.perf_counter() - start  # the steps and one validation pass at the end
 
-    timed(TIMED_STEPS[0])  # warm-up: first-call costs (allocations, kernels) are not per training
-    short, long = (timed(n) for n in TIMED_STEPS)
-    step = max(long - short, 0.0) / (TIMED_STEPS[1] - TIMED_STEPS[0])
+    timed(1)  # warm-up: first-call costs (allocations, kernels) are not per training
+    short = timed(TIMED_STEPS[0])
+    rough = max(short / TIMED_STEPS[0], 1e-6)  # with set-up and evaluation: an overestimate
+    extra = int(min(TIMED_STEPS[1] - TIMED_STEPS[0], max(2, TIMING_BUDGET / rough)))
+    long = timed(TIMED_STEPS[0] + extra)
+    step = max(long - short, 0.0) / extra
     start = time.perf_counter()
     evaluate(model, data.val_x, data.val_y)
     val = time.perf_counter() - start
@@ -193,13 +200,15 @@ def _time(plan: Plan, model: object, data: Data, train_cfg: DictConfig, device: 
         module, data, train_cfg, device, test)  # type: ignore[arg-type]
 
 
-def _time_measurements(plan: Plan, seconds: object) -> None:
-    """Price each measurement still to do at `seconds()` (one quick real timing), only if any."""
+def _time_measurements(plan: Plan, seconds: object) -> bool:
+    """Price each measurement still to do at `seconds()` (one quick real timing), only if any;
+    True if there were."""
     left = plan.to_measure
     if left:
         each = seconds()  # type: ignore[operator]
         for m in left:
             m.seconds = each
+    return bool(left)
 
 
 def _evals(steps: int, eval_every: int) -> int:
@@ -526,11 +535,12 @@ def plan_build_v3(cfg: DictConfig) -> Plan:
     _mark_done(plan, ["step", "change"])
     if host != "none":
         lat = cfg.latency
-        _time_measurements(plan, lambda: time_measurement(
-            steps[0].spec, host, threads=int(lat.threads), min_run_time=float(lat.min_run_time),
-            warmup=10))
-        plan.caveats.append(f"each step's {host} measurement is priced as the seed's (one quick "
-                            "real measurement); a noisy one the run re-takes is not counted")
+        if _time_measurements(plan, lambda: time_measurement(
+                steps[0].spec, host, threads=int(lat.threads),
+                min_run_time=float(lat.min_run_time), warmup=10)):
+            plan.caveats.append(f"each step's {host} measurement is priced as the seed's (one "
+                                "quick real measurement); a noisy one the run re-takes is not "
+                                "counted")
     if trained:
         torch.manual_seed(int(cfg.seed))
         _time(plan, lambda: build_network(small), data, cfg.train, device)
