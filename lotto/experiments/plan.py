@@ -95,12 +95,17 @@ class Plan:
 
 
 def past_rows(path: Path, stem: str = "metrics") -> pd.DataFrame:
-    """A past run's metrics rows (read only; empty when there are none or they do not read)."""
-    csv = path / f"{stem}.csv"
-    if not csv.exists():
+    """A past run's committed metrics rows, as a resumed run reads them (a partial last append
+    cut off); read only; empty when there are none or they do not read."""
+    import io
+
+    from lotto.report.discover import committed_text
+
+    text = committed_text(path / f"{stem}.csv")
+    if not text.strip():
         return pd.DataFrame()
     try:
-        return pd.read_csv(csv)
+        return pd.read_csv(io.StringIO(text))
     except Exception:
         return pd.DataFrame()
 
