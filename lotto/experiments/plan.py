@@ -144,6 +144,20 @@ def _reusable(plan: Plan) -> pd.DataFrame:
     return past_rows(plan.run_path) if plan.conflict is None else pd.DataFrame()
 
 
+EVAL_SAMPLE = 1000  # examples an evaluation is timed on (scaled to the split's size)
+
+
+def _eval_seconds(model: nn.Module, x: object, y: torch.Tensor) -> float:
+    """Seconds of one evaluation of (x, y): timed on its first EVAL_SAMPLE examples, scaled."""
+    from lotto.train import evaluate
+
+    n = len(y)
+    k = min(n, EVAL_SAMPLE) if isinstance(x, torch.Tensor) else n  # a stream: whole
+    start = time.perf_counter()
+    evaluate(model, x[:k] if k < n else x, y[:k] if k < n else y)  # type: ignore[index]
+    return (time.perf_counter() - start) * n / max(1, k)
+
+
 def time_training(model: nn.Module, data: Data, train_cfg: DictConfig,
                   device: torch.device, test: bool = True) -> tuple[float, float, float]:
     """Seconds of one training step, of one evaluation (validation, + test unless `test` is
@@ -151,30 +165,33 @@ def time_training(model: nn.Module, data: Data, train_cfg: DictConfig,
     training's fixed cost (set-up, the first epoch's draws) of `model` here, on lotto's own
     trainer with the configured recipe: after a one-step warm-up, two short trainings of
     TIMED_STEPS[0] steps and of up to TIMED_STEPS[1] (fewer where the network is slow: about
-    TIMING_BUDGET s)."""
-    from lotto.train import evaluate, train
+    TIMING_BUDGET s), each validated on one batch only (so that their difference is training);
+    the evaluations are timed apart on up to EVAL_SAMPLE examples and scaled."""
+    from dataclasses import replace
+
+    from lotto.train import train
+
+    small = data
+    if isinstance(data.val_x, torch.Tensor):
+        b = int(train_cfg.batch_size)
+        small = replace(data, val_x=data.val_x[:b], val_y=data.val_y[:b])
 
     def timed(steps: int) -> float:
         cfg = OmegaConf.create(OmegaConf.to_container(train_cfg, resolve=True))
         cfg.iterations, cfg.eval_every, cfg.warmup = f"{steps}it", f"{10**9}it", "0it"
         start = time.perf_counter()
-        train(model, data, cfg, seed=0, device=device, eval_start=False, eval_test=False)
-        return time.perf_counter() - start  # the steps and one validation pass at the end
+        train(model, small, cfg, seed=0, device=device, eval_start=False, eval_test=False)
+        return time.perf_counter() - start  # the steps and one (small) validation at the end
 
     timed(1)  # warm-up: first-call costs (allocations, kernels) are not per training
     short = timed(TIMED_STEPS[0])
-    rough = max(short / TIMED_STEPS[0], 1e-6)  # with set-up and evaluation: an overestimate
+    rough = max(short / TIMED_STEPS[0], 1e-6)  # with set-up: an overestimate
     extra = int(min(TIMED_STEPS[1] - TIMED_STEPS[0], max(2, TIMING_BUDGET / rough)))
     long = timed(TIMED_STEPS[0] + extra)
     step = max(long - short, 0.0) / extra
-    start = time.perf_counter()
-    evaluate(model, data.val_x, data.val_y)
-    val = time.perf_counter() - start
-    start = time.perf_counter()
-    if test:
-        evaluate(model, data.test_x, data.test_y)
-    tested = time.perf_counter() - start
-    fixed = max(short - val - step * TIMED_STEPS[0], 0.0)
+    val = _eval_seconds(model, data.val_x, data.val_y)
+    tested = _eval_seconds(model, data.test_x, data.test_y) if test else 0.0
+    fixed = max(short - step * TIMED_STEPS[0], 0.0)
     return step, val + tested, fixed
 
 
@@ -534,7 +551,8 @@ def plan_build_v3(cfg: DictConfig) -> Plan:
         iters = parse_step(cfg.train.iterations, per_epoch)
         every = max(1, parse_step(cfg.train.eval_every, per_epoch))
         plan.trainings = [Training({"step": st.step, "change": st.change}, iters,
-                                   _evals(iters, every)) for st in trained]
+                                   _evals(iters, every) + 1)  # + the evaluation at the start
+                          for st in trained]
         plan.eval_examples = len(data.val_y) + len(data.test_y)
         small = adapt_to_resolution(final.replace(in_channels=data.in_channels,
                                                   num_classes=data.num_classes,
