@@ -675,14 +675,12 @@ def collect_measurements(text: str) -> tuple[list[ArchSpec], list[dict[str, Any]
     return keep_specs, keep_rows
 
 
-def run_calibrate(cfg: DictConfig, *, force: bool = False) -> BenchResult:
-    import datetime as dt
-    import json
-
-    from lotto.latency.calibrate import USER_VERSION, fit_user_device
+def fit_calibration(cfg: DictConfig) -> tuple[str, list[ArchSpec], list[dict[str, Any]], dict]:
+    """--calibrate's checks and fit, before a run directory exists (also `--dry-run`'s):
+    (device name, the measured specs, their rows, the fit)."""
+    from lotto.latency.calibrate import fit_user_device
     from lotto.latency.devices import check_user_name
-    from lotto.latency.phone import FEATURES, baseline_features, spec_features
-    from lotto.runs import write_text
+    from lotto.latency.phone import baseline_features, spec_features
 
     if not cfg.calibrate_as:
         raise LottoError("--calibrate needs --as NAME: the device name to register")
@@ -691,7 +689,19 @@ def run_calibrate(cfg: DictConfig, *, force: bool = False) -> BenchResult:
     X = np.array([spec_features(s) for s in specs])
     B = np.array([baseline_features(s) for s in specs])
     y = np.array([float(r["latency_ms"]) for r in rows])
-    fit = fit_user_device(X, y, B)
+    return name, specs, rows, fit_user_device(X, y, B)
+
+
+def run_calibrate(cfg: DictConfig, *, force: bool = False) -> BenchResult:
+    import datetime as dt
+    import json
+
+    from lotto.latency.calibrate import USER_VERSION
+    from lotto.latency.phone import FEATURES
+    from lotto.runs import write_text
+
+    name, specs, rows, fit = fit_calibration(cfg)
+    y = np.array([float(r["latency_ms"]) for r in rows])
     source_device = str(rows[0]["device"])
     run = RunDir.open(cfg, "bench", force=force)
     log = MetricsLog(run)

@@ -26,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lotto.data import Data
-from lotto.errors import LottoError
 from lotto.runs import RunDir
 from lotto.train import parse_step
 
@@ -585,17 +584,13 @@ def plan_bench(cfg: DictConfig) -> Plan:
     from lotto.latency.devices import is_phone, is_runtime_device
 
     bench.check_modes(cfg)
-    if cfg.calibrate:
-        from lotto.latency.devices import check_user_name
-
-        if not cfg.calibrate_as:
-            raise LottoError("--calibrate needs --as NAME: the device name to register")
-        check_user_name(str(cfg.calibrate_as))
-        specs, _ = bench.collect_measurements(str(cfg.calibrate))
+    if cfg.calibrate:  # the fit is cheap: done here, so that its errors show now
+        name, specs, _, fit = bench.fit_calibration(cfg)
         plan = _new_plan(cfg, "bench", unit="measurements", unit_name="networks")
         plan.notes.append(f"--calibrate: fits the phone model's features to {len(specs)} "
-                          f"measured networks and registers device {cfg.calibrate_as} "
-                          "(a least-squares fit: seconds; nothing is measured)")
+                          f"measured networks (cross-validated RMSPE "
+                          f"{100 * fit['cv']['rmspe']:.1f}%) and would register device {name} "
+                          "in <runs_dir>/devices; nothing is measured")
         return plan
     device, spec, space = bench.prepare_bench(cfg)
     plan = _new_plan(cfg, "bench", unit="measurements", unit_name="networks")
@@ -644,9 +639,10 @@ def plan_bench(cfg: DictConfig) -> Plan:
             plan.notes.append(f"--build-lut: {len(lut.entries)} units in {lut.path}; "
                               f"{len(missing)} of {len(carriers)} carrier networks hold units "
                               "still to time")
-            plan.caveats.append("each carrier's in-situ unit timing is priced as one end-to-end "
-                                "measurement of a carrier; the offset calibration "
-                                f"({cfg.lut.reference_networks} networks) is not counted")
+            if missing:
+                plan.caveats.append("each carrier's in-situ unit timing is priced as one "
+                                    "end-to-end measurement of a carrier; the offset calibration "
+                                    f"({cfg.lut.reference_networks} networks) is not counted")
         if cfg.validate:
             specs = space.sample(int(cfg.validation.networks), int(cfg.seed))
             rows = _reusable(plan)
