@@ -220,3 +220,19 @@ def test_dry_run_of_a_bad_config_is_one_line_exit_2(tmp_path: Path, args: list[s
     assert out.exit_code == 2, out.output
     assert message in out.output and len(out.output.strip().splitlines()) == 1, out.output
     assert not runs.exists()
+
+
+def test_netadapt_dry_run_on_cpu_leaves_the_exact_target_check_to_the_table(
+        tmp_path: Path, fast_timing: None) -> None:
+    # end to end, the tiny network is mostly per-call overhead: its narrowest version measures
+    # about as slow as the seed, so an exact check on measurements refuses 0.8x, where the run
+    # checks against its lookup table's sums (tests/test_netadapt.py's cpu test: a target
+    # between the table's floor and seed runs)
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(NETADAPT_SPEC)
+    cfg = load_config("netadapt", None, [f"from={spec}", f"run.runs_dir={tmp_path / 'runs'}",
+                                         *NETADAPT, "latency.device=cpu",
+                                         "latency.min_run_time=0.02"])
+    plan = plan_netadapt(cfg)
+    assert any("left to the run" in c for c in plan.caveats)
+    assert plan.trainings[0].key["kind"] == "seed" and not (tmp_path / "runs").exists()
