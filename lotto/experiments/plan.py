@@ -511,9 +511,10 @@ def plan_netadapt(cfg: DictConfig) -> Plan:
         plan.trainings.append(training(kind, step, name, iterations, done))
     plan.notes.append(
         f"latency ({how}): seed {seed_ms:.3f} ms, target {target_ms:.3f} ms, delta "
-        f"{delta_ms:.3f} ms; steps: {len(chosen)} done in the past run (reused), about "
-        f"{len(todo)} to go (an estimate: (current {now_ms:.3f} ms - target) / delta; a chosen "
-        "proposal cuts at least delta, often more, so fewer steps may do)")
+        f"{delta_ms:.3f} ms; steps: "
+        + (f"{len(chosen)} done in the past run (reused), " if len(chosen) else "")
+        + f"about {len(todo)} to go (an estimate: (current {now_ms:.3f} ms - target) / delta; "
+        "a chosen proposal cuts at least delta, often more, so fewer steps may do)")
     plan.notes.append("seed training: " + (
         "reused (the past run's seed.safetensors)" if seed_done else f"{seed_iters} iterations"))
     proxy = na._proxy(cfg, spec, data)
