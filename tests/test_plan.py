@@ -236,3 +236,34 @@ def test_netadapt_dry_run_on_cpu_leaves_the_exact_target_check_to_the_table(
     plan = plan_netadapt(cfg)
     assert any("left to the run" in c for c in plan.caveats)
     assert plan.trainings[0].key["kind"] == "seed" and not (tmp_path / "runs").exists()
+
+
+def test_fidelity_dry_run_counts_what_the_shared_caches_hold(space_file: Path, tmp_path: Path,
+                                                             fast_timing: None) -> None:
+    from lotto.experiments.fidelity import run_fidelity
+    from lotto.experiments.plan import plan_fidelity
+
+    runs = tmp_path / "runs"
+
+    def cfg(networks: int):
+        return load_config("search", space_file, [
+            *SEARCH, f"run.runs_dir={runs}", "fidelity.enabled=true",
+            f"fidelity.networks={networks}", "fidelity.reference.iterations=3it",
+            "fidelity.reference.warmup=1it", "fidelity.bootstrap=10"])
+
+    before = plan_fidelity(cfg(3))
+    assert not runs.exists()
+    # 3 proxy scores and 3 x 2 reference trainings (seeds 0 and 1), none cached yet
+    assert [t.key["what"] for t in before.trainings].count("proxy") == 3
+    assert len(before.trainings) == 9 and not any(t.done for t in before.trainings)
+    assert {t.steps for t in before.trainings} == {2, 3}
+    run_fidelity(cfg(3))
+    more = plan_fidelity(cfg(4))  # another run: the draw of 4 starts with the same 3 networks
+    assert len(more.trainings) == 12 and sum(t.done for t in more.trainings) == 9
+    assert [t.key for t in more.todo] == [{"network": 3, "what": "proxy"},
+                                          {"network": 3, "what": "reference seed 0"},
+                                          {"network": 3, "what": "reference seed 1"}]
+    text = dry("search", "-c", str(space_file), *SEARCH, f"run.runs_dir={runs}",
+               "fidelity.reference.iterations=3it", "fidelity.reference.warmup=1it",
+               "--fidelity", "4")
+    assert "trainings: 12 planned, 9 reused, 3 to train" in text

@@ -82,12 +82,11 @@ def search(
         "fidelity.networks": fidelity,
     })
     if dry_run:
-        if cfg.fidelity.enabled:
-            raise LottoError("--dry-run plans a search, not --fidelity (not planned yet)")
         from lotto.cli.app import show_plan
-        from lotto.experiments.plan import plan_search
+        from lotto.experiments.plan import plan_fidelity, plan_search
 
-        show_plan(plan_search(with_workers(cfg, workers)))
+        planner = plan_fidelity if cfg.fidelity.enabled else plan_search
+        show_plan(planner(with_workers(cfg, workers)))
         return
     if cfg.fidelity.enabled:
         from lotto.experiments.fidelity import run_fidelity
