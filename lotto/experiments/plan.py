@@ -667,3 +667,54 @@ def plan_bench(cfg: DictConfig) -> Plan:
     if is_runtime_device(device):
         _mark_done(plan, ["kind", "network", "device"])
     return plan
+
+
+def plan_fidelity(cfg: DictConfig) -> Plan:
+    """`search --fidelity N`: the N networks it draws (exactly: the draw is seeded), each scored
+    by the proxy and trained once per reference seed, less what the shared caches hold."""
+    from lotto.arch.build import build_network
+    from lotto.experiments.common import shared_data
+    from lotto.experiments.fidelity import draw, prepare, reference_key
+    from lotto.experiments.proxy import proxy_spec
+    from lotto.experiments.search import COMMAND, proxy_cache_name
+    from lotto.search.evaluate import Cache, proxy_network, spec_key
+    from lotto.train import resolve_device
+
+    space, seeds, ref_train, _ = prepare(cfg)
+    f = cfg.fidelity
+    dev = resolve_device(str(cfg.device))
+    data = shared_data(cfg.data, dev)
+    per_epoch = max(1, len(data.train_y) // cfg.train.batch_size)
+    supernet = cfg.search.get("proxy") == "supernet"
+    plan = _new_plan(cfg, COMMAND, eval_examples=len(data.val_y), workers=_workers(cfg))
+    picks = draw(space, int(f.networks), int(f.seed))
+    keys = [spec_key(space.network(ix)) for ix in picks]
+    root = Path(cfg.run.runs_dir).expanduser() / COMMAND
+    proxy_cache = Cache(root / ".cache" / f"{proxy_cache_name(cfg, None)}.jsonl"
+                        if cfg.proxy.cache and not supernet else None)
+    ref_cache = Cache(root / ".reference" / f"{reference_key(cfg)}.jsonl")
+    proxy_steps = 0 if supernet else parse_step(cfg.train.iterations, per_epoch)
+    ref_steps = parse_step(ref_train.iterations, per_epoch)
+    for i, key in enumerate(keys):
+        plan.trainings.append(Training({"network": i, "what": "proxy"}, proxy_steps, 1,
+                                       done=proxy_cache.get(key) is not None))
+    for i, key in enumerate(keys):
+        for s in seeds:
+            plan.trainings.append(Training({"network": i, "what": f"reference seed {s}"},
+                                           ref_steps, 1,
+                                           done=ref_cache.get(f"{key} seed{s}") is not None))
+    cached_ref = sum(t.done for t in plan.trainings if t.key["what"] != "proxy")
+    plan.notes.append(f"--fidelity: {len(keys)} networks drawn (seed {f.seed}); proxy scores "
+                      f"cached: {sum(t.done for t in plan.trainings[:len(keys)])}; reference "
+                      f"trainings ({ref_steps} steps x {len(seeds)} seeds) cached: {cached_ref} "
+                      f"of {len(keys) * len(seeds)} (shared caches under {root}: reused)")
+    if supernet:
+        plan.caveats.append("search.proxy=supernet: the supernet's training is not estimated; "
+                            "a proxy score is priced as one validation pass")
+    small = proxy_spec(proxy_network(space.network(picks[0], "plan"), cfg.proxy), data,
+                       float(cfg.proxy.bn_momentum), int(cfg.proxy.min_output))
+    plan.timed = f"the first drawn network's proxy ({small.macs() / 1e6:.1f}M MAdds)"
+    torch.manual_seed(int(cfg.seed))
+    _time(plan, lambda: build_network(small), data, cfg.train, dev, test=False)
+    plan.caveats.append("every training is priced as the first drawn network's")
+    return plan
