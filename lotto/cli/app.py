@@ -293,10 +293,11 @@ def show_plan(plan: Any) -> None:
         left = plan.to_measure
         m = len(plan.measurements)
         each = max((x.seconds for x in left), default=0.0)
-        say(f"measurements: {m} planned, {m - len(left)} reused, {len(left)} to measure"
-            + (f" (about {each:.1f} s each here)" if each > 0 else " (instant)" if left else ""))
-        parts.append(f"measurements {_duration(sum(x.seconds for x in left))}")
         unknown = sum(not x.estimated for x in left)
+        say(f"measurements: {m} planned, {m - len(left)} reused, {len(left)} to measure"
+            + (f" (about {each:.1f} s each here)" if each > 0 else " (not estimated)" if unknown
+               else " (instant)" if left else ""))
+        parts.append(f"measurements {_duration(sum(x.seconds for x in left))}")
         detail.append(f"one measurement about {each:.1f} s: a quick real one just now, scaled "
                       "to the configured run time" if each > 0 else
                       f"{unknown} measurement(s) not estimated" if unknown else
