@@ -236,9 +236,9 @@ ForceOpt = Annotated[
 
 DryRunOpt = Annotated[
     bool,
-    typer.Option("--dry-run", help="Print the resolved config, the trainings planned, what a "
-                 "past run would reuse and a rough time estimate; train nothing, create no run "
-                 "directory."),
+    typer.Option("--dry-run", help="Print the resolved config, the trainings / measurements "
+                 "planned, what a past run would reuse and a rough time estimate; train and "
+                 "measure nothing, create no run directory."),
 ]
 
 
@@ -253,32 +253,67 @@ def _duration(seconds: float) -> str:
 
 
 def show_plan(plan: Any) -> None:
-    """Print a `lotto.experiments.plan.Plan` (the --dry-run of lottery and rethink)."""
+    """Print a `lotto.experiments.plan.Plan` (the --dry-run of every experiment command)."""
     from lotto.config import to_yaml
 
     say = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
-    say(f"# lotto {plan.command} --dry-run: the resolved config (nothing is trained and no run "
+    doing = "trained or measured" if plan.command in ("search", "netadapt", "build-v3", "bench") \
+        else "trained"
+    say(f"# lotto {plan.command} --dry-run: the resolved config (nothing is {doing} and no run "
         "directory is created)")
     say(to_yaml(plan.cfg).rstrip())
-    n, todo = len(plan.trainings), plan.todo
+    units = plan.trainings if plan.unit == "trainings" else plan.measurements
+    n, reused = len(units), sum(u.done for u in units)
     if plan.conflict is not None:
         say(f"run directory: {plan.run_path}: cannot be resumed: {plan.conflict}")
     elif plan.exists:
-        say(f"run directory: {plan.run_path} (exists: {n - len(todo)} of {n} trainings "
-            "finished there are reused)")
+        say(f"run directory: {plan.run_path} (exists: {reused} of {n} "
+            f"{plan.unit_name or plan.unit} finished there are reused)")
     else:
         say(f"run directory: {plan.run_path} (new)")
     for note in plan.notes:
         say(note)
-    steps = sum(t.steps for t in todo)
-    evals = sum(t.evals for t in todo)
-    say(f"trainings: {n} planned, {n - len(todo)} reused, {len(todo)} to train "
-        f"({steps:,} steps, {evals:,} evaluations of {plan.eval_examples:,} examples)")
-    workers = f" on {plan.workers} workers" if plan.workers > 1 else ""
-    say(f"time: about {_duration(plan.seconds())}{workers} (rough, without data loading: one "
-        f"training step of {plan.cfg.model.name} at batch {plan.cfg.train.batch_size} took "
-        f"{1000 * plan.step_seconds:.1f} ms here just now, one evaluation "
-        f"{plan.eval_seconds:.2f} s)")
+    todo, parts, detail = plan.todo, [], []
+    workers = f" on {plan.workers} workers" if plan.workers > 1 and todo else ""
+    if plan.trainings:
+        steps = sum(t.steps for t in todo)
+        evals = sum(t.evals for t in todo)
+        word = plan.unit_name if plan.unit == "trainings" and plan.unit_name else "trainings"
+        m = len(plan.trainings)
+        say(f"{word}: {m} planned, {m - len(todo)} reused, {len(todo)} to train "
+            f"({steps:,} steps, {evals:,} evaluations of {plan.eval_examples:,} examples)")
+        parts.append(f"trainings {_duration(plan.training_seconds() if todo else 0.0)}{workers}")
+        if todo:
+            detail.append(f"one training step of {plan.timed or plan.cfg.model.name} at batch "
+                          f"{plan.cfg.train.batch_size} took {1000 * plan.step_seconds:.1f} ms "
+                          f"here just now, one evaluation {plan.eval_seconds:.2f} s")
+        else:
+            detail.append("nothing left to train")
+    if plan.measurements:
+        left = plan.to_measure
+        m = len(plan.measurements)
+        each = max((x.seconds for x in left), default=0.0)
+        unknown = sum(not x.estimated for x in left)
+        say(f"measurements: {m} planned, {m - len(left)} reused, {len(left)} to measure"
+            + (f" (about {each:.1f} s each here)" if each > 0 else " (not estimated)" if unknown
+               else " (instant)" if left else ""))
+        parts.append(f"measurements {_duration(sum(x.seconds for x in left))}")
+        detail.append(f"one measurement about {each:.1f} s: a quick real one just now, scaled "
+                      "to the configured run time" if each > 0 else
+                      f"{unknown} measurement(s) not estimated" if unknown else
+                      "nothing left to measure" if not left else
+                      "the measurements need no timing here (a model or table prices them)")
+    if len(parts) > 1:  # say what each part takes
+        detail.insert(0, ", ".join(parts))
+        workers = ""
+    if not parts:
+        say("time: nothing to train or measure")
+    else:
+        loading = ", without data loading" if plan.trainings else ""
+        say(f"time: about {_duration(plan.seconds())}{workers} (rough{loading}: "
+            f"{'; '.join(detail)})")
+    for caveat in plan.caveats:
+        say(f"rough: {caveat}")
 
 
 def with_workers(cfg: DictConfig, workers: int | None) -> DictConfig:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from lotto.cli.app import (
     ConfigOpt,
+    DryRunOpt,
     ForceOpt,
     NameOpt,
     OverridesArg,
@@ -62,6 +63,7 @@ def bench(
     name: NameOpt = None,
     runs_dir: RunsDirOpt = None,
     force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Latency with provenance: measured on this host, summed from a table, or a phone model."""
     from lotto.config import load_config
@@ -79,6 +81,12 @@ def bench(
         "calibrate": calibrate, "calibrate_as": calibrate_as,
     })
     check_parallel(cfg)  # unused here yet; a bad section is still a one-line error
+    if dry_run:
+        from lotto.cli.app import show_plan
+        from lotto.experiments.plan import plan_bench
+
+        show_plan(plan_bench(cfg))
+        return
     out = err_console if as_json else console
 
     def warn(message: str) -> None:

@@ -10,6 +10,7 @@ import typer
 from lotto.cli.app import (
     ConfigOpt,
     DeviceOpt,
+    DryRunOpt,
     ForceOpt,
     NameOpt,
     OverridesArg,
@@ -56,6 +57,7 @@ def build_v3(
     runs_dir: RunsDirOpt = None,
     device: DeviceOpt = None,
     force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """MobileNetV3's manual changes (h-swish, SE, 16-filter stem, efficient last stage) applied
     to a searched seed; params, MAdds, host and Pixel latency per change."""
@@ -69,6 +71,12 @@ def build_v3(
         "seed": seed, "run.name": name, "run.runs_dir": runs_dir, "device": device,
     })
     check_parallel(cfg)  # unused here yet; a bad section is still a one-line error
+    if dry_run:
+        from lotto.cli.app import show_plan
+        from lotto.experiments.plan import plan_build_v3
+
+        show_plan(plan_build_v3(cfg))
+        return
     with make_progress(console) as progress:
         result = run_build_v3(cfg, force=force, progress=progress)
     show(result)

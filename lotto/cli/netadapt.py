@@ -8,6 +8,7 @@ import typer
 
 from lotto.cli.app import (
     ConfigOpt,
+    DryRunOpt,
     ForceOpt,
     NameOpt,
     OverridesArg,
@@ -57,6 +58,7 @@ def netadapt(
     name: NameOpt = None,
     runs_dir: RunsDirOpt = None,
     force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Shrink a trained network step by step until a latency target is met (NetAdapt as
     MobileNetV3 used it), against a width-multiplier baseline."""
@@ -70,6 +72,12 @@ def netadapt(
         "netadapt.long_ft": long_ft, "seed": seed, "run.name": name,
         "run.runs_dir": runs_dir, "parallel.workers": workers,
     })
+    if dry_run:
+        from lotto.cli.app import show_plan
+        from lotto.experiments.plan import plan_netadapt
+
+        show_plan(plan_netadapt(with_workers(cfg, workers)))
+        return
     with make_progress(console) as progress:
         result = run_netadapt(with_workers(cfg, workers), force=force, progress=progress,
                               report=lambda rows: progress.console.print(step_table(rows)))

@@ -9,6 +9,7 @@ import typer
 
 from lotto.cli.app import (
     ConfigOpt,
+    DryRunOpt,
     ForceOpt,
     NameOpt,
     OverridesArg,
@@ -56,6 +57,7 @@ def search(
     name: NameOpt = None,
     runs_dir: RunsDirOpt = None,
     force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Search the factorised space for the best ACC x (LAT/TAR)^w: proxy accuracy, latency on
     the target device."""
@@ -79,6 +81,13 @@ def search(
         "fidelity.enabled": True if fidelity is not None else None,
         "fidelity.networks": fidelity,
     })
+    if dry_run:
+        from lotto.cli.app import show_plan
+        from lotto.experiments.plan import plan_fidelity, plan_search
+
+        planner = plan_fidelity if cfg.fidelity.enabled else plan_search
+        show_plan(planner(with_workers(cfg, workers)))
+        return
     if cfg.fidelity.enabled:
         from lotto.experiments.fidelity import run_fidelity
 

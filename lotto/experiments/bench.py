@@ -156,16 +156,19 @@ def check_bench_config(cfg: DictConfig, device: str) -> None:
 # Entry point
 
 
-def run_bench(cfg: DictConfig, *, force: bool = False, progress: Progress | None = None,
-              warn: Callable[[str], None] | None = None) -> BenchResult:
+def check_modes(cfg: DictConfig) -> None:
+    """Devices calibrated under runs_dir known by name; --as only with --calibrate."""
     from lotto.latency.devices import add_runs_dir
 
     add_runs_dir(cfg.run.runs_dir)  # calibrated devices stored there are known by name
     if cfg.calibrate_as and not cfg.calibrate:
         raise LottoError("--as NAME names the device a --calibrate fit registers: give "
                          "--calibrate RUN[,RUN...] too (bench runs measured on the device)")
-    if cfg.calibrate:
-        return run_calibrate(cfg, force=force)
+
+
+def prepare_bench(cfg: DictConfig) -> tuple[str, ArchSpec | None, Space | None]:
+    """The checks of a price / --build-lut / --validate run before a run directory exists (also
+    `--dry-run`'s): (device, the network priced or None, the space of host tables or None)."""
     device = resolve_bench_device(str(cfg.device))
     check_bench_config(cfg, device)
     if is_runtime_device(device):  # checks that need no export: before a run dir exists
@@ -183,6 +186,15 @@ def run_bench(cfg: DictConfig, *, force: bool = False, progress: Progress | None
     spec = None if (cfg.build_lut or cfg.validate) else resolve_spec(cfg)
     host_tables = not is_phone(device) and (cfg.build_lut or cfg.validate)
     space = resolve_space(cfg) if host_tables else None
+    return device, spec, space
+
+
+def run_bench(cfg: DictConfig, *, force: bool = False, progress: Progress | None = None,
+              warn: Callable[[str], None] | None = None) -> BenchResult:
+    check_modes(cfg)
+    if cfg.calibrate:
+        return run_calibrate(cfg, force=force)
+    device, spec, space = prepare_bench(cfg)
     run = RunDir.open(cfg, "bench", force=force)
     if cfg.build_lut or (cfg.validate and not is_phone(device)):
         lut = _table(cfg, device, warn)
@@ -663,14 +675,12 @@ def collect_measurements(text: str) -> tuple[list[ArchSpec], list[dict[str, Any]
     return keep_specs, keep_rows
 
 
-def run_calibrate(cfg: DictConfig, *, force: bool = False) -> BenchResult:
-    import datetime as dt
-    import json
-
-    from lotto.latency.calibrate import USER_VERSION, fit_user_device
+def fit_calibration(cfg: DictConfig) -> tuple[str, list[ArchSpec], list[dict[str, Any]], dict]:
+    """--calibrate's checks and fit, before a run directory exists (also `--dry-run`'s):
+    (device name, the measured specs, their rows, the fit)."""
+    from lotto.latency.calibrate import fit_user_device
     from lotto.latency.devices import check_user_name
-    from lotto.latency.phone import FEATURES, baseline_features, spec_features
-    from lotto.runs import write_text
+    from lotto.latency.phone import baseline_features, spec_features
 
     if not cfg.calibrate_as:
         raise LottoError("--calibrate needs --as NAME: the device name to register")
@@ -679,7 +689,19 @@ def run_calibrate(cfg: DictConfig, *, force: bool = False) -> BenchResult:
     X = np.array([spec_features(s) for s in specs])
     B = np.array([baseline_features(s) for s in specs])
     y = np.array([float(r["latency_ms"]) for r in rows])
-    fit = fit_user_device(X, y, B)
+    return name, specs, rows, fit_user_device(X, y, B)
+
+
+def run_calibrate(cfg: DictConfig, *, force: bool = False) -> BenchResult:
+    import datetime as dt
+    import json
+
+    from lotto.latency.calibrate import USER_VERSION
+    from lotto.latency.phone import FEATURES
+    from lotto.runs import write_text
+
+    name, specs, rows, fit = fit_calibration(cfg)
+    y = np.array([float(r["latency_ms"]) for r in rows])
     source_device = str(rows[0]["device"])
     run = RunDir.open(cfg, "bench", force=force)
     log = MetricsLog(run)

@@ -88,8 +88,9 @@ def draw(space: Any, n: int, seed: int) -> list[list[int]]:
     return out
 
 
-def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | None = None,
-                 runner: Runner | None = None) -> FidelityResult:
+def prepare(cfg: DictConfig) -> tuple[Any, list[int], DictConfig, DictConfig]:
+    """The checks before a run directory exists (also `--dry-run`'s): (space, reference seeds,
+    the reference's train and proxy sections)."""
     space, _, _ = validate(cfg)
     f = cfg.fidelity
     check(int(f.networks) >= 3, "fidelity.networks", f"{f.networks}: at least 3 networks")
@@ -102,6 +103,13 @@ def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | N
     from lotto.train import check_train_config
 
     check_train_config(ref_train)
+    return space, seeds, ref_train, ref_proxy
+
+
+def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | None = None,
+                 runner: Runner | None = None) -> FidelityResult:
+    space, seeds, ref_train, ref_proxy = prepare(cfg)
+    f = cfg.fidelity
     run = RunDir.open(cfg, COMMAND, force=force)
     runs_root = Path(cfg.run.runs_dir).expanduser() / COMMAND
 

@@ -251,10 +251,7 @@ class _NetAdapt:
         self.failures = FailureLog(run, self.metrics)
         self.per_epoch = max(1, len(data.train_y) // int(cfg.train.batch_size))
         self.seed_ms = pricer.ms(seed)
-        value, unit = parse_amount(cfg.latency.target, "latency.target")
-        self.target_ms = value * self.seed_ms if unit == "x" else value
-        value, unit = parse_amount(cfg.netadapt.delta, "netadapt.delta")
-        self.delta_ms = value * self.seed_ms if unit == "x" else value
+        self.target_ms, self.delta_ms = amounts(cfg, self.seed_ms)
         self.stop_reason = ""
 
     def iters(self, value: Any) -> int:
@@ -486,6 +483,30 @@ def refuse_far_target(cfg: DictConfig, spec: ArchSpec) -> None:
                          "narrowest, measured end to end)")
 
 
+def amounts(cfg: DictConfig, seed_ms: float) -> tuple[float, float]:
+    """(target, delta) in ms: latency.target and netadapt.delta, '0.8x' of the seed's or ms."""
+    value, unit = parse_amount(cfg.latency.target, "latency.target")
+    target_ms = value * seed_ms if unit == "x" else value
+    value, unit = parse_amount(cfg.netadapt.delta, "netadapt.delta")
+    return target_ms, value * seed_ms if unit == "x" else value
+
+
+def check_reachable(cfg: DictConfig, spec: ArchSpec, ms: Callable[[ArchSpec], float],
+                    dev: str) -> float:
+    """The target below the seed and above the narrowest network (both priced by `ms`);
+    returns the seed's latency."""
+    seed_ms = ms(spec)
+    target_ms, _ = amounts(cfg, seed_ms)
+    if target_ms >= seed_ms:
+        raise LottoError(f"target {target_ms:.3f} ms is not below the seed's latency "
+                         f"{seed_ms:.3f} ms on {dev}")
+    floor_ms = ms(floor_spec(spec, int(cfg.netadapt.width_step)))
+    if target_ms < floor_ms:
+        raise LottoError(f"target {target_ms:.3f} ms is unreachable on {dev}: the lowest "
+                         f"reachable latency is {floor_ms:.3f} ms (every width at its narrowest)")
+    return seed_ms
+
+
 def run_netadapt(cfg: DictConfig, *, force: bool = False, progress: Progress | None = None,
                  runner: Runner | None = None,
                  report: Callable[[pd.DataFrame], None] | None = None) -> NetAdaptResult:
@@ -494,18 +515,8 @@ def run_netadapt(cfg: DictConfig, *, force: bool = False, progress: Progress | N
     say = (lambda m: progress.console.print(m, highlight=False)) if progress else (lambda m: None)
     refuse_far_target(cfg, spec)  # before a host table is timed (minutes)
     pricer = Pricer(cfg, spec, say=say)
-    seed_ms = pricer.ms(spec)
-    value, unit = parse_amount(cfg.latency.target, "latency.target")
-    target_ms = value * seed_ms if unit == "x" else value
     dev = pricer.device
-    if target_ms >= seed_ms:
-        raise LottoError(f"target {target_ms:.3f} ms is not below the seed's latency "
-                         f"{seed_ms:.3f} ms on {dev}")
-    floor = floor_spec(spec, int(cfg.netadapt.width_step))
-    floor_ms = pricer.ms(floor)
-    if target_ms < floor_ms:
-        raise LottoError(f"target {target_ms:.3f} ms is unreachable on {dev}: the lowest "
-                         f"reachable latency is {floor_ms:.3f} ms (every width at its narrowest)")
+    check_reachable(cfg, spec, pricer.ms, dev)
     run = RunDir.open(cfg, COMMAND, force=force)
     na = _NetAdapt(cfg, run, data, pricer, spec, progress, report)
     with open_runner(cfg) if runner is None else nullcontext(runner) as tasks:

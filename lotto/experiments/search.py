@@ -590,15 +590,25 @@ def plot(frame: pd.DataFrame, front: pd.DataFrame, obj: Objective, title: str, p
     plt.close(fig)
 
 
-def run_search(cfg: DictConfig, *, force: bool = False, progress: Progress | None = None,
-               runner: Runner | None = None, stop_after: int | None = None) -> SearchResult:
-    """`stop_after`: stop after this many batches (tests of resume); `runner`: workers to reuse."""
+def prepare(cfg: DictConfig, say: Any = lambda m: None, time_target: bool = True
+            ) -> tuple[Space, Objective, str, Pricer, float | None]:
+    """The checks before a run directory exists (also `--dry-run`'s): config, proxy on the
+    data, the latency source, a reachable target. `time_target` False skips the target check
+    where it would time networks one by one on this host (returns fastest None)."""
     space, obj, device = validate(cfg)
     parallel_settings(cfg)
     check_proxy(cfg, space)  # before the run directory and the budget
-    say = (lambda m: progress.console.print(m, highlight=False)) if progress else (lambda m: None)
     price = Pricer(cfg, device, say=say)
-    fastest = check_target(cfg, space, obj, price, say)
+    fastest = (check_target(cfg, space, obj, price, say)
+               if time_target or price.source != "measure" else None)
+    return space, obj, device, price, fastest
+
+
+def run_search(cfg: DictConfig, *, force: bool = False, progress: Progress | None = None,
+               runner: Runner | None = None, stop_after: int | None = None) -> SearchResult:
+    """`stop_after`: stop after this many batches (tests of resume); `runner`: workers to reuse."""
+    say = (lambda m: progress.console.print(m, highlight=False)) if progress else (lambda m: None)
+    space, obj, device, price, fastest = prepare(cfg, say)
     run = RunDir.open(cfg, COMMAND, force=force)
     search = _Search(cfg, space, obj, device, run, progress, price)
     with open_runner(cfg) if runner is None else nullcontext(runner) as tasks:
