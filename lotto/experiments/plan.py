@@ -340,8 +340,8 @@ def plan_search(cfg: DictConfig) -> Plan:
     controller draws, so the count is an upper bound."""
     from lotto.arch.build import build_network
     from lotto.experiments.common import shared_data
-    from lotto.proxy import proxy_spec
     from lotto.experiments.search import COMMAND, prepare, proxy_cache_name
+    from lotto.proxy import proxy_spec
     from lotto.search.evaluate import Cache, proxy_network
     from lotto.train import resolve_device
 
@@ -675,8 +675,8 @@ def plan_fidelity(cfg: DictConfig) -> Plan:
     from lotto.arch.build import build_network
     from lotto.experiments.common import shared_data
     from lotto.experiments.fidelity import draw, prepare, reference_key
-    from lotto.proxy import proxy_spec
     from lotto.experiments.search import COMMAND, proxy_cache_name
+    from lotto.proxy import proxy_spec
     from lotto.search.evaluate import Cache, proxy_network, spec_key
     from lotto.train import resolve_device
 
