@@ -29,12 +29,14 @@ Validation, all strict (a held-out row's label never enters the fit that predict
 - leave one block shape out (FBNet blocks): all candidates at one (H, Cin, Cout, stride) out
   at a time; the 300 network sums are then built from out-of-fold block predictions only.
 
-Quoted errors (per phone): `rel_error` = the pooled strict leave-one-family-out RMSPE on rows of
-calibrated sources (relative error: what ranks and ratios carry); `scale_error` = the RMS over
-held-out sources of their unexplained log scale (the runtime version: what absolute
-milliseconds carry on top); `expected_error` = sqrt(rel^2 + scale^2), the raw error of a
-prediction against a phone on an unknown runtime. Its coverage of held-out raw errors is
-checked in `coverage`.
+Quoted errors (`error_bars`): `rel_error` (relative / rank error: what ranks and ratios carry)
+= the phone's own strict leave-one-family-out RMSPE on rows of calibrated sources where it has
+MIN_OWN_ROWS of them, else the pooled one (or its own, if larger) widened for its few rows;
+`scale_error` (the runtime version: what absolute milliseconds carry on top; shared, as it is a
+property of runtimes) = the smallest value for which expected_error = sqrt(rel^2 + scale^2)
+covers 2/3 of the leave-one-source-out raw errors, each source weighing the same.
+`strict_coverage` checks that recipe nested: each source's raw errors scored by error bars
+calibrated on the other sources only (every fit, rel_error and scale_error without it).
 """
 
 from __future__ import annotations
@@ -622,14 +624,23 @@ def quoted_errors(cal: Calibration, cv: dict[str, Any], loso: dict[str, Any]) ->
     `source_log_scales`: the |log| scale each held-out source needed."""
     logs = {g: abs(float(np.log(e[k]["scale"]))) for g, e in loso.items()
             for k in ("published", "networks") if k in e}
-    bars = error_bars(error_pool(cal, cv, loso))
+    pool = error_pool(cal, cv, loso)
+    bars = error_bars(pool)
     strict = strict_coverage(cal, loso)
+    # not strict (the bars scored on the errors they were calibrated on): for comparison only
+    inside = pool["err"] <= np.array([bars["devices"][p]["expected_error"] for p in pool["phone"]])
+    _, inverse, counts = np.unique(pool["source"], return_inverse=True, return_counts=True)
+    weight = 1.0 / counts[inverse]
     out: dict[str, Any] = {"scale_error": bars["pooled"]["scale_error"], "pooled": bars["pooled"],
                            "source_log_scales": logs, "coverage": strict["coverage"],
+                           "coverage_in_sample": float(np.sum(weight * inside) / np.sum(weight)),
                            "folds": strict["folds"], "devices": {}, "notes": []}
     for p in PHONES:
         entry = dict(bars["devices"][p])
         entry["coverage"] = strict["devices"][p]
+        mine = pool["phone"] == p
+        entry["coverage_in_sample"] = float(np.sum(weight[mine] * inside[mine])
+                                            / np.sum(weight[mine]))
         out["devices"][p] = entry
         if "note" in entry:
             out["notes"].append(entry["note"])
