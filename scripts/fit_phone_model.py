@@ -56,16 +56,23 @@ def report(result: dict) -> str:
                          f"  expected_error {e['expected_error'] * 100:.1f}%  "
                          f"({e['relative_costs']})")
             continue
-        lines.append(f"{phone}: scale {e['scale']:.4f}  rel_error {e['rel_error'] * 100:.1f}%  "
-                     f"scale_error {e['scale_error'] * 100:.1f}%  expected_error "
-                     f"{e['expected_error'] * 100:.1f}% (covers {e['coverage'] * 100:.0f}% of "
-                     f"held-out raw errors)  MAC+c LOFO "
+        lines.append(f"{phone}: scale {e['scale']:.4f}  rel_error {e['rel_error'] * 100:.1f}% "
+                     f"({e['error_basis']})  scale_error {e['scale_error'] * 100:.1f}%  "
+                     f"expected_error {e['expected_error'] * 100:.1f}% (strict coverage "
+                     f"{e['coverage'] * 100:.0f}% of held-out raw errors)  MAC+c LOFO "
                      f"{e['baseline']['expected_error'] * 100:.1f}%")
     p4 = result["cv"]["pixel4_leave_one_network_out"]
     lines.append(f"pixel4 (EfficientNet-Lite, 4 threads), leave one network out: model "
                  f"{_m(p4['model'])}; MACs x scale {_m(p4['macs'])}")
-    lines.append(f"pooled coverage {result['errors']['coverage'] * 100:.0f}%; " +
-                 result["pixel2_pixel3"])
+    err = result["errors"]
+    lines.append(f"strict coverage pooled {err['coverage'] * 100:.0f}% (each source scored by "
+                 f"error bars calibrated without it; in-sample {err['coverage_in_sample'] * 100:.0f}%)")
+    for g, f in err["folds"].items():
+        lines.append(f"  {g:10s} held out: " + ", ".join(
+            f"{p} bar {f['expected_error'][p] * 100:.1f}% ({f['basis'][p]}) covers "
+            f"{f['coverage'][p] * 100:.0f}% of {f['n'][p]}" for p in f["coverage"]))
+    lines += [f"  note: {n}" for n in err["notes"]]
+    lines.append(result["pixel2_pixel3"])
     for name in ("lofo_v2_v3", "lofo_v2_v3large_v3small", "baseline_lofo_v2_v3",
                  "lofo_v2_v3_shared_factors"):
         lines.append(f"\n{name}")
