@@ -66,7 +66,8 @@ def report(result: dict) -> str:
                  f"{_m(p4['model'])}; MACs x scale {_m(p4['macs'])}")
     err = result["errors"]
     lines.append(f"strict coverage pooled {err['coverage'] * 100:.0f}% (each source scored by "
-                 f"error bars calibrated without it; in-sample {err['coverage_in_sample'] * 100:.0f}%)")
+                 f"error bars calibrated without it; in-sample "
+                 f"{err['coverage_in_sample'] * 100:.0f}%)")
     for g, f in err["folds"].items():
         lines.append(f"  {g:10s} held out: " + ", ".join(
             f"{p} bar {f['expected_error'][p] * 100:.1f}% ({f['basis'][p]}) covers "

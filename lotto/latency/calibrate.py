@@ -582,7 +582,7 @@ def error_bars(pool: dict[str, Any]) -> dict[str, Any]:
     out["scale_error"] = hi
     out["pooled"] = {"rel_error": pooled_rel, "scale_error": hi,
                      "expected_error": float(np.hypot(pooled_rel, hi))}
-    for p, entry in out["devices"].items():
+    for entry in out["devices"].values():
         entry["scale_error"] = hi
         entry["expected_error"] = float(np.hypot(entry["rel_error"], hi))
     return out
