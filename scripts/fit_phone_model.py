@@ -18,7 +18,7 @@ import math
 import sys
 from pathlib import Path
 
-from lotto.latency.calibrate import fit_all, load_calibration
+from lotto.latency.calibrate import block_weight_sweep, fit_all, load_calibration
 from lotto.latency.phone import FEATURES, model_path
 
 
@@ -94,13 +94,36 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep_report(rows: list[dict]) -> str:
+    """A markdown table: one row per block weight."""
+    lines = ["| block weight | LOFO RMSPE P1 / P2 / P3 | LOSO after one scale v3_paper / v2_readme "
+             "/ v3_readme / FBNet nets | FBNet shape-out nets (rho) | expected error P1 / P2 / "
+             "P3 | strict coverage |", "|" + " --- |" * 6]
+    for r in rows:
+        lo, ls, ee = r["lofo"], r["loso_after_scale"], r["expected_error"]
+        lines.append(
+            f"| {r['block_weight']:g} | " + " / ".join(f"{lo[p] * 100:.1f}" for p in lo) + "% | "
+            + " / ".join(f"{ls[g] * 100:.1f}" for g in ls) + "% | "
+            f"{r['fbnet_shape_out'] * 100:.1f}% ({r['fbnet_shape_out_spearman']:.3f}) | "
+            + " / ".join(f"{ee[p] * 100:.1f}" for p in ee) + "% | "
+            f"{r['strict_coverage'] * 100:.0f}% |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None,
                         help="calibration CSV (default: the shipped copy)")
     parser.add_argument("--out", type=Path, default=Path(model_path()), help="JSON to write")
     parser.add_argument("--check", action="store_true", help="compare with --out, do not write")
+    parser.add_argument("--sweep-block-weight", type=float, nargs="+", metavar="W",
+                        help="print the strict validation figures at each block weight, write "
+                             "nothing (how much the BLOCK_WEIGHT choice moves them)")
     args = parser.parse_args(argv)
+    if args.sweep_block_weight:
+        print(sweep_report(block_weight_sweep(load_calibration(args.data),
+                                              args.sweep_block_weight)))
+        return 0
     result = json.loads(json.dumps(fit_all(load_calibration(args.data))))
     print(report(result))
     if args.check:

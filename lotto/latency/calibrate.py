@@ -80,7 +80,9 @@ VERSION = "pixel-operator-v3"  # v3: runtime kernels, FBNet Pixel-3 blocks, per-
 # Paper text (MobileNetV3 5.2): optimised h-swish costs ~1 ms more than ReLU on V3-Large 1.0.
 HSWISH_PRIOR_MS = 1.0
 PRIOR_WEIGHT = 1.0  # the prior pseudo-row weighs as much as one data row's relative error
-BLOCK_WEIGHT = 0.1  # one FBNet block row against one whole-network row (chosen by the strict CVs)
+# one FBNet block row against one whole-network row: chosen by looking at the strict CV figures
+# (not nested); `block_weight_sweep` shows how much they move across candidate weights
+BLOCK_WEIGHT = 0.1
 FBNET_NETWORKS = 300
 ITERATIONS = 60
 SOURCES = {
@@ -147,6 +149,7 @@ class Calibration:
     blocks: pd.DataFrame
     XB: np.ndarray
     blocks_sha256: str
+    block_weight: float = BLOCK_WEIGHT  # one block row against one whole network in the fit
 
     def design(self, use_blocks: bool = True) -> dict[str, np.ndarray]:
         """All rows stacked: published first, then blocks (`use_blocks`)."""
@@ -161,7 +164,7 @@ class Calibration:
             parts["y"].append(b.pixel3_ms.to_numpy(float))
             parts["group"].append(np.full(len(b), BLOCK_GROUP, dtype=object))
             parts["device"].append(np.full(len(b), "pixel3", dtype=object))
-            parts["w"].append(np.full(len(b), BLOCK_WEIGHT))
+            parts["w"].append(np.full(len(b), self.block_weight))
             parts["published"].append(np.zeros(len(b), bool))
         return {k: np.concatenate(v) for k, v in parts.items()}
 
@@ -784,7 +787,7 @@ def fit_all(cal: Calibration | None = None) -> dict[str, Any]:
             "blocks_file": BLOCKS_FILE,
             "blocks_sha256": cal.blocks_sha256,
             "block_rows": int(len(cal.blocks)),
-            "block_weight": BLOCK_WEIGHT,
+            "block_weight": cal.block_weight,
         },
         "factors": final["factors"],
         "pixel2_pixel3": SHARED_SHAPE_NOTE,
@@ -813,6 +816,29 @@ def fit_all(cal: Calibration | None = None) -> dict[str, Any]:
                 final, quoted["devices"]["pixel1"]["expected_error"]),
         },
     }
+
+
+def block_weight_sweep(cal: Calibration, weights: Sequence[float]) -> list[dict[str, Any]]:
+    """The strict validation figures at each candidate block weight (BLOCK_WEIGHT was chosen
+    by looking at them: this says how much that choice moves them)."""
+    out = []
+    for w in weights:
+        c = dataclasses.replace(cal, block_weight=float(w))
+        cv = cross_validate(c, "family2")
+        loso = leave_one_source_out(c)
+        shape = leave_one_shape_out(c)
+        q = quoted_errors(c, cv, loso)
+        out.append({
+            "block_weight": float(w),
+            "lofo": {p: cv["devices"][p]["pooled"]["rmspe"] for p in PHONES},
+            "loso_after_scale": {g: e["published" if "published" in e else "networks"]
+                                 ["rmspe_after_scale"] for g, e in loso.items()},
+            "fbnet_shape_out": shape["networks"]["rmspe_after_scale"],
+            "fbnet_shape_out_spearman": shape["networks"]["spearman"],
+            "expected_error": {p: q["devices"][p]["expected_error"] for p in PHONES},
+            "strict_coverage": q["coverage"],
+        })
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
