@@ -121,3 +121,14 @@ def test_shipped_quoted_errors_are_per_phone(cal, shipped):
     assert {p: d[p]["coverage"] for p in PHONES[:3]} == pytest.approx(
         {p: err["devices"][p]["coverage"] for p in PHONES[:3]})
     assert set(err["folds"]) == {"v3_paper", "v2_readme", "v3_readme", "hwnas"}
+
+
+def test_block_weight_sweep_reproduces_the_shipped_figures_at_the_shipped_weight(cal, shipped):
+    from lotto.latency.calibrate import BLOCK_WEIGHT, block_weight_sweep
+
+    at, other = block_weight_sweep(cal, [BLOCK_WEIGHT, 1.0])
+    assert shipped["data"]["block_weight"] == at["block_weight"] == BLOCK_WEIGHT
+    assert at["expected_error"] == pytest.approx(
+        {p: shipped["devices"][p]["expected_error"] for p in PHONES[:3]})
+    assert at["strict_coverage"] == pytest.approx(shipped["errors"]["coverage"])
+    assert other["lofo"]["pixel1"] != pytest.approx(at["lofo"]["pixel1"], rel=1e-3)
