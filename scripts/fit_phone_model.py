@@ -18,7 +18,12 @@ import math
 import sys
 from pathlib import Path
 
-from lotto.latency.calibrate import block_weight_sweep, fit_all, load_calibration
+from lotto.latency.calibrate import (
+    block_weight_sweep,
+    fit_all,
+    load_calibration,
+    nested_block_weight,
+)
 from lotto.latency.phone import FEATURES, model_path
 
 
@@ -119,7 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-block-weight", type=float, nargs="+", metavar="W",
                         help="print the strict validation figures at each block weight, write "
                              "nothing (how much the BLOCK_WEIGHT choice moves them)")
+    parser.add_argument("--nested-block-weight", type=float, nargs="+", metavar="W",
+                        help="leave-one-family-out with the block weight chosen among W inside "
+                             "each outer fold (inner leave-one-network-out); write nothing")
     args = parser.parse_args(argv)
+    if args.nested_block_weight:
+        r = nested_block_weight(load_calibration(args.data), args.nested_block_weight)
+        for fam, c in r["chosen"].items():
+            print(f"{fam} held out: chose block weight {c['block_weight']:g} (inner RMSPE " +
+                  ", ".join(f"{w:g}: {v * 100:.1f}%" for w, v in c["inner_rmspe"].items()) + ")")
+        for phone, m in r["devices"].items():
+            print(f"  {phone} {_m(m)}")
+        return 0
     if args.sweep_block_weight:
         print(sweep_report(block_weight_sweep(load_calibration(args.data),
                                               args.sweep_block_weight)))

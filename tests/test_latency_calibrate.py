@@ -132,3 +132,20 @@ def test_block_weight_sweep_reproduces_the_shipped_figures_at_the_shipped_weight
         {p: shipped["devices"][p]["expected_error"] for p in PHONES[:3]})
     assert at["strict_coverage"] == pytest.approx(shipped["errors"]["coverage"])
     assert other["lofo"]["pixel1"] != pytest.approx(at["lofo"]["pixel1"], rel=1e-3)
+
+
+def test_nested_block_weight_is_chosen_without_the_held_out_family(cal):
+    """Scrambling the held-out family's labels moves neither the weight its fold chose nor its
+    predictions; the other fold, which those rows train, does move."""
+    from lotto.latency.calibrate import nested_block_weight
+
+    weights = [0.01, 1.0]
+    base = nested_block_weight(cal, weights)
+    test = (cal.rows.family2 == "mobilenet_v3").to_numpy()
+    rows = cal.rows.copy()
+    rows.loc[test, "latency_ms"] *= np.random.default_rng(5).uniform(0.5, 2.0, test.sum())
+    moved = nested_block_weight(dataclasses.replace(cal, rows=rows), weights)
+    assert moved["chosen"]["mobilenet_v3"] == base["chosen"]["mobilenet_v3"]
+    np.testing.assert_allclose(moved["predictions"][test], base["predictions"][test], rtol=1e-12)
+    assert moved["chosen"]["mobilenet_v2"]["inner_rmspe"] != pytest.approx(
+        base["chosen"]["mobilenet_v2"]["inner_rmspe"])

@@ -841,6 +841,39 @@ def block_weight_sweep(cal: Calibration, weights: Sequence[float]) -> list[dict[
     return out
 
 
+def nested_block_weight(cal: Calibration, weights: Sequence[float],
+                        by: str = "family2") -> dict[str, Any]:
+    """Leave-one-family-out with the block weight chosen strictly, inside each outer fold: on
+    the training rows only, by the pooled RMSPE of an inner leave-one-network-out CV (a
+    network = one architecture at one width, all its resolutions and activation variants;
+    the FBNet blocks train every fit). Returns the outer held-out predictions and metrics per
+    phone, and the weight each fold chose with its inner scores."""
+    rows = cal.rows
+    pred = np.full(len(rows), np.nan)
+    truth = rows.latency_ms.to_numpy(float)
+    net = (rows.network.str.replace(r"\s*\[.*\]\s*$", "", regex=True) + "@"
+           + rows.width_mult.astype(str)).to_numpy()
+    chosen: dict[str, Any] = {}
+    for fam in sorted(rows[by].unique()):
+        test = (rows[by] == fam).to_numpy()
+        inner_rows = rows[~test].reset_index(drop=True).copy()
+        inner_rows["network_width"] = net[~test]
+        inner = dataclasses.replace(cal, rows=inner_rows, X=cal.X[~test], B=cal.B[~test])
+        scores = {}
+        for w in weights:
+            cv = cross_validate(dataclasses.replace(inner, block_weight=float(w)),
+                                "network_width")
+            err = cv["predictions"] / cv["truth"] - 1
+            scores[float(w)] = float(np.sqrt(np.nanmean(err**2)))
+        best = min(scores, key=lambda w: (scores[w], w))
+        outer = cross_validate(dataclasses.replace(cal, block_weight=best), by)
+        pred[test] = outer["predictions"][test]
+        chosen[fam] = {"block_weight": best, "inner_rmspe": scores}
+    devices = rows.device.to_numpy()
+    return {"by": by, "chosen": chosen, "predictions": pred,
+            "devices": {p: metrics(pred[devices == p], truth[devices == p]) for p in PHONES}}
+
+
 # ---------------------------------------------------------------------------------------------
 # Calibrating a user's device from its own measurements (`lotto bench --calibrate RUN --as NAME`)
 
