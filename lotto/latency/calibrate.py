@@ -81,7 +81,8 @@ VERSION = "pixel-operator-v3"  # v3: runtime kernels, FBNet Pixel-3 blocks, per-
 HSWISH_PRIOR_MS = 1.0
 PRIOR_WEIGHT = 1.0  # the prior pseudo-row weighs as much as one data row's relative error
 # one FBNet block row against one whole-network row: chosen by looking at the strict CV figures
-# (not nested); `block_weight_sweep` shows how much they move across candidate weights
+# (not nested); `block_weight_sweep` shows how much they move across candidate weights, and
+# `nested_block_weight` what a strict choice inside each fold gives (docs/latency.md)
 BLOCK_WEIGHT = 0.1
 FBNET_NETWORKS = 300
 ITERATIONS = 60
