@@ -18,7 +18,12 @@ import math
 import sys
 from pathlib import Path
 
-from lotto.latency.calibrate import fit_all, load_calibration
+from lotto.latency.calibrate import (
+    block_weight_sweep,
+    fit_all,
+    load_calibration,
+    nested_block_weight,
+)
 from lotto.latency.phone import FEATURES, model_path
 
 
@@ -56,16 +61,24 @@ def report(result: dict) -> str:
                          f"  expected_error {e['expected_error'] * 100:.1f}%  "
                          f"({e['relative_costs']})")
             continue
-        lines.append(f"{phone}: scale {e['scale']:.4f}  rel_error {e['rel_error'] * 100:.1f}%  "
-                     f"scale_error {e['scale_error'] * 100:.1f}%  expected_error "
-                     f"{e['expected_error'] * 100:.1f}% (covers {e['coverage'] * 100:.0f}% of "
-                     f"held-out raw errors)  MAC+c LOFO "
+        lines.append(f"{phone}: scale {e['scale']:.4f}  rel_error {e['rel_error'] * 100:.1f}% "
+                     f"({e['error_basis']})  scale_error {e['scale_error'] * 100:.1f}%  "
+                     f"expected_error {e['expected_error'] * 100:.1f}% (strict coverage "
+                     f"{e['coverage'] * 100:.0f}% of held-out raw errors)  MAC+c LOFO "
                      f"{e['baseline']['expected_error'] * 100:.1f}%")
     p4 = result["cv"]["pixel4_leave_one_network_out"]
     lines.append(f"pixel4 (EfficientNet-Lite, 4 threads), leave one network out: model "
                  f"{_m(p4['model'])}; MACs x scale {_m(p4['macs'])}")
-    lines.append(f"pooled coverage {result['errors']['coverage'] * 100:.0f}%; " +
-                 result["pixel2_pixel3"])
+    err = result["errors"]
+    lines.append(f"strict coverage pooled {err['coverage'] * 100:.0f}% (each source scored by "
+                 f"error bars calibrated without it; in-sample "
+                 f"{err['coverage_in_sample'] * 100:.0f}%)")
+    for g, f in err["folds"].items():
+        lines.append(f"  {g:10s} held out: " + ", ".join(
+            f"{p} bar {f['expected_error'][p] * 100:.1f}% ({f['basis'][p]}) covers "
+            f"{f['coverage'][p] * 100:.0f}% of {f['n'][p]}" for p in f["coverage"]))
+    lines += [f"  note: {n}" for n in err["notes"]]
+    lines.append(result["pixel2_pixel3"])
     for name in ("lofo_v2_v3", "lofo_v2_v3large_v3small", "baseline_lofo_v2_v3",
                  "lofo_v2_v3_shared_factors"):
         lines.append(f"\n{name}")
@@ -86,13 +99,47 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep_report(rows: list[dict]) -> str:
+    """A markdown table: one row per block weight."""
+    lines = ["| block weight | LOFO RMSPE P1 / P2 / P3 | LOSO after one scale v3_paper / v2_readme "
+             "/ v3_readme / FBNet nets | FBNet shape-out nets (rho) | expected error P1 / P2 / "
+             "P3 | strict coverage |", "|" + " --- |" * 6]
+    for r in rows:
+        lo, ls, ee = r["lofo"], r["loso_after_scale"], r["expected_error"]
+        lines.append(
+            f"| {r['block_weight']:g} | " + " / ".join(f"{lo[p] * 100:.1f}" for p in lo) + "% | "
+            + " / ".join(f"{ls[g] * 100:.1f}" for g in ls) + "% | "
+            f"{r['fbnet_shape_out'] * 100:.1f}% ({r['fbnet_shape_out_spearman']:.3f}) | "
+            + " / ".join(f"{ee[p] * 100:.1f}" for p in ee) + "% | "
+            f"{r['strict_coverage'] * 100:.0f}% |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None,
                         help="calibration CSV (default: the shipped copy)")
     parser.add_argument("--out", type=Path, default=Path(model_path()), help="JSON to write")
     parser.add_argument("--check", action="store_true", help="compare with --out, do not write")
+    parser.add_argument("--sweep-block-weight", type=float, nargs="+", metavar="W",
+                        help="print the strict validation figures at each block weight, write "
+                             "nothing (how much the BLOCK_WEIGHT choice moves them)")
+    parser.add_argument("--nested-block-weight", type=float, nargs="+", metavar="W",
+                        help="leave-one-family-out with the block weight chosen among W inside "
+                             "each outer fold (inner leave-one-network-out); write nothing")
     args = parser.parse_args(argv)
+    if args.nested_block_weight:
+        r = nested_block_weight(load_calibration(args.data), args.nested_block_weight)
+        for fam, c in r["chosen"].items():
+            print(f"{fam} held out: chose block weight {c['block_weight']:g} (inner RMSPE " +
+                  ", ".join(f"{w:g}: {v * 100:.1f}%" for w, v in c["inner_rmspe"].items()) + ")")
+        for phone, m in r["devices"].items():
+            print(f"  {phone} {_m(m)}")
+        return 0
+    if args.sweep_block_weight:
+        print(sweep_report(block_weight_sweep(load_calibration(args.data),
+                                              args.sweep_block_weight)))
+        return 0
     result = json.loads(json.dumps(fit_all(load_calibration(args.data))))
     print(report(result))
     if args.check:

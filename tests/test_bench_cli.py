@@ -135,6 +135,21 @@ def test_phone_validation_prints_cross_validation(runs_dir: Path):
     assert s["fbnet_leave_one_shape_out"]["networks"]["rmspe_after_scale"] <= 0.05
 
 
+def test_phone_validation_prints_strict_coverage_and_too_few_rows(runs_dir: Path):
+    """pixel2 has too few rows for its own relative error: --validate says so, and prints the
+    strict (nested leave-one-source-out) coverage of the quoted error; pixel1 quotes its own."""
+    code, out = bench("--device", "pixel2", "--validate", "--runs-dir", str(runs_dir))
+    assert code == 0, out
+    text = " ".join(out.split())  # rich wraps lines
+    assert "too few for its own relative error" in text
+    assert "Strict coverage for pixel2" in text and "v2_readme" in text
+    code, out = bench("--device", "pixel1", "--validate", "--json", "--runs-dir", str(runs_dir))
+    err = as_json(out)["errors"]
+    assert err["basis"] == "own" and "note" not in err
+    assert set(err["folds"]) == {"v3_paper", "v2_readme", "v3_readme", "hwnas"}
+    assert 0 <= err["coverage"] <= 1 and 0 <= err["coverage_pooled"] <= 1
+
+
 def test_far_extrapolation_warns_on_stderr(runs_dir: Path):
     result = runner.invoke(app, ["bench", "--device", "pixel", "--model", "mobilenet_v3_small",
                                  "--resolution", "33", "--json", "--runs-dir", str(runs_dir)])

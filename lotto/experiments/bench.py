@@ -505,9 +505,12 @@ def _validate_phone(run: RunDir, device: str) -> BenchResult:
         "fbnet_leave_one_shape_out": _plain(v["shape"]),
         "fbnet_macs_one_scale": v["fbnet_macs"],
         "proxylessnas_mobile": _proxyless(cal, v, device),
+        # per-phone error bars; coverage: strict (each source scored by error bars calibrated
+        # without it); `note` when the phone has too few rows for its own relative error
         "errors": {**_plain(v["quoted"])["devices"][device],
-                   "scale_error": v["quoted"]["scale_error"],
-                   "coverage_pooled": v["quoted"]["coverage"]},
+                   "coverage_pooled": v["quoted"]["coverage"],
+                   "coverage_in_sample_pooled": v["quoted"]["coverage_in_sample"],
+                   "folds": v["quoted"]["folds"]},
         "relative_costs": ("own" if device == "pixel1" else SHARED_SHAPE_NOTE),
         "data_sha256": cal.sha256,
         "float_rows": int(len(cal.rows)),

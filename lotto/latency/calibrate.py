@@ -29,16 +29,19 @@ Validation, all strict (a held-out row's label never enters the fit that predict
 - leave one block shape out (FBNet blocks): all candidates at one (H, Cin, Cout, stride) out
   at a time; the 300 network sums are then built from out-of-fold block predictions only.
 
-Quoted errors (per phone): `rel_error` = the pooled strict leave-one-family-out RMSPE on rows of
-calibrated sources (relative error: what ranks and ratios carry); `scale_error` = the RMS over
-held-out sources of their unexplained log scale (the runtime version: what absolute
-milliseconds carry on top); `expected_error` = sqrt(rel^2 + scale^2), the raw error of a
-prediction against a phone on an unknown runtime. Its coverage of held-out raw errors is
-checked in `coverage`.
+Quoted errors (`error_bars`): `rel_error` (relative / rank error: what ranks and ratios carry)
+= the phone's own strict leave-one-family-out RMSPE on rows of calibrated sources where it has
+MIN_OWN_ROWS of them, else the pooled one (or its own, if larger) widened for its few rows;
+`scale_error` (the runtime version: what absolute milliseconds carry on top; shared, as it is a
+property of runtimes) = the smallest value for which expected_error = sqrt(rel^2 + scale^2)
+covers 2/3 of the leave-one-source-out raw errors, each source weighing the same.
+`strict_coverage` checks that recipe nested: each source's raw errors scored by error bars
+calibrated on the other sources only (every fit, rel_error and scale_error without it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Sequence
@@ -77,7 +80,10 @@ VERSION = "pixel-operator-v3"  # v3: runtime kernels, FBNet Pixel-3 blocks, per-
 # Paper text (MobileNetV3 5.2): optimised h-swish costs ~1 ms more than ReLU on V3-Large 1.0.
 HSWISH_PRIOR_MS = 1.0
 PRIOR_WEIGHT = 1.0  # the prior pseudo-row weighs as much as one data row's relative error
-BLOCK_WEIGHT = 0.1  # one FBNet block row against one whole-network row (chosen by the strict CVs)
+# one FBNet block row against one whole-network row: chosen by looking at the strict CV figures
+# (not nested); `block_weight_sweep` shows how much they move across candidate weights, and
+# `nested_block_weight` what a strict choice inside each fold gives (docs/latency.md)
+BLOCK_WEIGHT = 0.1
 FBNET_NETWORKS = 300
 ITERATIONS = 60
 SOURCES = {
@@ -144,6 +150,7 @@ class Calibration:
     blocks: pd.DataFrame
     XB: np.ndarray
     blocks_sha256: str
+    block_weight: float = BLOCK_WEIGHT  # one block row against one whole network in the fit
 
     def design(self, use_blocks: bool = True) -> dict[str, np.ndarray]:
         """All rows stacked: published first, then blocks (`use_blocks`)."""
@@ -158,7 +165,7 @@ class Calibration:
             parts["y"].append(b.pixel3_ms.to_numpy(float))
             parts["group"].append(np.full(len(b), BLOCK_GROUP, dtype=object))
             parts["device"].append(np.full(len(b), "pixel3", dtype=object))
-            parts["w"].append(np.full(len(b), BLOCK_WEIGHT))
+            parts["w"].append(np.full(len(b), self.block_weight))
             parts["published"].append(np.zeros(len(b), bool))
         return {k: np.concatenate(v) for k, v in parts.items()}
 
@@ -413,7 +420,7 @@ def leave_one_source_out(cal: Calibration) -> dict[str, Any]:
     names = FEATURES
     prior = hswish_prior(names)
     truth_blocks = dict(zip(cal.blocks.key, cal.blocks.pixel3_ms))
-    for g in GROUPS:
+    for g in [g for g in GROUPS if (d["group"] == g).any()]:
         test = d["group"] == g
         fit = fit_joint(d["X"][~test], d["y"][~test], d["group"][~test], d["device"][~test],
                         d["w"][~test], names, prior)
@@ -429,6 +436,9 @@ def leave_one_source_out(cal: Calibration) -> dict[str, Any]:
             entry["network_predictions"] = pn
             entry["network_truth"] = yn
         else:
+            # a phone no training row has (possible only in the nested folds of
+            # `strict_coverage`) cannot be predicted: its rows are left out, not guessed
+            test &= np.isfinite(pred)
             entry["published"] = scaled_metrics(pred[test], d["y"][test])
             entry["devices"] = {p: scaled_metrics(pred[test & (d["device"] == p)],
                                                   d["y"][test & (d["device"] == p)])
@@ -473,61 +483,171 @@ def fbnet_macs_baseline(cal: Calibration) -> dict[str, Any]:
 
 
 COVER = 2 / 3  # the share of held-out raw errors the quoted expected_error should cover
+# A phone's relative (rank) error is its own strict leave-one-family-out RMSPE only when at
+# least this many of its rows were held out with their source calibrated; otherwise the pooled
+# value (or its own, if larger) widened by one standard error of an RMS from its few rows.
+MIN_OWN_ROWS = 10
 
 
-def quoted_errors(cv: dict[str, Any], loso: dict[str, Any]) -> dict[str, Any]:
-    """Per phone: rel_error (strict leave-one-family-out RMSPE over rows of calibrated
-    sources: what ranks and ratios carry) and expected_error = sqrt(rel^2 + scale^2), the raw
-    error against a phone on an unknown runtime. scale_error (the runtime-scale uncertainty,
-    shared by the phones) is the smallest value for which expected_error covers COVER of the
-    held-out raw errors (leave-one-source-out rows and FBNet networks, leave-one-family-out
-    rows), each source weighing the same in total; `coverage` reports the share per phone and
-    pooled, and `source_log_scales` the |log| scale each held-out source needed."""
-    logs = {g: abs(float(np.log(e[k]["scale"]))) for g, e in loso.items()
-            for k in ("published", "networks") if k in e}
-    rel = {}
-    for p in PHONES:
-        dev = cv["devices"][p]
-        rel[p] = dev.get("seen_sources", dev["pooled"])["rmspe"]
-    errs: list[tuple[str, str, float]] = []  # (phone, source, |raw error|)
+def drop_source(cal: Calibration, group: str) -> Calibration:
+    """The calibration data without one source (its published rows, or the FBNet blocks)."""
+    if group == BLOCK_GROUP:
+        return dataclasses.replace(cal, blocks=cal.blocks.iloc[:0].copy(), XB=cal.XB[:0])
+    keep = (cal.rows.group != group).to_numpy()
+    return dataclasses.replace(cal, rows=cal.rows[keep].reset_index(drop=True), X=cal.X[keep],
+                               B=cal.B[keep])
+
+
+def loso_errors(loso: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(phone, source, |raw error|) of every leave-one-source-out prediction: published rows,
+    and for the FBNet source its 300 network sums (Pixel 3)."""
+    phone: list[str] = []
+    source: list[str] = []
+    err: list[float] = []
     for g, e in loso.items():
         if "published" in e:
-            errs += [(d, g, abs(pr / y - 1)) for d, pr, y in
-                     zip(e["devices_of_rows"], e["predictions"], e["truth"])]
+            raw = np.abs(e["predictions"] / e["truth"] - 1)
+            phone += list(e["devices_of_rows"])
         else:
-            errs += [("pixel3", g, float(x)) for x in
-                     np.abs(e["network_predictions"] / e["network_truth"] - 1)]
-    groups = cv.get("groups_of_rows", ["lofo"] * len(cv["predictions"]))
-    errs += [(d, f"lofo:{g}", abs(pr / y - 1)) for d, g, pr, y in
-             zip(cv["devices_of_rows"], groups, cv["predictions"], cv["truth"])]
-    phone = np.array([e[0] for e in errs])
-    src = np.array([e[1] for e in errs])
-    err = np.array([e[2] for e in errs])
-    weight = np.array([1.0 / np.sum(src == g) for g in src])
+            raw = np.abs(e["network_predictions"] / e["network_truth"] - 1)
+            phone += ["pixel3"] * len(raw)
+        source += [g] * len(raw)
+        err += [float(x) for x in raw]
+    return np.array(phone), np.array(source), np.array(err)
 
-    def covered(scale: float) -> np.ndarray:
-        q = np.array([np.hypot(rel[p], scale) for p in phone])
-        return err <= q
+
+def error_pool(cal: Calibration, cv: dict[str, Any] | None = None,
+               loso: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The held-out errors error bars are calibrated on, all from strict fits of `cal`:
+    `phone`, `source`, `err`: |raw error| of every leave-one-source-out prediction (published
+    rows; for the FBNet source its 300 network sums, on Pixel 3), what expected_error must
+    cover; `rel`, `rel_n`: per phone, the strict leave-one-family-out RMSPE (and row count) on
+    rows of calibrated sources, the relative / rank error; `rel_pooled` over all phones."""
+    cv = cv if cv is not None else cross_validate(cal, "family2")
+    loso = loso if loso is not None else leave_one_source_out(cal)
+    phone, source, err = loso_errors(loso)
+    rel_err = cv["predictions"] / cv["truth"] - 1
+    finite = np.isfinite(rel_err)
+    seen = np.asarray(cv["seen"], bool) & finite
+    devices = np.array(cv["devices_of_rows"])
+    rel, rel_n = {}, {}
+    for p in PHONES:
+        # rows of calibrated sources where there are any (> 2), else all: drift included
+        sel = seen & (devices == p)
+        sel = sel if sel.sum() > 2 else finite & (devices == p)
+        if sel.any():
+            rel[p] = float(np.sqrt(np.mean(rel_err[sel] ** 2)))
+            rel_n[p] = int(sel.sum())
+    ok = seen if seen.sum() > 2 else finite
+    return {"phone": phone, "source": source, "err": err, "rel": rel, "rel_n": rel_n,
+            "rel_pooled": float(np.sqrt(np.mean(rel_err[ok] ** 2)))}
+
+
+def error_bars(pool: dict[str, Any]) -> dict[str, Any]:
+    """Per phone: rel_error, scale_error and expected_error = sqrt(rel^2 + scale^2), the raw
+    error against that phone on an unknown runtime.
+
+    rel_error (what ranks and ratios carry) is per phone: its own strict leave-one-family-out
+    RMSPE with at least MIN_OWN_ROWS rows; with fewer, the pooled value or its own, whichever
+    is larger, widened by one standard error of an RMS from n rows (x (1 + 1/sqrt(2n))), and
+    `note` says so. scale_error (the runtime version: a property of runtimes, not of phones, so
+    shared) is the smallest value for which expected_error covers COVER of the held-out raw
+    errors, each source weighing the same."""
+    phone, source, err = pool["phone"], pool["source"], pool["err"]
+    pooled_rel = pool["rel_pooled"]
+    rel: dict[str, float] = {}
+    out: dict[str, Any] = {"devices": {}}
+    for p in PHONES:
+        n = int(pool["rel_n"].get(p, 0))
+        entry: dict[str, Any] = {"n_rel_rows": n}
+        if n >= MIN_OWN_ROWS:
+            entry.update(basis="own", rel_error=pool["rel"][p])
+        else:
+            widen = 1 + 1 / np.sqrt(2 * n) if n else 2.0
+            base = max(pool["rel"].get(p, pooled_rel), pooled_rel)
+            entry.update(basis="pooled", rel_error=float(base * widen),
+                         note=(f"{p}: {n} held-out rows of its own, too few for its own relative "
+                               f"error (needs {MIN_OWN_ROWS}): max(pooled {pooled_rel * 100:.1f}%, "
+                               f"own {pool['rel'].get(p, float('nan')) * 100:.1f}%) widened "
+                               f"x{widen:.2f} = {base * widen * 100:.1f}%"))
+        rel[p] = entry["rel_error"]
+        out["devices"][p] = entry
+    _, inverse, counts = np.unique(source, return_inverse=True, return_counts=True)
+    weight = 1.0 / counts[inverse]  # each source weighs the same in total
+    rel_of_row = np.array([rel[p] for p in phone])
+
+    def share(scale: float) -> float:
+        return float(np.sum(weight * (err <= np.hypot(rel_of_row, scale))) / np.sum(weight))
 
     lo, hi = 0.0, 2.0
     for _ in range(60):  # coverage grows with scale: bisection
         mid = (lo + hi) / 2
-        if np.sum(weight * covered(mid)) / np.sum(weight) >= COVER:
-            hi = mid
-        else:
-            lo = mid
-    scale_error = hi
-    inside = covered(scale_error)
-    out: dict[str, Any] = {"scale_error": scale_error, "source_log_scales": logs, "devices": {},
-                           "coverage": float(np.sum(weight * inside) / np.sum(weight)),
-                           "coverage_unweighted": float(np.mean(inside))}
+        lo, hi = (lo, mid) if share(mid) >= COVER else (mid, hi)
+    out["scale_error"] = hi
+    out["pooled"] = {"rel_error": pooled_rel, "scale_error": hi,
+                     "expected_error": float(np.hypot(pooled_rel, hi))}
+    for entry in out["devices"].values():
+        entry["scale_error"] = hi
+        entry["expected_error"] = float(np.hypot(entry["rel_error"], hi))
+    return out
+
+
+def strict_coverage(cal: Calibration, loso: dict[str, Any]) -> dict[str, Any]:
+    """Nested leave-one-source-out check of `error_bars`: for each source, error bars
+    calibrated on the data without it (every fit, rel_error and scale_error from the other
+    sources only) score the raw errors of its own held-out predictions (`loso`, fits without
+    it). Per phone, each of its sources weighs the same; pooled, each source weighs the same."""
+    phone, source, err = loso_errors(loso)
+    folds: dict[str, Any] = {}
+    cells: dict[str, list[float]] = {p: [] for p in PHONES}
+    by_source = []
+    for g in loso:
+        bars = error_bars(error_pool(drop_source(cal, g)))
+        sel = source == g
+        q = np.array([bars["devices"][p]["expected_error"] for p in phone[sel]])
+        inside = err[sel] <= q
+        fold: dict[str, Any] = {"expected_error": {}, "basis": {}, "coverage": {}, "n": {},
+                                "coverage_all": float(np.mean(inside))}
+        for p in PHONES:
+            mine = phone[sel] == p
+            if mine.any():
+                fold["expected_error"][p] = bars["devices"][p]["expected_error"]
+                fold["basis"][p] = bars["devices"][p]["basis"]
+                fold["coverage"][p] = float(np.mean(inside[mine]))
+                fold["n"][p] = int(mine.sum())
+                cells[p].append(fold["coverage"][p])
+        by_source.append(fold["coverage_all"])
+        folds[g] = fold
+    return {"folds": folds, "coverage": float(np.mean(by_source)),
+            "devices": {p: float(np.mean(c)) for p, c in cells.items() if c}}
+
+
+def quoted_errors(cal: Calibration, cv: dict[str, Any], loso: dict[str, Any]) -> dict[str, Any]:
+    """The shipped error bars (`error_bars` on every source's held-out errors) and their
+    strict coverage (`strict_coverage`: each source scored by bars calibrated without it);
+    `source_log_scales`: the |log| scale each held-out source needed."""
+    logs = {g: abs(float(np.log(e[k]["scale"]))) for g, e in loso.items()
+            for k in ("published", "networks") if k in e}
+    pool = error_pool(cal, cv, loso)
+    bars = error_bars(pool)
+    strict = strict_coverage(cal, loso)
+    # not strict (the bars scored on the errors they were calibrated on): for comparison only
+    inside = pool["err"] <= np.array([bars["devices"][p]["expected_error"] for p in pool["phone"]])
+    _, inverse, counts = np.unique(pool["source"], return_inverse=True, return_counts=True)
+    weight = 1.0 / counts[inverse]
+    out: dict[str, Any] = {"scale_error": bars["pooled"]["scale_error"], "pooled": bars["pooled"],
+                           "source_log_scales": logs, "coverage": strict["coverage"],
+                           "coverage_in_sample": float(np.sum(weight * inside) / np.sum(weight)),
+                           "folds": strict["folds"], "devices": {}, "notes": []}
     for p in PHONES:
-        sel = phone == p
-        out["devices"][p] = {"rel_error": rel[p],
-                             "expected_error": float(np.hypot(rel[p], scale_error)),
-                             "coverage": float(np.sum(weight[sel] * inside[sel])
-                                               / np.sum(weight[sel])),
-                             "coverage_n": int(sel.sum())}
+        entry = dict(bars["devices"][p])
+        entry["coverage"] = strict["devices"][p]
+        mine = pool["phone"] == p
+        entry["coverage_in_sample"] = float(np.sum(weight[mine] * inside[mine])
+                                            / np.sum(weight[mine]))
+        out["devices"][p] = entry
+        if "note" in entry:
+            out["notes"].append(entry["note"])
     return out
 
 
@@ -557,7 +677,7 @@ def validation(cal: Calibration) -> dict[str, Any]:
         "loso": loso,
         "shape": leave_one_shape_out(cal),
         "fbnet_macs": fbnet_macs_baseline(cal),
-        "quoted": quoted_errors(cv, loso),
+        "quoted": quoted_errors(cal, cv, loso),
     }
 
 
@@ -628,8 +748,10 @@ def fit_all(cal: Calibration | None = None) -> dict[str, Any]:
             "scale": final["scales"][phone],
             "expected_error": q["expected_error"],
             "rel_error": q["rel_error"],
-            "scale_error": quoted["scale_error"],
-            "coverage": q["coverage"],
+            "scale_error": q["scale_error"],
+            "coverage": q["coverage"],  # strict: bars calibrated without the scored source
+            "error_basis": q["basis"],  # "own" held-out errors, or "pooled" (too few: note)
+            **({"error_note": q["note"]} if "note" in q else {}),
             "n_rows": int(len(cal.rows) + len(cal.blocks)),
             "n_scale_rows": final["counts"][phone] if phone != "pixel1" else 0,
             "relative_costs": "own" if phone == "pixel1" else "shared with pixel1",
@@ -666,7 +788,7 @@ def fit_all(cal: Calibration | None = None) -> dict[str, Any]:
             "blocks_file": BLOCKS_FILE,
             "blocks_sha256": cal.blocks_sha256,
             "block_rows": int(len(cal.blocks)),
-            "block_weight": BLOCK_WEIGHT,
+            "block_weight": cal.block_weight,
         },
         "factors": final["factors"],
         "pixel2_pixel3": SHARED_SHAPE_NOTE,
@@ -695,6 +817,62 @@ def fit_all(cal: Calibration | None = None) -> dict[str, Any]:
                 final, quoted["devices"]["pixel1"]["expected_error"]),
         },
     }
+
+
+def block_weight_sweep(cal: Calibration, weights: Sequence[float]) -> list[dict[str, Any]]:
+    """The strict validation figures at each candidate block weight (BLOCK_WEIGHT was chosen
+    by looking at them: this says how much that choice moves them)."""
+    out = []
+    for w in weights:
+        c = dataclasses.replace(cal, block_weight=float(w))
+        cv = cross_validate(c, "family2")
+        loso = leave_one_source_out(c)
+        shape = leave_one_shape_out(c)
+        q = quoted_errors(c, cv, loso)
+        out.append({
+            "block_weight": float(w),
+            "lofo": {p: cv["devices"][p]["pooled"]["rmspe"] for p in PHONES},
+            "loso_after_scale": {g: e["published" if "published" in e else "networks"]
+                                 ["rmspe_after_scale"] for g, e in loso.items()},
+            "fbnet_shape_out": shape["networks"]["rmspe_after_scale"],
+            "fbnet_shape_out_spearman": shape["networks"]["spearman"],
+            "expected_error": {p: q["devices"][p]["expected_error"] for p in PHONES},
+            "strict_coverage": q["coverage"],
+        })
+    return out
+
+
+def nested_block_weight(cal: Calibration, weights: Sequence[float],
+                        by: str = "family2") -> dict[str, Any]:
+    """Leave-one-family-out with the block weight chosen strictly, inside each outer fold: on
+    the training rows only, by the pooled RMSPE of an inner leave-one-network-out CV (a
+    network = one architecture at one width, all its resolutions and activation variants;
+    the FBNet blocks train every fit). Returns the outer held-out predictions and metrics per
+    phone, and the weight each fold chose with its inner scores."""
+    rows = cal.rows
+    pred = np.full(len(rows), np.nan)
+    truth = rows.latency_ms.to_numpy(float)
+    net = (rows.network.str.replace(r"\s*\[.*\]\s*$", "", regex=True) + "@"
+           + rows.width_mult.astype(str)).to_numpy()
+    chosen: dict[str, Any] = {}
+    for fam in sorted(rows[by].unique()):
+        test = (rows[by] == fam).to_numpy()
+        inner_rows = rows[~test].reset_index(drop=True).copy()
+        inner_rows["network_width"] = net[~test]
+        inner = dataclasses.replace(cal, rows=inner_rows, X=cal.X[~test], B=cal.B[~test])
+        scores = {}
+        for w in weights:
+            cv = cross_validate(dataclasses.replace(inner, block_weight=float(w)),
+                                "network_width")
+            err = cv["predictions"] / cv["truth"] - 1
+            scores[float(w)] = float(np.sqrt(np.nanmean(err**2)))
+        best = min(scores, key=lambda w: (scores[w], w))
+        outer = cross_validate(dataclasses.replace(cal, block_weight=best), by)
+        pred[test] = outer["predictions"][test]
+        chosen[fam] = {"block_weight": best, "inner_rmspe": scores}
+    devices = rows.device.to_numpy()
+    return {"by": by, "chosen": chosen, "predictions": pred,
+            "devices": {p: metrics(pred[devices == p], truth[devices == p]) for p in PHONES}}
 
 
 # ---------------------------------------------------------------------------------------------

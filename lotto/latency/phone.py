@@ -198,8 +198,10 @@ class PhoneModel:
                        f"(from {self.n_scale_rows} rows"
                        f"{', 4 threads' if self.info.get('threads') == 4 else ''})")
         rel, scl = self.info.get("rel_error"), self.info.get("scale_error")
-        parts = (f"relative/rank error ~{rel * 100:.0f}%, runtime-scale error ~{scl * 100:.0f}%; "
-                 if rel is not None and scl is not None else "")
+        pooled = (" (pooled, widened: too few rows of its own)"
+                  if self.info.get("error_basis") == "pooled" else "")
+        parts = (f"relative/rank error ~{rel * 100:.0f}%{pooled}, runtime-scale error "
+                 f"~{scl * 100:.0f}%; " if rel is not None and scl is not None else "")
         return (
             f"model({self.device}, {self.version}, {fitted}; {parts}expected raw error ~ "
             f"{self.expected_error * 100:.0f}% from strict leave-one-source/family-out CV)"
@@ -271,5 +273,6 @@ def _load_shipped(name: str) -> PhoneModel:
         info={"data_sha256": data["data"]["sha256"], "block_rows": data["data"].get("block_rows"),
               "rel_error": float(entry["rel_error"]), "scale_error": float(entry["scale_error"]),
               "relative_costs": entry.get("relative_costs"), "threads": entry.get("threads", 1),
+              "error_basis": entry.get("error_basis"),
               "calibration_range": data.get("calibration_range", {})},
     )

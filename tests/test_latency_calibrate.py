@@ -1,0 +1,151 @@
+"""Phone error bars (calibrate.py): per-phone quoted errors, and their strict (nested
+leave-one-source-out) coverage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lotto.latency.calibrate import (
+    COVER,
+    MIN_OWN_ROWS,
+    PHONES,
+    cross_validate,
+    drop_source,
+    error_bars,
+    leave_one_source_out,
+    load_calibration,
+    strict_coverage,
+)
+from lotto.latency.phone import load_phone_model, model_path
+
+
+@pytest.fixture(scope="module")
+def cal():
+    return load_calibration()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return json.loads(open(model_path()).read())
+
+
+def _scrambled(cal, source):
+    rng = np.random.default_rng(3)
+    if source == "hwnas":
+        blocks = cal.blocks.copy()
+        blocks["pixel3_ms"] *= rng.uniform(0.5, 2.0, len(blocks))
+        return dataclasses.replace(cal, blocks=blocks)
+    rows = cal.rows.copy()
+    test = (rows.group == source).to_numpy()
+    rows.loc[test, "latency_ms"] *= rng.uniform(0.5, 2.0, test.sum())
+    return dataclasses.replace(cal, rows=rows)
+
+
+@pytest.mark.parametrize("source", ["v2_readme", "hwnas"])
+def test_strict_error_bars_never_see_the_scored_source(cal, source):
+    """The error bars that score a held-out source are calibrated without it: scrambling its
+    labels leaves them (and so the coverage of its unscrambled errors) exactly alone, while
+    the bars of the other folds, which it does calibrate, move."""
+    base = strict_coverage(cal, leave_one_source_out(cal))["folds"]
+    moved_cal = _scrambled(cal, source)
+    moved = strict_coverage(moved_cal, leave_one_source_out(moved_cal))["folds"]
+    assert moved[source]["expected_error"] == pytest.approx(base[source]["expected_error"],
+                                                            rel=1e-12)
+    assert moved[source]["basis"] == base[source]["basis"]
+    others = [g for g in base if g != source]
+    assert any(moved[g]["expected_error"] != pytest.approx(base[g]["expected_error"], rel=1e-6)
+               for g in others)
+
+
+def test_drop_source_removes_every_row_of_it(cal):
+    assert "v2_readme" not in set(drop_source(cal, "v2_readme").rows.group)
+    assert len(drop_source(cal, "hwnas").blocks) == 0
+    assert len(drop_source(cal, "hwnas").rows) == len(cal.rows)
+
+
+def _pool(rel, rel_n):
+    # two sources: "a" errors 0.05 .. 0.25 on pixel1, "b" 0.3 on pixel3
+    err = np.r_[np.linspace(0.05, 0.25, 9), [0.3] * 3]
+    phone = np.array(["pixel1"] * 9 + ["pixel3"] * 3)
+    source = np.array(["a"] * 9 + ["b"] * 3)
+    return {"phone": phone, "source": source, "err": err, "rel": rel, "rel_n": rel_n,
+            "rel_pooled": 0.1}
+
+
+def test_error_bars_are_per_phone_where_rows_allow():
+    bars = error_bars(_pool({"pixel1": 0.08, "pixel2": 0.12, "pixel3": 0.2},
+                            {"pixel1": MIN_OWN_ROWS, "pixel2": MIN_OWN_ROWS, "pixel3": 4}))
+    p1, p2, p3 = (bars["devices"][p] for p in PHONES[:3])
+    assert p1["basis"] == p2["basis"] == "own" and "note" not in p1
+    assert p1["rel_error"] == 0.08 and p2["rel_error"] == 0.12
+    # too few rows: the larger of pooled and own, widened by one standard error of an RMS
+    assert p3["basis"] == "pooled"
+    assert p3["rel_error"] == pytest.approx(0.2 * (1 + 1 / math.sqrt(8)))
+    assert "too few" in p3["note"] and "needs 10" in p3["note"]
+    # the shared scale_error is the smallest covering 2/3 of the errors, sources equally
+    for p in PHONES[:3]:
+        e = bars["devices"][p]
+        assert e["expected_error"] == pytest.approx(math.hypot(e["rel_error"], e["scale_error"]))
+    s = bars["scale_error"]
+
+    def share(scale):
+        rel = np.array([bars["devices"][p]["rel_error"] for p in _pool({}, {})["phone"]])
+        inside = _pool({}, {})["err"] <= np.hypot(rel, scale)
+        return 0.5 * inside[:9].mean() + 0.5 * inside[9:].mean()
+
+    assert share(s) >= COVER > share(s * 0.99)
+
+
+def test_shipped_quoted_errors_are_per_phone(cal, shipped):
+    cv = cross_validate(cal, "family2")
+    d = shipped["devices"]
+    p1 = load_phone_model("pixel1")
+    assert d["pixel1"]["error_basis"] == "own"
+    assert p1.info["rel_error"] == pytest.approx(cv["devices"]["pixel1"]["seen_sources"]["rmspe"])
+    for phone in ("pixel2", "pixel3"):  # 8 published rows each: too few for their own
+        assert d[phone]["error_basis"] == "pooled" and "too few" in d[phone]["error_note"]
+        assert d[phone]["rel_error"] >= cv["devices"][phone]["seen_sources"]["rmspe"]
+    assert d["pixel3"]["rel_error"] > d["pixel2"]["rel_error"] > d["pixel1"]["rel_error"]
+    for phone in PHONES[:3]:
+        m = load_phone_model(phone)
+        assert m.expected_error == pytest.approx(
+            math.hypot(m.info["rel_error"], m.info["scale_error"]))
+    # the strict coverage is what the file reports per phone; in-sample meets the target
+    err = shipped["errors"]
+    assert err["coverage_in_sample"] >= COVER - 1e-9
+    assert {p: d[p]["coverage"] for p in PHONES[:3]} == pytest.approx(
+        {p: err["devices"][p]["coverage"] for p in PHONES[:3]})
+    assert set(err["folds"]) == {"v3_paper", "v2_readme", "v3_readme", "hwnas"}
+
+
+def test_block_weight_sweep_reproduces_the_shipped_figures_at_the_shipped_weight(cal, shipped):
+    from lotto.latency.calibrate import BLOCK_WEIGHT, block_weight_sweep
+
+    at, other = block_weight_sweep(cal, [BLOCK_WEIGHT, 1.0])
+    assert shipped["data"]["block_weight"] == at["block_weight"] == BLOCK_WEIGHT
+    assert at["expected_error"] == pytest.approx(
+        {p: shipped["devices"][p]["expected_error"] for p in PHONES[:3]})
+    assert at["strict_coverage"] == pytest.approx(shipped["errors"]["coverage"])
+    assert other["lofo"]["pixel1"] != pytest.approx(at["lofo"]["pixel1"], rel=1e-3)
+
+
+def test_nested_block_weight_is_chosen_without_the_held_out_family(cal):
+    """Scrambling the held-out family's labels moves neither the weight its fold chose nor its
+    predictions; the other fold, which those rows train, does move."""
+    from lotto.latency.calibrate import nested_block_weight
+
+    weights = [0.01, 1.0]
+    base = nested_block_weight(cal, weights)
+    test = (cal.rows.family2 == "mobilenet_v3").to_numpy()
+    rows = cal.rows.copy()
+    rows.loc[test, "latency_ms"] *= np.random.default_rng(5).uniform(0.5, 2.0, test.sum())
+    moved = nested_block_weight(dataclasses.replace(cal, rows=rows), weights)
+    assert moved["chosen"]["mobilenet_v3"] == base["chosen"]["mobilenet_v3"]
+    np.testing.assert_allclose(moved["predictions"][test], base["predictions"][test], rtol=1e-12)
+    assert moved["chosen"]["mobilenet_v2"]["inner_rmspe"] != pytest.approx(
+        base["chosen"]["mobilenet_v2"]["inner_rmspe"])
