@@ -32,6 +32,7 @@ search:
   config: SEARCH
   search: {controller: random, samples: 2, batch_size: 2}
   train: {iterations: 2it}
+  space: {width_factors: [0.75, 1.0, 1.25], repeat_deltas: [-1, 0, 1]}  # search.yaml's
 netadapt:
   seed_train: 3it
   netadapt: {short_ft: 2it, delta: 0.05x}
@@ -158,7 +159,7 @@ def test_summary_intervals_and_paired_difference():
     (["--targets", "20,abc"], "expected comma-separated numbers"),
     (["--methods", "mult-v2,mult-v9"], "unknown method 'mult-v9'"),
     (["--targets", "2", "--methods", "mult-v3-large"], "unreachable by mobilenet_v3_large"),
-    (["--targets", "10", "--methods", "search"], "unreachable by search"),
+    (["--targets", "5", "--methods", "search"], "unreachable by search"),
     (["--targets", "2", "--methods", "netadapt-v3-small"], "unreachable by netadapt-v3-small"),
     (["--device", "cpu"], "prices on a phone model"),
     (["--seeds", "0,0"], "a seed is repeated"),
