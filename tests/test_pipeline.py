@@ -179,3 +179,19 @@ def test_gpu_config_loads_and_every_target_is_reachable():
     assert cfg.device == "cuda" and len(cfg.seeds) >= 3 and len(targets) >= 2
     search = pl.stage_config(cfg, "search", pl._NoRun(), "x", {"target_latency": 15.0})
     assert search.search.samples == 500 and search.data.name == "cifar100"
+
+
+def test_stage_bars_are_removed_after_the_stage():
+    import io
+
+    from rich.console import Console
+
+    from lotto.progress import PlainProgress
+
+    progress = PlainProgress(Console(file=io.StringIO()), interval=0)
+    top = progress.add_task("final trainings", total=3)
+    with pl.own_bars(progress):
+        progress.add_task("seed trainings", total=1)  # the runner's bars of a sub-run
+        progress.add_task("proposal trainings", total=12)
+    assert progress.task_ids == [top]
+    assert "proposal trainings 0/12" not in progress.line()

@@ -24,8 +24,8 @@ MobileNetV3's Figure 1) and `stages/` (the sub-runs, each resumable as its comma
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +209,19 @@ class _NoRun:
 # ---- stages 1-4: the networks -----------------------------------------------------------------
 
 
+@contextmanager
+def own_bars(progress: Progress | None) -> Iterator[None]:
+    """Remove the bars a stage leaves behind (the parallel runner keeps its finished ones), so
+    that the progress line of the next stage does not list every earlier one."""
+    before = set(progress.task_ids) if progress is not None else set()
+    try:
+        yield
+    finally:
+        if progress is not None:
+            for task in [t for t in progress.task_ids if t not in before]:
+                progress.remove_task(task)
+
+
 def stage_networks(cfg: DictConfig, run: RunDir, target: float, methods: list[str],
                    price: Price, runner: Runner, progress: Progress | None,
                    say: Callable[[str], None]) -> dict[str, ArchSpec]:
@@ -220,7 +233,8 @@ def stage_networks(cfg: DictConfig, run: RunDir, target: float, methods: list[st
     if any(m in SEARCHED for m in methods):
         say(f"[bold]{t}[/]: search")
         scfg = stage_config(cfg, "search", run, f"search-{t}", {"target_latency": target})
-        found = run_search(scfg, progress=progress, runner=runner)
+        with own_bars(progress):
+            found = run_search(scfg, progress=progress, runner=runner)
         best = found.run.file("best.yaml")
         if not best.exists():
             raise LottoError(f"the search at {t} found no network (every sample failed: "
@@ -265,7 +279,8 @@ def adapt(cfg: DictConfig, run: RunDir, name: str, seed_file: Path, target: floa
 
     ncfg = stage_config(cfg, "netadapt", run, name, {
         "from": str(seed_file), "width_mult": 1.0, "latency.target": f"{target:g}ms"})
-    result = run_netadapt(ncfg, progress=progress, runner=runner)
+    with own_bars(progress):
+        result = run_netadapt(ncfg, progress=progress, runner=runner)
     if not result.summary.get("target_met"):
         say(f"[yellow]warning:[/] {name}: NetAdapt stopped at "
             f"{result.summary['final_latency_ms']:.3f} ms, over the target {target:g} ms "
