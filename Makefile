@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data demo test lint bench clean
+.PHONY: setup data demo pipeline test lint bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,12 @@ data:
 # The main job: LeNet-300-100 on Fashion-MNIST, 15 rounds at 20%, with both controls.
 demo: setup data
 	$(BIN)/lotto lottery --prune-rate 0.2 --rounds 15 --name demo
+
+# The MobileNetV3 recipe (search -> NetAdapt -> train from scratch) against width multipliers at
+# equal Pixel-1 latency: configs/pipeline.yaml (2 targets x 6 methods x 3 seeds on Fashion-MNIST;
+# its measured wall time is in docs/pipeline.md). Re-running resumes; runs/pipeline/cpu/.
+pipeline: setup data
+	$(BIN)/lotto pipeline --name cpu
 
 test: setup
 	$(BIN)/pytest -q

@@ -131,6 +131,10 @@ class PlainProgress:
             task.description = _plain(description)
         self._maybe_print(force=task.finished and not was_finished and self._is_top(task_id))
 
+    @property
+    def task_ids(self) -> list[TaskID]:
+        return [TaskID(t) for t in self._tasks]
+
     def remove_task(self, task_id: TaskID) -> None:
         was_top = self._is_top(task_id)
         task = self._tasks.pop(task_id, None)

@@ -12,6 +12,7 @@ from lotto.cli import (  # noqa: E402, F401  (register commands)
     compare,
     lottery,
     netadapt,
+    pipeline,
     rethink,
     runs,
     search,

@@ -85,6 +85,8 @@ HELP_KEYS: dict[str, dict[str, str | tuple[str, ...]]] = {
     "bench": {"model": "model", "arch": "arch", "resolution": "resolution",
               "width_mult": "width_mult", "source": "source", "threads": "threads",
               "space": "lut.space"},
+    "pipeline": {"targets": "targets", "seeds": "seeds", "methods": "methods",
+                 "device": "latency.device"},
 }
 # The overrides argument's example, per command: keys of that command's YAML (a test loads them).
 OVERRIDE_EXAMPLES = {
@@ -94,6 +96,7 @@ OVERRIDE_EXAMPLES = {
     "netadapt": "netadapt.max_steps=10 netadapt.short_ft=30it",
     "build-v3": "changes.se=false train_steps=final resolution=192",
     "bench": "measure.min_run_time=2 dtype=bfloat16 width_mult=0.75",
+    "pipeline": "final.iterations=1000it search.search.samples=24 netadapt.seed_train=300it",
 }
 
 

@@ -6,7 +6,8 @@ when the run starts). Its status:
 - `failed`: `failures.csv` lists units the parallel layer recorded as failed or skipped (the file
   is removed once a re-run finishes them);
 - `complete`: every unit the config asks for has its metrics row (lottery: seeds x rounds x
-  variants; rethink: the grid's cells; search: `search.samples`), or, for commands without units
+  variants; rethink: the grid's cells; search: `search.samples`; pipeline: methods x targets x
+  seeds, its rows in `results.csv`), or, for commands without units
   counted from the config (bench, build-v3, netadapt),
   `summary.json` (written at the end of a run) is at least as new as `metrics.csv`;
 - `incomplete`: anything else (killed, interrupted, running), with how far: `rounds 7/15`,
@@ -31,7 +32,9 @@ import yaml
 
 from lotto.errors import LottoError
 
-COMMANDS = ("lottery", "rethink", "search", "netadapt", "bench", "build-v3")
+COMMANDS = ("lottery", "rethink", "search", "netadapt", "bench", "build-v3", "pipeline")
+# the rows table of a command, where it is not metrics.csv
+TABLES = {"pipeline": "results.csv"}
 # config keys that say where a run goes or how fast, not what it computes: never "differing"
 # (the same keys as lotto.config.PLACEMENT_KEYS; not imported from there: it loads omegaconf)
 HIDDEN_KEYS = ("run", "data.workers", "parallel")
@@ -102,7 +105,7 @@ def open_run(path: Path) -> Run:
         raise LottoError(f"{path} is not a run directory of a lotto command (expected "
                          f"runs/<command>/<name>/ with command one of {', '.join(COMMANDS)})")
     run = Run(path.resolve(), command, config)
-    run.rows = read_rows(path / "metrics.csv")
+    run.rows = read_rows(path / TABLES.get(command, "metrics.csv"))
     run.failures = len(read_rows(path / "failures.csv"))
     run.summary = _read_json(path / "summary.json")
     times = [e.stat().st_mtime for e in path.iterdir() if not e.name.startswith(".")]
@@ -308,6 +311,10 @@ def _status(run: Run) -> None:
             else len(rows)
         run.total = int(cfg["search"]["samples"])
         run.progress = f"samples {run.done}/{run.total}"
+    elif run.command == "pipeline" and "methods" in cfg:
+        run.done = len({(r.get("method"), r.get("target_ms"), r.get("seed")) for r in rows})
+        run.total = len(cfg["methods"]) * len(cfg["targets"]) * len(cfg["seeds"])
+        run.progress = f"trainings {run.done}/{run.total}"
     else:
         run.done = len(rows)
         unit = {"build-v3": "steps", "search": "samples", "netadapt": "rows"}.get(run.command,
@@ -438,6 +445,16 @@ def _netadapt_headline(run: Run) -> str:
     return text
 
 
+def _pipeline_headline(run: Run) -> str:
+    """Per target: the recipe's mean test accuracy minus the best width multiplier's."""
+    parts = []
+    for t in (run.summary or {}).get("targets", {}).values():
+        diff = t["methods"].get("search+netadapt", {}).get("diff_to_best_multiplier")
+        if diff and diff.get("mean") is not None:
+            parts.append(f"{t['target_ms']:g} ms {100 * diff['mean']:+.2f} pt")
+    return ("recipe vs best multiplier: " + ", ".join(parts)) if parts else ""
+
+
 def _known(value: Any) -> bool:
     return _num(value) == _num(value)
 
@@ -449,4 +466,5 @@ def _generic_headline(run: Run) -> str:
 HEADLINES = {
     "lottery": _lottery_headline, "rethink": _rethink_headline, "build-v3": _build_headline,
     "bench": _bench_headline, "search": _search_headline, "netadapt": _netadapt_headline,
+    "pipeline": _pipeline_headline,
 }
