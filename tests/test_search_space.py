@@ -58,6 +58,19 @@ def test_named_spaces_and_the_old_default(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_a_named_space_with_some_keys_changed():
+    """`{name: mnasnet, width_factors: [...]}`: the named space with those keys replaced (how a
+    config narrows the default space without writing it out)."""
+    narrow = parse_space({"name": "mnasnet", "width_factors": [0.5], "repeat_deltas": [0]})
+    full = parse_space("mnasnet")
+    assert len(narrow.stages) == len(full.stages)
+    assert narrow.stages[3].widths == (32,) and narrow.stages[3].repeats == (4,)
+    assert narrow.stages[3].kernels == full.stages[3].kernels == (3, 5)
+    assert narrow.stages[3].skips == ("pool", "identity", "none")
+    with pytest.raises(LottoError, match="not a named space"):
+        parse_space({"name": "nope", "kernels": [3]})
+
+
 def test_every_sample_is_a_valid_network_with_shared_stage_blocks(default_space):
     rng = random.Random(0)
     n_axes = len(default_space.axes())

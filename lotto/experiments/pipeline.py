@@ -11,7 +11,7 @@ Per latency target T (ms on `latency.device`, specs priced at their own resoluti
 3. `run_netadapt` of MobileNetV3-Small scaled (`multiplier_for`) to `netadapt_seed_ratio` x T
    (`netadapt-v3-small-<T>ms`);
 4. MobileNetV3-Small/Large and MobileNetV2 at the largest width multiplier priced <= T;
-5. every method's network trained from scratch (`lotto.experiments.proxy.train_spec`, the shared
+5. every method's network trained from scratch (`lotto.proxy.train_spec`, the shared
    trainer) with the `final:` budget, once per seed, as tasks of `lotto.parallel`.
 
 Files: `specs/<method>-<T>ms.yaml` (the final networks), `results.{csv,parquet}` (one row per
@@ -49,6 +49,7 @@ from lotto.experiments.common import (
 )
 from lotto.latency.devices import canonical_device, is_phone
 from lotto.latency.multiplier import multiplier_for
+from lotto.latency.pricer import Pricer
 from lotto.parallel import Runner, TaskResult
 from lotto.runs import MetricsLog, RunDir, json_value
 
@@ -135,7 +136,8 @@ def stage_config(cfg: DictConfig, command: str, run: RunDir, name: str,
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tree.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and f"{prefix}{k}" != "space":  # a space is one value (a name
+            # or a whole mapping: `{name: mnasnet, ...}` to change some keys of a named one)
             out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
@@ -145,25 +147,13 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 # ---- latency ----------------------------------------------------------------------------------
 
 
-class Price:
-    """Latency of a spec on the phone at its own resolution (memoised)."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.memo: dict[ArchSpec, Any] = {}
-
-    def __call__(self, spec: ArchSpec) -> Any:
-        if spec not in self.memo:
-            from lotto.latency import predict
-
-            self.memo[spec] = predict(spec, self.device)
-        return self.memo[spec]
-
-    def ms(self, spec: ArchSpec) -> float:
-        return float(self(spec).ms)
+def phone_pricer(device: str) -> Pricer:
+    """The shared `Pricer` on a phone (every stage and column of a pipeline prices on one)."""
+    return Pricer(OmegaConf.create({"latency": {"device": device, "threads": 1,
+                                                "min_run_time": 0.0}}))
 
 
-def multiplier_network(preset: str, target: float, price: Price, high: float) -> ArchSpec:
+def multiplier_network(preset: str, target: float, price: Pricer, high: float) -> ArchSpec:
     """`preset` at the largest width multiplier priced <= `target` (LottoError if none is)."""
     spec = load_spec(preset)
     m = multiplier_for(spec, target, price.ms, high=high)
@@ -175,7 +165,7 @@ def multiplier_network(preset: str, target: float, price: Price, high: float) ->
 
 
 def check_reachable(cfg: DictConfig, targets: list[float], methods: list[str],
-                    price: Price) -> None:
+                    price: Pricer) -> None:
     """Refuse a target some method cannot reach before any training: under the search space's
     fastest network, under a multiplier's smallest, under NetAdapt's narrowest V3-Small."""
     from lotto.netadapt import floor_spec
@@ -191,7 +181,7 @@ def check_reachable(cfg: DictConfig, targets: list[float], methods: list[str],
         check(low >= floor, "targets", f"{low:g} ms is unreachable by netadapt-v3-small: "
               f"MobileNetV3-Small's narrowest widths take {floor:.3f} ms on {price.device}")
     if any(m in SEARCHED for m in methods):
-        from lotto.experiments.search import Pricer, fastest_ms, load_search_space
+        from lotto.experiments.search import fastest_ms, load_search_space
 
         scfg = stage_config(cfg, "search", _NoRun(), "check", {"target_latency": low})
         fastest = fastest_ms(load_search_space(scfg), Pricer(scfg, price.device))
@@ -223,7 +213,7 @@ def own_bars(progress: Progress | None) -> Iterator[None]:
 
 
 def stage_networks(cfg: DictConfig, run: RunDir, target: float, methods: list[str],
-                   price: Price, runner: Runner, progress: Progress | None,
+                   price: Pricer, runner: Runner, progress: Progress | None,
                    say: Callable[[str], None]) -> dict[str, ArchSpec]:
     """The network of each method at `target`, from the sub-runs (run or resumed)."""
     from lotto.experiments.search import run_search
@@ -309,7 +299,7 @@ def train_final(job: FinalJob, progress: Progress | None = None) -> dict[str, fl
     """The task: train `job.spec` from scratch (the shared proxy trainer), then test it."""
     from lotto.arch.build import build_network
     from lotto.experiments.common import shared_data
-    from lotto.experiments.proxy import proxy_spec, train_spec
+    from lotto.proxy import proxy_spec, train_spec
     from lotto.train import evaluate, resolve_device
 
     inject(job.fault)
@@ -328,7 +318,7 @@ def train_final(job: FinalJob, progress: Progress | None = None) -> dict[str, fl
 
 
 def final_trainings(cfg: DictConfig, run: RunDir, nets: dict[float, dict[str, ArchSpec]],
-                    price: Price, results: MetricsLog, failures: FailureLog, runner: Runner,
+                    price: Pricer, results: MetricsLog, failures: FailureLog, runner: Runner,
                     progress: Progress | None, say: Callable[[str], None]) -> None:
     """Train every (method, target, seed) without a results row; a row per finished one."""
     jobs, files = [], {}
@@ -448,7 +438,7 @@ def run_pipeline(cfg: DictConfig, *, force: bool = False, progress: Progress | N
                  runner: Runner | None = None) -> PipelineResult:
     start = time.perf_counter()
     targets, methods, device = validate(cfg)
-    price = Price(device)
+    price = phone_pricer(device)
     check_reachable(cfg, targets, methods, price)
     say = (lambda m: progress.console.print(m, highlight=False, soft_wrap=True)) if progress \
         else (lambda m: None)

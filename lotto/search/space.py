@@ -331,7 +331,8 @@ SPACES: dict[str, dict[str, Any]] = {
 
 def space_config(value: Any) -> dict[str, Any]:
     """A `space:` section as a plain dict: a name of SPACES -> its definition (a copy); a
-    mapping (or an OmegaConf node) -> itself."""
+    mapping (or an OmegaConf node) -> itself, or with `name: <a name of SPACES>` that named
+    space with the mapping's other keys in place of its own (`{name: mnasnet, kernels: [3]}`)."""
     try:
         from omegaconf import OmegaConf
 
@@ -347,7 +348,11 @@ def space_config(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise LottoError(f"space must be a name ({', '.join(SPACES)}) or a mapping, not "
                          f"{type(value).__name__}")
-    return dict(value)
+    value = dict(value)
+    if "name" in value:
+        name = value.pop("name")
+        return {**space_config(str(name)), **value}
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
