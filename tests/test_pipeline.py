@@ -73,7 +73,14 @@ def counting(monkeypatch) -> list[tuple]:
 
 
 def test_end_to_end_rows_files_and_resume(tiny, tmp_path, monkeypatch):
+    from lotto.experiments.plan import plan_pipeline
+
     calls = counting(monkeypatch)
+    # --dry-run first: every stage and final training to do, nothing created
+    plan = plan_pipeline(config(tiny, tmp_path, "run.name=t"))
+    assert len(plan.trainings) == len(plan.todo) == 12 and not plan.exists
+    assert plan.stage_seconds > 0 and any("stage search-7ms: 2 of 2" in n for n in plan.notes)
+    assert not (tmp_path / "runs").exists()
     # one unit fails (as a crashed training would): the others finish, it goes to failures.csv
     monkeypatch.setenv(FAULT_ENV, "raise:method=mult-v2,target_ms=7,seed=1")
     first = pl.run_pipeline(config(tiny, tmp_path, "run.name=t"))
@@ -117,6 +124,10 @@ def test_end_to_end_rows_files_and_resume(tiny, tmp_path, monkeypatch):
     assert "pipeline" in listed.output and "t" in listed.output and "complete" in listed.output
     compared = cli.invoke(app, ["compare", str(run)])
     assert compared.exit_code == 0, compared.output
+    # --dry-run of the finished run: every stage and training reused, nothing to time
+    plan = plan_pipeline(config(tiny, tmp_path, "run.name=t"))
+    assert plan.exists and plan.conflict is None and plan.todo == []
+    assert plan.stage_seconds == 0 and all(" 0 of " in n for n in plan.notes if "stage" in n)
 
 
 def test_summary_intervals_and_paired_difference():

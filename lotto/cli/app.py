@@ -260,7 +260,8 @@ def show_plan(plan: Any) -> None:
     from lotto.config import to_yaml
 
     say = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
-    doing = "trained or measured" if plan.command in ("search", "netadapt", "build-v3", "bench") \
+    doing = "trained or measured" if plan.command in ("search", "netadapt", "build-v3", "bench",
+                                                      "pipeline") \
         else "trained"
     say(f"# lotto {plan.command} --dry-run: the resolved config (nothing is {doing} and no run "
         "directory is created)")
@@ -287,8 +288,9 @@ def show_plan(plan: Any) -> None:
             f"({steps:,} steps, {evals:,} evaluations of {plan.eval_examples:,} examples)")
         parts.append(f"trainings {_duration(plan.training_seconds() if todo else 0.0)}{workers}")
         if todo:
+            recipe = plan.cfg.get("train") or plan.cfg.final  # pipeline: final trainings
             detail.append(f"one training step of {plan.timed or plan.cfg.model.name} at batch "
-                          f"{plan.cfg.train.batch_size} took {1000 * plan.step_seconds:.1f} ms "
+                          f"{recipe.batch_size} took {1000 * plan.step_seconds:.1f} ms "
                           f"here just now, one evaluation {plan.eval_seconds:.2f} s")
         else:
             detail.append("nothing left to train")
@@ -306,6 +308,8 @@ def show_plan(plan: Any) -> None:
                       f"{unknown} measurement(s) not estimated" if unknown else
                       "nothing left to measure" if not left else
                       "the measurements need no timing here (a model or table prices them)")
+    if plan.stage_seconds:
+        parts.insert(0, f"stages {_duration(plan.stage_seconds)}")
     if len(parts) > 1:  # say what each part takes
         detail.insert(0, ", ".join(parts))
         workers = ""

@@ -10,6 +10,7 @@ import typer
 
 from lotto.cli.app import (
     ConfigOpt,
+    DryRunOpt,
     ForceOpt,
     NameOpt,
     OverridesArg,
@@ -60,6 +61,7 @@ def pipeline(
     name: NameOpt = None,
     runs_dir: RunsDirOpt = None,
     force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Search -> NetAdapt -> train from scratch at each latency target, beside MobileNetV3-Small/
     Large and MobileNetV2 width multipliers and NetAdapt of MobileNetV3-Small at the same
@@ -75,6 +77,12 @@ def pipeline(
         "methods": method_list, "latency.device": device, "seed": seed, "run.name": name,
         "run.runs_dir": runs_dir, "parallel.workers": workers,
     })
+    if dry_run:
+        from lotto.cli.app import show_plan
+        from lotto.experiments.plan import plan_pipeline
+
+        show_plan(plan_pipeline(with_workers(cfg, workers)))
+        return
     with make_progress(console) as progress:
         result = run_pipeline(with_workers(cfg, workers), force=force, progress=progress)
     show(result)

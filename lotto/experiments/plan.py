@@ -72,6 +72,7 @@ class Plan:
     unit_name: str = ""  # its word there ("samples", "steps"); "" = unit
     timed: str = ""  # the network whose training step was timed ("" = model.name)
     caveats: list[str] = field(default_factory=list)  # printed after the time: what is rough
+    stage_seconds: float = 0.0  # sub-runs (a pipeline's stages), as their own plans price them
 
     @property
     def todo(self) -> list[Training]:
@@ -91,7 +92,7 @@ class Plan:
     def seconds(self) -> float:
         """Rough wall time of the work still to do: trainings, then measurements (serial)."""
         train = self.training_seconds() if self.todo else 0.0
-        return train + sum(m.seconds for m in self.to_measure)
+        return train + sum(m.seconds for m in self.to_measure) + self.stage_seconds
 
 
 def past_rows(path: Path, stem: str = "metrics") -> pd.DataFrame:
@@ -110,9 +111,9 @@ def past_rows(path: Path, stem: str = "metrics") -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def _finished(path: Path, keys: list[str]) -> set[tuple]:
-    """The unit keys with a metrics row in a past run's metrics.csv (read only)."""
-    frame = past_rows(path)
+def _finished(path: Path, keys: list[str], stem: str = "metrics") -> set[tuple]:
+    """The unit keys with a metrics row in a past run's <stem>.csv (read only)."""
+    frame = past_rows(path, stem)
     if frame.empty or any(k not in frame.columns for k in keys):
         return set()
     return {tuple(_norm(v) for v in row) for row in frame[keys].itertuples(index=False)}
@@ -122,11 +123,11 @@ def _norm(value: object) -> object:
     return round(float(value), 12) if isinstance(value, (int, float)) else str(value)
 
 
-def _mark_done(plan: Plan, keys: list[str]) -> None:
+def _mark_done(plan: Plan, keys: list[str], stem: str = "metrics") -> None:
     """Mark the trainings and measurements whose key has a row in the past run's metrics."""
     if plan.conflict is not None:
         return
-    done = _finished(plan.run_path, keys)
+    done = _finished(plan.run_path, keys, stem)
     for t in [*plan.trainings, *plan.measurements]:
         t.done = tuple(_norm(t.key[k]) for k in keys) in done
 
@@ -717,4 +718,80 @@ def plan_fidelity(cfg: DictConfig) -> Plan:
     torch.manual_seed(int(cfg.seed))
     _time(plan, lambda: build_network(small), data, cfg.train, dev, test=False)
     plan.caveats.append("every training is priced as the first drawn network's")
+    return plan
+
+
+class _StagesOf:
+    """Where a pipeline's sub-runs would live (its run directory, not created)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def plan_pipeline(cfg: DictConfig) -> Plan:
+    """Per target, each sub-run by its own planner (the search; NetAdapt of MobileNetV3-Small),
+    shown as one line each with its rough time; NetAdapt of the searched network is unknown
+    before the search (not estimated); then the final trainings (methods x targets x seeds)
+    without a results row, timed on the MobileNetV3-Small multiplier of the first target."""
+    import tempfile
+
+    from lotto.arch.build import build_network
+    from lotto.experiments import pipeline as pl
+    from lotto.experiments.common import shared_data
+    from lotto.proxy import proxy_spec
+    from lotto.train import resolve_device
+
+    targets, methods, device = pl.validate(cfg)
+    price = pl.phone_pricer(device)
+    pl.check_reachable(cfg, targets, methods, price)
+    plan = _new_plan(cfg, pl.COMMAND, unit_name="final trainings", workers=_workers(cfg))
+    stages = _StagesOf(plan.run_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in targets:
+            name = pl.ms_name(t)
+            subs = []
+            if any(m in pl.SEARCHED for m in methods):
+                subs.append((f"search-{name}", plan_search(pl.stage_config(
+                    cfg, "search", stages, f"search-{name}", {"target_latency": t}))))
+                if "search+netadapt" in methods:
+                    plan.caveats.append(f"NetAdapt of the network searched at {name} is not "
+                                        "estimated: it depends on what the search finds")
+            if "netadapt-v3-small" in methods:
+                seed = pl.multiplier_network(pl.V3_SMALL, float(cfg.netadapt_seed_ratio) * t,
+                                             price, float(cfg.multiplier_max))
+                path = stages.file(f"specs/netadapt-v3-small-seed-{name}.yaml")  # the run's
+                if not path.exists():  # (its sub-run's config names it), or a stand-in
+                    path = Path(tmp) / path.name
+                    seed.save(path)
+                sub = f"netadapt-v3-small-{name}"
+                subs.append((sub, plan_netadapt(pl.stage_config(cfg, "netadapt", stages, sub, {
+                    "from": str(path), "width_mult": 1.0, "latency.target": f"{t:g}ms"}))))
+            for sub, p in subs:
+                left, n = len(p.todo) + len(p.to_measure), len(p.trainings) + len(p.measurements)
+                plan.notes.append(f"stage {sub}: {left} of {n} {p.unit_name or p.unit} to do, "
+                                  f"about {p.seconds() / 60:.1f} min")
+                plan.stage_seconds += p.seconds()
+    per_epoch_cfg = cfg.final
+    dev = resolve_device(str(cfg.device))
+    data = shared_data(cfg.data, dev)
+    per_epoch = max(1, len(data.train_y) // int(per_epoch_cfg.batch_size))
+    steps = parse_step(per_epoch_cfg.iterations, per_epoch)
+    every = max(1, parse_step(per_epoch_cfg.eval_every, per_epoch))
+    plan.eval_examples = len(data.val_y) + len(data.test_y)
+    for t in targets:
+        for method in methods:
+            for seed in cfg.seeds:
+                plan.trainings.append(Training({"method": method, "target_ms": t,
+                                                "seed": int(seed)}, steps, _evals(steps, every)))
+    _mark_done(plan, ["method", "target_ms", "seed"], stem="results")
+    net = pl.multiplier_network(pl.V3_SMALL, targets[0], price, float(cfg.multiplier_max))
+    small = proxy_spec(net, data, float(cfg.proxy.bn_momentum), int(cfg.proxy.min_output))
+    plan.timed = f"{net.name} as trained on the data ({small.macs() / 1e6:.1f}M MAdds)"
+    torch.manual_seed(int(cfg.seed))
+    _time(plan, lambda: build_network(small), data, cfg.final, dev)
+    plan.caveats.append("the final trainings are all priced as the timed network (the methods' "
+                        "networks differ in cost)")
     return plan
