@@ -388,3 +388,35 @@ def test_progressive_supernet_teaches_its_networks(space_file, runs_dir):
 def test_bad_progressive_settings_are_one_line(space_file, runs_dir, override, needle):
     with pytest.raises(LottoError, match=needle):
         run_search(progressive(space_file, runs_dir, override))
+
+
+def test_nested_ds_blocks_are_slices_of_the_ir_tensors(space_file, runs_dir):
+    """supernet.nest_ds: a ds block holds no tensors of its own; its depthwise conv and
+    projection are the first input-width channels of the ir block's at its position, and a
+    sliced standalone network still computes what the supernet computes."""
+    cfg = config(space_file, runs_dir, "supernet.nest_ds=true")
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0, nest_ds=True)
+    assert not any(".ds." in k for k in net.weights)
+    assert any(".ds." in k for k in Supernet(space, make_adapt(cfg, data), seed=0).weights)
+    with torch.no_grad():
+        net.weights["classifier.weight"].mul_(100)
+    x = data.train_x[:16]
+    seen: set[str] = set()
+    for choices, spec, where, model in sampled_members(net, space, 3, seen, n=8):
+        for i, b in enumerate(spec.blocks):
+            if b.type == "ds":
+                s, r = where[i]
+                ir = net.weights[f"s{s}.r{r}.ir.project.0.weight"]
+                mine = model.blocks[i].project[0].weight
+                assert torch.equal(mine, ir[:mine.shape[0], :mine.shape[1]])
+        model.train()
+        with torch.no_grad():
+            net.forward(choices, x)
+            torch.manual_seed(0)
+            want = net.forward(choices, x)
+            torch.manual_seed(0)
+            got = model(x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert "ds" in seen

@@ -74,16 +74,22 @@ def choices_layout(choices: Sequence[tuple]) -> tuple[tuple[int, int], ...]:
     return tuple((s, r) for s, c in enumerate(choices) for r in range(int(c[1])))
 
 
-def tensor_key(name: str, spec: ArchSpec, where: Sequence[tuple[int, int]]) -> str:
+def tensor_key(name: str, spec: ArchSpec, where: Sequence[tuple[int, int]],
+               nest_ds: bool = False) -> str:
     """The supernet tensor behind parameter `name` of `spec`'s network: per block position and
     block type (an ir's depthwise conv shares nothing with a ds's); stem, head and classifier
-    are shared by every network."""
+    are shared by every network. With `nest_ds` a ds block is an ir block without its
+    expansion conv: its depthwise conv, SE and projection are slices of the ir's (the first
+    input-width channels), so ds and ir outputs are made by the same projection."""
     if not name.startswith("blocks."):
         return name
     _, index, rest = name.split(".", 2)
     i = int(index)
     s, r = where[i]
-    return f"s{s}.r{r}.{spec.blocks[i].type}.{rest}"
+    kind = spec.blocks[i].type
+    if nest_ds and kind == "ds":
+        kind = "ir"
+    return f"s{s}.r{r}.{kind}.{rest}"
 
 
 def take(weight: Tensor, shape: Sequence[int]) -> Tensor:
@@ -206,8 +212,8 @@ def arms_for_step(net: Supernet, cfg: DictConfig, step: int, rng: random.Random
 class Supernet:
     """The shared weights of a space (as seen through `adapt`) and the sliced networks."""
 
-    def __init__(self, space: Space, adapt: Adapt, seed: int = 0):
-        self.space, self.adapt = space, adapt
+    def __init__(self, space: Space, adapt: Adapt, seed: int = 0, nest_ds: bool = False):
+        self.space, self.adapt, self.nest_ds = space, adapt, nest_ds
         big, self.largest, self.smallest = extremes(space)
         torch.manual_seed(seed)
         weights: dict[str, Tensor] = {}
@@ -216,7 +222,7 @@ class Supernet:
             net = build_network(spec)
             where = choices_layout(choices)
             for name, p in net.named_parameters():
-                key = tensor_key(name, spec, where)
+                key = tensor_key(name, spec, where, nest_ds)
                 old = weights.get(key)
                 if old is None:
                     weights[key] = p.detach().clone()
@@ -247,7 +253,7 @@ class Supernet:
                ) -> dict[str, Tensor]:
         out = {}
         for name, p in net.named_parameters():
-            key = tensor_key(name, spec, where)
+            key = tensor_key(name, spec, where, self.nest_ds)
             if key not in self.weights:
                 raise LottoError(f"the supernet has no tensor {key} (not a network of its space)")
             out[name] = take(self.weights[key], p.shape)
@@ -437,7 +443,7 @@ def ensure_supernet(cfg: DictConfig, space: Space, data: Data, *, seed: int,
 
     path = supernet_path(cfg, seed)
     meta_path = path.with_suffix(".json")
-    net = Supernet(space, make_adapt(cfg, data), seed)
+    net = Supernet(space, make_adapt(cfg, data), seed, bool(cfg.supernet.get("nest_ds", False)))
     if path.exists() and meta_path.exists():
         try:
             meta = json.loads(meta_path.read_text())
@@ -490,7 +496,7 @@ def load_supernet(job: SupernetJob, data: Data) -> Supernet:
         space = parse_space(job.space, "config key space")
         adapt = Adapt(float(job.proxy.width_mult), int(job.proxy.min_output), data.in_channels,
                       data.num_classes, data.image_size)
-        net = Supernet(space, adapt, job.seed)
+        net = Supernet(space, adapt, job.seed, bool(job.supernet.get("nest_ds", False)))
         net.load(load_file(job.weights))
         _LOADED[stamp] = net
     return _LOADED[stamp]
