@@ -112,7 +112,7 @@ def test_recalibration_is_the_cumulative_average_of_batch_statistics(space_file,
 
 
 def test_training_the_supernet_teaches_its_networks(space_file, runs_dir):
-    cfg = config(space_file, runs_dir, "supernet.steps=25")
+    cfg = config(space_file, runs_dir, "supernet.steps=25", "supernet.rule=sandwich")
     space = load_search_space(cfg)
     data = shared_data(cfg.data, CPU)
     net = Supernet(space, make_adapt(cfg, data), seed=0)
@@ -285,7 +285,10 @@ def test_a_named_space_runs_a_supernet_search(runs_dir, monkeypatch):
 
 
 def progressive(space_file, runs_dir, *extra: str):
-    return config(space_file, runs_dir, "supernet.rule=progressive", *extra)
+    """Progressive shrinking with the phases these tests state (not the shipped defaults)."""
+    return config(space_file, runs_dir, "supernet.rule=progressive", "supernet.nest_ds=false",
+                  "supernet.phases=[[],[kernel],[repeats],[width,expansion,se],[op,skip]]",
+                  "supernet.phase_share=[0.2,0.15,0.15,0.2,0.3]", *extra)
 
 
 def varied_axes(space, base, arm) -> set[str]:
