@@ -288,7 +288,7 @@ def progressive(space_file, runs_dir, *extra: str):
     """Progressive shrinking with the phases these tests state (not the shipped defaults)."""
     return config(space_file, runs_dir, "supernet.rule=progressive", "supernet.nest_ds=false",
                   "supernet.phases=[[],[kernel],[repeats],[width,expansion,se],[op,skip]]",
-                  "supernet.phase_share=[0.2,0.15,0.15,0.2,0.3]", *extra)
+                  "supernet.phase_share=[0.2,0.15,0.15,0.2,0.3]", "supernet.lr=0.005", *extra)
 
 
 def varied_axes(space, base, arm) -> set[str]:
