@@ -52,6 +52,10 @@ def test_fidelity_writes_the_table_and_tau(space_file, runs_dir, proxy):
     assert summary["reference_seed_tau"] == pytest.approx(
         kendalltau(table.reference_seed0, table.reference_seed1).statistic)
     assert summary["proxy"] == proxy and len(summary["kendall_tau_ci"]) == 2
+    # scored by validation loss instead: lower loss ranks higher
+    assert table.proxy_loss.gt(0).all()
+    assert summary["kendall_tau_loss"] == pytest.approx(
+        kendalltau(-table.proxy_loss, table.reference).statistic)
     assert (summary["supernet_train_seconds"] is None) == (proxy == "train")
 
 

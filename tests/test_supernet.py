@@ -17,9 +17,13 @@ from lotto.experiments.common import shared_data
 from lotto.experiments.search import load_search_space, run_search
 from lotto.search.supernet import (
     Supernet,
+    arms_for_step,
+    base_choices,
     ensure_supernet,
     layout,
     make_adapt,
+    opened_axes,
+    phase_at,
     recalibrate,
     score,
     take,
@@ -108,7 +112,7 @@ def test_recalibration_is_the_cumulative_average_of_batch_statistics(space_file,
 
 
 def test_training_the_supernet_teaches_its_networks(space_file, runs_dir):
-    cfg = config(space_file, runs_dir, "supernet.steps=25")
+    cfg = config(space_file, runs_dir, "supernet.steps=25", "supernet.rule=sandwich")
     space = load_search_space(cfg)
     data = shared_data(cfg.data, CPU)
     net = Supernet(space, make_adapt(cfg, data), seed=0)
@@ -179,7 +183,7 @@ def test_supernet_parallel_workers_give_the_serial_numbers(space_file, runs_dir)
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("supernet.rule=progressive", "supernet.rule"),
+    ("supernet.rule=ofa", "supernet.rule"),
     ("supernet.steps=0", "supernet.steps"),
     ("search.proxy=oracle", "search.proxy"),
 ])
@@ -275,3 +279,147 @@ def test_a_named_space_runs_a_supernet_search(runs_dir, monkeypatch):
     assert (result.metrics.status == "ok").all() and len(result.metrics) == 4
     meta = json.loads(next((runs_dir / "search" / ".supernet").glob("*.json")).read_text())
     assert meta["config"]["space"]["stages"] == yaml.safe_load(TINY_SPACE)["space"]["stages"]
+
+
+# ---- progressive shrinking (supernet.rule=progressive) ------------------------------------
+
+
+def progressive(space_file, runs_dir, *extra: str):
+    """Progressive shrinking with the phases these tests state (not the shipped defaults)."""
+    return config(space_file, runs_dir, "supernet.rule=progressive", "supernet.nest_ds=false",
+                  "supernet.phases=[[],[kernel],[repeats],[width,expansion,se],[op,skip]]",
+                  "supernet.phase_share=[0.2,0.15,0.15,0.2,0.3]", "supernet.lr=0.005", *extra)
+
+
+def varied_axes(space, base, arm) -> set[str]:
+    """The axes on which `arm` differs from the base network."""
+    return {axis for stage, b, c in zip(space.stages, base, arm)
+            for (axis, _), x, y in zip(stage.choices(), b, c) if x != y}
+
+
+def test_progressive_schedule_opens_axes_in_the_stated_order(space_file, runs_dir):
+    """Phase 0 trains the base network alone; each later phase draws exactly the axes opened so
+    far (kernel, then repeats, then width / expansion / SE, then op and skip), in that order."""
+    cfg = progressive(space_file, runs_dir, "supernet.steps=200", "supernet.random=3")
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0)
+    base = base_choices(space, "ir")
+    rng = random.Random(0)
+    first: dict[str, int] = {}
+    per_phase: dict[int, set[str]] = {}
+    for step in range(200):
+        arms = arms_for_step(net, cfg.supernet, step, rng)
+        assert arms[0] == base  # the teacher
+        k = phase_at(step, 200, list(cfg.supernet.phase_share))
+        seen = per_phase.setdefault(k, set())
+        if k == 0:
+            assert arms == [base]
+        for arm in arms[1:]:
+            for axis in varied_axes(space, base, arm):
+                seen.add(axis)
+                first.setdefault(axis, step)
+    assert sorted(per_phase) == [0, 1, 2, 3, 4]
+    assert per_phase[0] == set()
+    for k in range(1, 5):
+        assert per_phase[k] == set(opened_axes(cfg.supernet, k)), (k, per_phase[k])
+    order = sorted(first, key=first.get)
+    assert order[0] == "kernel" and order[1] == "repeats"
+    assert set(order[2:5]) == {"width", "expansion", "se"} and set(order[5:]) == {"op", "skip"}
+    # the phase edges follow the shares (0.2, 0.15, 0.15, 0.2, 0.3 of 200 steps)
+    assert [phase_at(s, 200, list(cfg.supernet.phase_share)) for s in (39, 40, 69, 70, 99,
+                                                                       100, 139, 140)] == \
+        [0, 1, 1, 2, 2, 3, 3, 4]
+
+
+def test_progressive_phase_zero_trains_the_largest_network_only(space_file, runs_dir):
+    """The base network is the space's largest ir network (every nested choice at its maximum;
+    no ir network of the space has more MACs), and training in phase 0 alone moves only its
+    tensors: the ds and conv blocks' weights stay at their initial values."""
+    cfg = progressive(space_file, runs_dir, "supernet.steps=4", "supernet.phases=[[]]",
+                      "supernet.phase_share=[1.0]")
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    base = base_choices(space, "ir")
+    for stage, b in zip(space.stages, base):
+        assert b[:5] == (max(stage.widths), max(stage.repeats), max(stage.kernels),
+                         max(stage.expansions), True) and b[5:] == ("ir", "identity")
+    big = space.build(base, "base").macs()
+    rng = random.Random(1)
+    for _ in range(40):
+        choices = [c[:5] + ("ir", c[6]) for c in space.decode(space.sample_indices(rng))]
+        assert space.build(choices, "x").macs() <= big
+    net = Supernet(space, make_adapt(cfg, data), seed=0)
+    before = {k: v.detach().clone() for k, v in net.weights.items()}
+    train_supernet(net, data, cfg.supernet, seed=0, device=CPU)
+    moved = {k for k, v in net.weights.items() if not torch.equal(v, before[k])}
+    assert any(".ir." in k for k in moved) and "classifier.weight" in moved
+    assert not any(".ds." in k or ".conv." in k for k in moved), sorted(moved)[:5]
+
+
+def test_progressive_training_is_deterministic(space_file, runs_dir):
+    cfg = progressive(space_file, runs_dir, "supernet.steps=10")
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    runs = []
+    for seed in (0, 0, 1):
+        net = Supernet(space, make_adapt(cfg, data), seed=0)
+        train_supernet(net, data, cfg.supernet, seed=seed, device=CPU)
+        runs.append(net.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_progressive_supernet_teaches_its_networks(space_file, runs_dir):
+    cfg = progressive(space_file, runs_dir, "supernet.steps=30")
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0)
+    train_supernet(net, data, cfg.supernet, seed=0, device=CPU)
+    small_ir = [c[:5] + ("ir", "identity") for c in net.smallest]  # nested axes at minimum
+    accs = [score(net, *net.member(c), data, cfg.supernet, seed=0, device=CPU)["val_accuracy"]
+            for c in (base_choices(space, "ir"), small_ir)]
+    assert min(accs) > 0.3, accs  # chance: 0.1
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("supernet.phases=[[kernel],[kernel]]", "opened twice"),
+    ("supernet.phases=[[],[depth]]", "unknown axis depth"),
+    ("supernet.phase_share=[0.5,0.5]", "supernet.phase_share"),
+    ("supernet.base_op=mb", "supernet.base_op"),
+])
+def test_bad_progressive_settings_are_one_line(space_file, runs_dir, override, needle):
+    with pytest.raises(LottoError, match=needle):
+        run_search(progressive(space_file, runs_dir, override))
+
+
+def test_nested_ds_blocks_are_slices_of_the_ir_tensors(space_file, runs_dir):
+    """supernet.nest_ds: a ds block holds no tensors of its own; its depthwise conv and
+    projection are the first input-width channels of the ir block's at its position, and a
+    sliced standalone network still computes what the supernet computes."""
+    cfg = config(space_file, runs_dir, "supernet.nest_ds=true")
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0, nest_ds=True)
+    assert not any(".ds." in k for k in net.weights)
+    assert any(".ds." in k for k in Supernet(space, make_adapt(cfg, data), seed=0).weights)
+    with torch.no_grad():
+        net.weights["classifier.weight"].mul_(100)
+    x = data.train_x[:16]
+    seen: set[str] = set()
+    for choices, spec, where, model in sampled_members(net, space, 3, seen, n=8):
+        for i, b in enumerate(spec.blocks):
+            if b.type == "ds":
+                s, r = where[i]
+                ir = net.weights[f"s{s}.r{r}.ir.project.0.weight"]
+                mine = model.blocks[i].project[0].weight
+                assert torch.equal(mine, ir[:mine.shape[0], :mine.shape[1]])
+        model.train()
+        with torch.no_grad():
+            net.forward(choices, x)
+            torch.manual_seed(0)
+            want = net.forward(choices, x)
+            torch.manual_seed(0)
+            got = model(x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert "ds" in seen

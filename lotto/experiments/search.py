@@ -165,8 +165,16 @@ def proxy_description(cfg: DictConfig) -> str:
     val = f"{d.val_size} validation examples" if d.val_size is not None else "the validation split"
     if cfg.search.get("proxy") == "supernet":
         n = cfg.supernet
-        rule = (f"sandwich (+{n.random} random{', distilled' if n.distill else ''})"
-                if n.rule == "sandwich" else "uniform")
+        distilled = ", distilled" if n.distill else ""
+        if n.rule == "sandwich":
+            rule = f"sandwich (+{n.random} random{distilled})"
+        elif n.rule == "progressive":
+            opened = ", ".join("+".join(g) for g in n.phases if len(g))
+            rule = (f"progressive shrinking: the base {n.base_op} network, then {opened} "
+                    f"opened in turn (+{n.random} random{distilled}"
+                    f"{', ds nested in ir' if n.get('nest_ds') else ''})")
+        else:
+            rule = "uniform"
         return (f"supernet proxy: {d.name}, {subset}, scored on {val}; widths x{p.width_mult:g}, "
                 f"strides cut only below {p.min_output} px; inherited weights of a supernet "
                 f"trained {n.steps} steps ({rule}), BN recalibrated on {n.recal_batches} "

@@ -14,6 +14,13 @@ and updates the shared weights. Rules (`supernet.rule`):
   random ones per step, gradients summed; with `supernet.distill` the others learn from the
   largest's soft predictions (in-place distillation).
 - `uniform` (SPOS): one network drawn uniformly per step.
+- `progressive` (Once-for-All's progressive shrinking, with BigNAS's sandwich inside a phase):
+  training runs in phases (`supernet.phases`, shares of the steps `supernet.phase_share`);
+  phase 0 trains only the base network (every choice at its largest, op `supernet.base_op`,
+  identity skips); each later phase opens more decision axes (default: kernel, then repeats,
+  then width / expansion / SE, then op and skip last). A step of a phase trains the base
+  network plus `supernet.random` networks that draw the opened axes uniformly (the others at
+  the base's), distilled from the base's soft predictions with `supernet.distill`.
 
 A network is scored by building it as a plain `MobileNet` (`lotto.arch.build`), copying in its
 slice of the weights, recalibrating its BatchNorm statistics on a few training batches (the
@@ -48,7 +55,8 @@ from lotto.data import Data
 from lotto.errors import LottoError
 from lotto.search.space import Space, space_config
 
-RULES = ("sandwich", "uniform")
+RULES = ("sandwich", "uniform", "progressive")
+AXES = ("width", "repeats", "kernel", "expansion", "se", "op", "skip")  # Stage.choices() order
 
 
 # ---- which supernet tensor a network parameter is a slice of --------------------------------
@@ -66,16 +74,22 @@ def choices_layout(choices: Sequence[tuple]) -> tuple[tuple[int, int], ...]:
     return tuple((s, r) for s, c in enumerate(choices) for r in range(int(c[1])))
 
 
-def tensor_key(name: str, spec: ArchSpec, where: Sequence[tuple[int, int]]) -> str:
+def tensor_key(name: str, spec: ArchSpec, where: Sequence[tuple[int, int]],
+               nest_ds: bool = False) -> str:
     """The supernet tensor behind parameter `name` of `spec`'s network: per block position and
     block type (an ir's depthwise conv shares nothing with a ds's); stem, head and classifier
-    are shared by every network."""
+    are shared by every network. With `nest_ds` a ds block is an ir block without its
+    expansion conv: its depthwise conv, SE and projection are slices of the ir's (the first
+    input-width channels), so ds and ir outputs are made by the same projection."""
     if not name.startswith("blocks."):
         return name
     _, index, rest = name.split(".", 2)
     i = int(index)
     s, r = where[i]
-    return f"s{s}.r{r}.{spec.blocks[i].type}.{rest}"
+    kind = spec.blocks[i].type
+    if nest_ds and kind == "ds":
+        kind = "ir"
+    return f"s{s}.r{r}.{kind}.{rest}"
 
 
 def take(weight: Tensor, shape: Sequence[int]) -> Tensor:
@@ -140,11 +154,66 @@ def extremes(space: Space) -> tuple[list[list[tuple]], list[tuple], list[tuple]]
     return big, largest, smallest
 
 
+def base_choices(space: Space, op: str = "ir") -> list[tuple]:
+    """Progressive shrinking's first network: per stage every nested choice at its largest
+    (width, repeats, kernel, expansion, SE), op `op` where the stage offers it (else its first
+    op) and the identity skip where offered (else the stage's first skip)."""
+    out = []
+    for s in space.stages:
+        out.append((max(s.widths), max(s.repeats), max(s.kernels), max(s.expansions),
+                    max(s.se), op if op in s.ops else s.ops[0],
+                    "identity" if "identity" in s.skips else s.skips[0]))
+    return out
+
+
+def phase_at(step: int, steps: int, shares: Sequence[float]) -> int:
+    """The phase of training step `step` (0-based) of `steps` split by `shares` (sum 1)."""
+    edge = 0.0
+    for k, share in enumerate(shares):
+        edge += share * steps
+        if step < round(edge):
+            return k
+    return len(shares) - 1
+
+
+def opened_axes(cfg: DictConfig, phase: int) -> frozenset[str]:
+    """The decision axes drawn at random in `phase`: those of phases 0..phase."""
+    return frozenset(a for group in list(cfg.phases)[:phase + 1] for a in group)
+
+
+def draw_open(space: Space, base: Sequence[tuple], opened: frozenset[str],
+              rng: random.Random) -> list[tuple]:
+    """A network of the space with the `opened` axes drawn uniformly, the others the base's."""
+    out = []
+    for stage, b in zip(space.stages, base):
+        c = list(b)
+        for j, (axis, options) in enumerate(stage.choices()):
+            if axis in opened:
+                c[j] = rng.choice(options)
+        out.append(tuple(c))
+    return out
+
+
+def arms_for_step(net: Supernet, cfg: DictConfig, step: int, rng: random.Random
+                  ) -> list[list[tuple]]:
+    """The networks trained at `step` (the first one is the teacher under distillation)."""
+    if cfg.rule == "sandwich":
+        return [net.largest, net.smallest] + [net.space.decode(net.space.sample_indices(rng))
+                                              for _ in range(int(cfg.random))]
+    if cfg.rule == "uniform":
+        return [net.space.decode(net.space.sample_indices(rng))]
+    base = base_choices(net.space, str(cfg.base_op))
+    opened = opened_axes(cfg, phase_at(step, int(cfg.steps), list(cfg.phase_share)))
+    if not opened:
+        return [base]
+    return [base] + [draw_open(net.space, base, opened, rng) for _ in range(int(cfg.random))]
+
+
 class Supernet:
     """The shared weights of a space (as seen through `adapt`) and the sliced networks."""
 
-    def __init__(self, space: Space, adapt: Adapt, seed: int = 0):
-        self.space, self.adapt = space, adapt
+    def __init__(self, space: Space, adapt: Adapt, seed: int = 0, nest_ds: bool = False):
+        self.space, self.adapt, self.nest_ds = space, adapt, nest_ds
         big, self.largest, self.smallest = extremes(space)
         torch.manual_seed(seed)
         weights: dict[str, Tensor] = {}
@@ -153,7 +222,7 @@ class Supernet:
             net = build_network(spec)
             where = choices_layout(choices)
             for name, p in net.named_parameters():
-                key = tensor_key(name, spec, where)
+                key = tensor_key(name, spec, where, nest_ds)
                 old = weights.get(key)
                 if old is None:
                     weights[key] = p.detach().clone()
@@ -184,7 +253,7 @@ class Supernet:
                ) -> dict[str, Tensor]:
         out = {}
         for name, p in net.named_parameters():
-            key = tensor_key(name, spec, where)
+            key = tensor_key(name, spec, where, self.nest_ds)
             if key not in self.weights:
                 raise LottoError(f"the supernet has no tensor {key} (not a network of its space)")
             out[name] = take(self.weights[key], p.shape)
@@ -230,6 +299,24 @@ def check_config(cfg: DictConfig) -> None:
     check(float(cfg.lr) > 0, "supernet.lr", "must be > 0")
     check(int(cfg.recal_batches) >= 1, "supernet.recal_batches", "must be >= 1")
     check(int(cfg.recal_batch_size) >= 1, "supernet.recal_batch_size", "must be >= 1")
+    if cfg.rule != "progressive":
+        return
+    from lotto.search.space import OPS
+
+    phases = cfg.get("phases")
+    check(phases is not None and len(phases) >= 1, "supernet.phases",
+          "a list of phases, each a list of axes opened in it")
+    named = [str(a) for group in phases for a in group]
+    bad = sorted(set(named) - set(AXES))
+    check(not bad, "supernet.phases", f"unknown axis {', '.join(bad)}: choose from "
+          f"{', '.join(AXES)}")
+    check(len(named) == len(set(named)), "supernet.phases", "an axis is opened twice")
+    shares = [float(x) for x in cfg.get("phase_share") or []]
+    check(len(shares) == len(phases) and all(x > 0 for x in shares)
+          and abs(sum(shares) - 1) < 1e-6, "supernet.phase_share",
+          f"{shares}: one share > 0 per phase ({len(phases)}), summing to 1")
+    check(str(cfg.get("base_op")) in OPS, "supernet.base_op",
+          f"{cfg.get('base_op')!r}: choose from {', '.join(OPS)}")
 
 
 def _batches(data: Data, batch_size: int, gen: torch.Generator):
@@ -253,16 +340,12 @@ def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
     batches = _batches(data, int(cfg.batch_size), gen)
     start, losses = time.perf_counter(), []
     bar = progress.add_task("supernet", total=steps) if progress is not None else None
-    for _ in range(steps):
+    distill = cfg.rule in ("sandwich", "progressive") and bool(cfg.distill)
+    for step in range(steps):
         x, y = next(batches)
         x, y = x.to(device), y.to(device)
         opt.zero_grad(set_to_none=True)
-        if cfg.rule == "sandwich":
-            arms = [net.largest, net.smallest]
-            arms += [net.space.decode(net.space.sample_indices(rng))
-                     for _ in range(int(cfg.random))]
-        else:
-            arms = [net.space.decode(net.space.sample_indices(rng))]
+        arms = arms_for_step(net, cfg, step, rng)
         soft = None
         total = 0.0
         for k, choices in enumerate(arms):
@@ -271,7 +354,7 @@ def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
                 loss = F.kl_div(F.log_softmax(out, 1), soft, reduction="batchmean")
             else:
                 loss = F.cross_entropy(out, y)
-                if cfg.rule == "sandwich" and bool(cfg.distill):
+                if distill:
                     soft = F.softmax(out.detach(), 1)
             if not torch.isfinite(loss):
                 raise LottoError("supernet training diverged (NaN/inf loss); lower supernet.lr")
@@ -360,7 +443,7 @@ def ensure_supernet(cfg: DictConfig, space: Space, data: Data, *, seed: int,
 
     path = supernet_path(cfg, seed)
     meta_path = path.with_suffix(".json")
-    net = Supernet(space, make_adapt(cfg, data), seed)
+    net = Supernet(space, make_adapt(cfg, data), seed, bool(cfg.supernet.get("nest_ds", False)))
     if path.exists() and meta_path.exists():
         try:
             meta = json.loads(meta_path.read_text())
@@ -413,7 +496,7 @@ def load_supernet(job: SupernetJob, data: Data) -> Supernet:
         space = parse_space(job.space, "config key space")
         adapt = Adapt(float(job.proxy.width_mult), int(job.proxy.min_output), data.in_channels,
                       data.num_classes, data.image_size)
-        net = Supernet(space, adapt, job.seed)
+        net = Supernet(space, adapt, job.seed, bool(job.supernet.get("nest_ds", False)))
         net.load(load_file(job.weights))
         _LOADED[stamp] = net
     return _LOADED[stamp]
