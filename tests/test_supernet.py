@@ -182,14 +182,19 @@ def test_supernet_parallel_workers_give_the_serial_numbers(space_file, runs_dir)
     assert list(par.metrics.val_accuracy) == list(serial.metrics.val_accuracy)
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("supernet.rule=ofa", "supernet.rule"),
-    ("supernet.steps=0", "supernet.steps"),
-    ("search.proxy=oracle", "search.proxy"),
+@pytest.mark.parametrize("rule,override,needle", [
+    (None, "supernet.rule=ofa", "supernet.rule"),
+    (None, "supernet.steps=0", "supernet.steps"),
+    (None, "search.proxy=oracle", "search.proxy"),
+    ("progressive", "supernet.phases=[[kernel],[kernel]]", "opened twice"),
+    ("progressive", "supernet.phases=[[],[depth]]", "unknown axis depth"),
+    ("progressive", "supernet.phase_share=[0.5,0.5]", "supernet.phase_share"),
+    ("progressive", "supernet.base_op=mb", "supernet.base_op"),
 ])
-def test_bad_supernet_settings_are_one_line(space_file, runs_dir, override, needle):
+def test_bad_supernet_settings_are_one_line(space_file, runs_dir, rule, override, needle):
+    make = progressive if rule == "progressive" else config
     with pytest.raises(LottoError, match=needle):
-        run_search(config(space_file, runs_dir, override))
+        run_search(make(space_file, runs_dir, override))
 
 
 
@@ -380,17 +385,6 @@ def test_progressive_supernet_teaches_its_networks(space_file, runs_dir):
     accs = [score(net, *net.member(c), data, cfg.supernet, seed=0, device=CPU)["val_accuracy"]
             for c in (base_choices(space, "ir"), small_ir)]
     assert min(accs) > 0.3, accs  # chance: 0.1
-
-
-@pytest.mark.parametrize("override,needle", [
-    ("supernet.phases=[[kernel],[kernel]]", "opened twice"),
-    ("supernet.phases=[[],[depth]]", "unknown axis depth"),
-    ("supernet.phase_share=[0.5,0.5]", "supernet.phase_share"),
-    ("supernet.base_op=mb", "supernet.base_op"),
-])
-def test_bad_progressive_settings_are_one_line(space_file, runs_dir, override, needle):
-    with pytest.raises(LottoError, match=needle):
-        run_search(progressive(space_file, runs_dir, override))
 
 
 def test_nested_ds_blocks_are_slices_of_the_ir_tensors(space_file, runs_dir):
