@@ -187,7 +187,7 @@ def test_gpu_config_loads_and_every_target_is_reachable():
     targets, methods, device = pl.validate(cfg)
     pl.check_reachable(cfg, targets, methods, pl.phone_pricer(device))
     assert cfg.device == "cuda" and len(cfg.seeds) >= 3 and len(targets) >= 2
-    search = pl.stage_config(cfg, "search", pl._NoRun(), "x", {"target_latency": 15.0})
+    search = pl.stage_config(cfg, "search", pl.RunAt(), "x", {"target_latency": 15.0})
     assert search.search.samples == 500 and search.data.name == "cifar100"
 
 

@@ -69,6 +69,20 @@ def sampled_members(net: Supernet, space, seed: int, seen: set[str], n: int = 6)
         yield choices, spec, where, net.network(spec, list(layout(space, ix)))
 
 
+def member_and_slice_outputs(net: Supernet, choices, model, x: torch.Tensor):
+    """(supernet output, standalone output) of one member in train mode, with the same dropout
+    draws on both sides (after the supernet built its module: an init draws from the
+    generator)."""
+    model.train()
+    with torch.no_grad():
+        net.forward(choices, x)
+        torch.manual_seed(0)
+        want = net.forward(choices, x)
+        torch.manual_seed(0)
+        got = model(x)
+    return want, got
+
+
 def test_standalone_network_matches_the_supernet_slice(space_file, runs_dir):
     """A network built with its slice computes what the supernet computes for it (train mode:
     batch statistics on both sides), for networks of every block type."""
@@ -81,13 +95,7 @@ def test_standalone_network_matches_the_supernet_slice(space_file, runs_dir):
     x = data.train_x[:16]
     seen: set[str] = set()
     for choices, _, _, model in sampled_members(net, space, 3, seen):
-        model.train()
-        with torch.no_grad():  # the same dropout draws on both sides (after the supernet
-            net.forward(choices, x)  # built its module: an init draws from the generator)
-            torch.manual_seed(0)
-            want = net.forward(choices, x)
-            torch.manual_seed(0)
-            got = model(x)
+        want, got = member_and_slice_outputs(net, choices, model, x)
         assert want.abs().mean() > 0.1  # order-1 outputs
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert seen == {"conv", "ds", "ir"}
@@ -256,13 +264,7 @@ def test_supernet_over_mnasnets_choices_matches_its_slices(tmp_path, runs_dir):
     pooled = 0
     for choices, spec, _, model in sampled_members(net, space, 5, seen, n=12):
         pooled += any(b.skip == "pool" for b in spec.blocks)
-        model.train()
-        with torch.no_grad():
-            net.forward(choices, x)
-            torch.manual_seed(0)
-            want = net.forward(choices, x)
-            torch.manual_seed(0)
-            got = model(x)
+        want, got = member_and_slice_outputs(net, choices, model, x)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert pooled >= 2
     result = run_search(config(space_file, runs_dir, "search.controller=evolution"))
@@ -408,12 +410,6 @@ def test_nested_ds_blocks_are_slices_of_the_ir_tensors(space_file, runs_dir):
                 ir = net.weights[f"s{s}.r{r}.ir.project.0.weight"]
                 mine = model.blocks[i].project[0].weight
                 assert torch.equal(mine, ir[:mine.shape[0], :mine.shape[1]])
-        model.train()
-        with torch.no_grad():
-            net.forward(choices, x)
-            torch.manual_seed(0)
-            want = net.forward(choices, x)
-            torch.manual_seed(0)
-            got = model(x)
+        want, got = member_and_slice_outputs(net, choices, model, x)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert "ds" in seen

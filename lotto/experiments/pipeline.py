@@ -116,13 +116,14 @@ def ms_name(target: float) -> str:
     return f"{target:g}ms"
 
 
-def stage_config(cfg: DictConfig, command: str, run: RunDir, name: str,
+def stage_config(cfg: DictConfig, command: str, run: RunDir | RunAt, name: str,
                  fixed: dict[str, Any]) -> DictConfig:
     """The config of a sub-run: `configs/<command>.yaml` <- the section's `config` file <- the
-    section's keys <- what the pipeline sets (`fixed`, its data, seed, device, parallel)."""
+    section's keys (its sub-sections merge into the command's) <- what the pipeline sets
+    (`fixed`, its data, seed, device, parallel)."""
     section = OmegaConf.to_container(cfg[command], resolve=True)
     file = section.pop("config")
-    options = {**_flat(section), "seed": int(cfg.seed), "device": str(cfg.device),
+    options = {**section, "seed": int(cfg.seed), "device": str(cfg.device),
                "data": OmegaConf.to_container(cfg.data, resolve=True),
                "parallel": OmegaConf.to_container(cfg.parallel, resolve=True),
                "latency.device": str(cfg.latency.device),
@@ -131,17 +132,6 @@ def stage_config(cfg: DictConfig, command: str, run: RunDir, name: str,
         return load_config(command, Path(str(file)).expanduser() if file else None, (), options)
     except LottoError as e:
         raise LottoError(f"config section {command}: {e}") from None
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and f"{prefix}{k}" != "space":  # a space is one value (a name
-            # or a whole mapping: `{name: mnasnet, ...}` to change some keys of a named one)
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # ---- latency ----------------------------------------------------------------------------------
@@ -176,24 +166,28 @@ def check_reachable(cfg: DictConfig, targets: list[float], methods: list[str],
         if method in methods:
             multiplier_network(preset, low, price, high)
     if "netadapt-v3-small" in methods:
-        step = int(stage_config(cfg, "netadapt", _NoRun(), "check", {}).netadapt.width_step)
+        step = int(stage_config(cfg, "netadapt", RunAt(), "check", {}).netadapt.width_step)
         floor = price.ms(floor_spec(load_spec(V3_SMALL), step))
         check(low >= floor, "targets", f"{low:g} ms is unreachable by netadapt-v3-small: "
               f"MobileNetV3-Small's narrowest widths take {floor:.3f} ms on {price.device}")
     if any(m in SEARCHED for m in methods):
         from lotto.experiments.search import fastest_ms, load_search_space
 
-        scfg = stage_config(cfg, "search", _NoRun(), "check", {"target_latency": low})
+        scfg = stage_config(cfg, "search", RunAt(), "check", {"target_latency": low})
         fastest = fastest_ms(load_search_space(scfg), Pricer(scfg, price.device))
         check(low >= fastest, "targets", f"{low:g} ms is unreachable by search: the fastest "
               f"network of the search space takes {fastest:.3f} ms on {price.device}")
 
 
-class _NoRun:
-    """Stands for the run directory before it exists (stage configs made for checks only)."""
+class RunAt:
+    """Where a run directory would be (`file` as RunDir's), without creating it: stage configs
+    made for checks and for `--dry-run`."""
+
+    def __init__(self, path: Path = Path()):
+        self.path = path
 
     def file(self, name: str) -> Path:
-        return Path(name)
+        return self.path / name
 
 
 # ---- stages 1-4: the networks -----------------------------------------------------------------
@@ -210,6 +204,13 @@ def own_bars(progress: Progress | None) -> Iterator[None]:
         if progress is not None:
             for task in [t for t in progress.task_ids if t not in before]:
                 progress.remove_task(task)
+
+
+def netadapt_seed(cfg: DictConfig, target: float, price: Pricer) -> ArchSpec:
+    """NetAdapt's MobileNetV3-Small seed at `target`: the widest multiplier priced at or under
+    netadapt_seed_ratio x target."""
+    return multiplier_network(V3_SMALL, float(cfg.netadapt_seed_ratio) * target, price,
+                              float(cfg.multiplier_max))
 
 
 def stage_networks(cfg: DictConfig, run: RunDir, target: float, methods: list[str],
@@ -242,8 +243,7 @@ def stage_networks(cfg: DictConfig, run: RunDir, target: float, methods: list[st
                 nets["search+netadapt"] = adapt(cfg, run, f"netadapt-search-{t}", best, target,
                                                 runner, progress, say)
     if "netadapt-v3-small" in methods:
-        seed = multiplier_network(V3_SMALL, float(cfg.netadapt_seed_ratio) * target, price,
-                                  float(cfg.multiplier_max))
+        seed = netadapt_seed(cfg, target, price)
         path = run.file(f"specs/netadapt-v3-small-seed-{t}.yaml")
         path.parent.mkdir(parents=True, exist_ok=True)
         seed.save(path)

@@ -721,16 +721,6 @@ def plan_fidelity(cfg: DictConfig) -> Plan:
     return plan
 
 
-class _StagesOf:
-    """Where a pipeline's sub-runs would live (its run directory, not created)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-
 def plan_pipeline(cfg: DictConfig) -> Plan:
     """Per target, each sub-run by its own planner (the search; NetAdapt of MobileNetV3-Small),
     shown as one line each with its rough time; NetAdapt of the searched network is unknown
@@ -748,7 +738,7 @@ def plan_pipeline(cfg: DictConfig) -> Plan:
     price = pl.phone_pricer(device)
     pl.check_reachable(cfg, targets, methods, price)
     plan = _new_plan(cfg, pl.COMMAND, unit_name="final trainings", workers=_workers(cfg))
-    stages = _StagesOf(plan.run_path)
+    stages = pl.RunAt(plan.run_path)
     with tempfile.TemporaryDirectory() as tmp:
         for t in targets:
             name = pl.ms_name(t)
@@ -760,12 +750,10 @@ def plan_pipeline(cfg: DictConfig) -> Plan:
                     plan.caveats.append(f"NetAdapt of the network searched at {name} is not "
                                         "estimated: it depends on what the search finds")
             if "netadapt-v3-small" in methods:
-                seed = pl.multiplier_network(pl.V3_SMALL, float(cfg.netadapt_seed_ratio) * t,
-                                             price, float(cfg.multiplier_max))
                 path = stages.file(f"specs/netadapt-v3-small-seed-{name}.yaml")  # the run's
                 if not path.exists():  # (its sub-run's config names it), or a stand-in
                     path = Path(tmp) / path.name
-                    seed.save(path)
+                    pl.netadapt_seed(cfg, t, price).save(path)
                 sub = f"netadapt-v3-small-{name}"
                 subs.append((sub, plan_netadapt(pl.stage_config(cfg, "netadapt", stages, sub, {
                     "from": str(path), "width_mult": 1.0, "latency.target": f"{t:g}ms"}))))
@@ -774,12 +762,11 @@ def plan_pipeline(cfg: DictConfig) -> Plan:
                 plan.notes.append(f"stage {sub}: {left} of {n} {p.unit_name or p.unit} to do, "
                                   f"about {p.seconds() / 60:.1f} min")
                 plan.stage_seconds += p.seconds()
-    per_epoch_cfg = cfg.final
     dev = resolve_device(str(cfg.device))
     data = shared_data(cfg.data, dev)
-    per_epoch = max(1, len(data.train_y) // int(per_epoch_cfg.batch_size))
-    steps = parse_step(per_epoch_cfg.iterations, per_epoch)
-    every = max(1, parse_step(per_epoch_cfg.eval_every, per_epoch))
+    per_epoch = max(1, len(data.train_y) // int(cfg.final.batch_size))
+    steps = parse_step(cfg.final.iterations, per_epoch)
+    every = max(1, parse_step(cfg.final.eval_every, per_epoch))
     plan.eval_examples = len(data.val_y) + len(data.test_y)
     for t in targets:
         for method in methods:

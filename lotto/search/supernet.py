@@ -64,13 +64,11 @@ AXES = ("width", "repeats", "kernel", "expansion", "se", "op", "skip")  # Stage.
 
 def layout(space: Space, indices: Sequence[int]) -> tuple[tuple[int, int], ...]:
     """(stage, repeat) of every block of the network `space.network(indices)`."""
-    out = []
-    for s, choice in enumerate(space.decode(indices)):
-        out.extend((s, r) for r in range(int(choice[1])))
-    return tuple(out)
+    return choices_layout(space.decode(indices))
 
 
 def choices_layout(choices: Sequence[tuple]) -> tuple[tuple[int, int], ...]:
+    """(stage, repeat) of every block of the network of decoded `choices`."""
     return tuple((s, r) for s, c in enumerate(choices) for r in range(int(c[1])))
 
 
