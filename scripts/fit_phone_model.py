@@ -70,11 +70,16 @@ def report(result: dict) -> str:
     lines.append(f"pixel4 (EfficientNet-Lite, 4 threads), leave one network out: model "
                  f"{_m(p4['model'])}; MACs x scale {_m(p4['macs'])}")
     err = result["errors"]
+    lines.append(f"scale_error covers {err['level'] * 100:.0f}% of the held-out raw errors of "
+                 f"{len(err['calibrated_on'])} sources (split-conformal: 2/3 once an unseen "
+                 "source is counted as one more, uncovered)")
     lines.append(f"strict coverage pooled {err['coverage'] * 100:.0f}% (each source scored by "
                  f"error bars calibrated without it; in-sample "
                  f"{err['coverage_in_sample'] * 100:.0f}%)")
     for g, f in err["folds"].items():
-        lines.append(f"  {g:10s} held out: " + ", ".join(
+        lines.append(f"  {g:10s} held out (bars from {len(f['calibrated_on'])} sources, level "
+                     f"{f['level'] * 100:.0f}%, scale part {f['scale_error'] * 100:.1f}%): "
+                     + ", ".join(
             f"{p} bar {f['expected_error'][p] * 100:.1f}% ({f['basis'][p]}) covers "
             f"{f['coverage'][p] * 100:.0f}% of {f['n'][p]}" for p in f["coverage"]))
     lines += [f"  note: {n}" for n in err["notes"]]

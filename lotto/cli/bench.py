@@ -312,25 +312,31 @@ def _show_phone_validation(result: BenchResult) -> None:
             "whichever is larger, widened")
     console.print(
         f"Quoted for {s['device']}: relative/rank error {err['rel_error'] * 100:.1f}% ({basis}), "
-        f"runtime-scale error {err['scale_error'] * 100:.1f}% (shared by the phones), expected "
-        f"raw error {err['expected_error'] * 100:.1f}% = their quadrature sum.", highlight=False)
+        f"runtime-scale error {err['scale_error'] * 100:.1f}% (shared by the phones: the "
+        f"smallest that covers {err['level'] * 100:.0f}% of the held-out raw errors of the "
+        f"{len(err['calibrated_on'])} sources, so that an unseen source counted as one more, "
+        f"uncovered, leaves 2/3), expected raw error {err['expected_error'] * 100:.1f}% = their "
+        "quadrature sum.", highlight=False)
     if err.get("note"):
         console.print(f"Note: {err['note']}.", highlight=False)
     cover = Table(title="Strict coverage of the quoted expected error: each source's held-out "
                         "raw errors scored by error bars calibrated without that source")
-    for col in ("held-out source", "phone", "n", "error bar %", "basis", "covered %"):
+    for col in ("held-out source", "phone", "n", "error bar %", "basis", "scale part %",
+                "covered %"):
         cover.add_column(col, justify="left" if col in ("held-out source", "phone", "basis")
                          else "right")
     for g, f in err["folds"].items():
         for p in f["coverage"]:
             cover.add_row(g, p, str(f["n"][p]), f"{f['expected_error'][p] * 100:.1f}",
-                          f["basis"][p], f"{f['coverage'][p] * 100:.0f}")
+                          f["basis"][p], f"{f['scale_error'] * 100:.1f}",
+                          f"{f['coverage'][p] * 100:.0f}")
     console.print(cover)
     console.print(
         f"Strict coverage for {s['device']} {err['coverage'] * 100:.0f}% (each of its held-out "
         f"sources weighing the same), {err['coverage_pooled'] * 100:.0f}% pooled over phones "
         f"(each source weighing the same; target 67%: with four sources, one source moves it "
-        f"by 25 points); not strict, the shipped bars on the errors they were calibrated on: "
+        f"by 25 points, and the conformal rule errs on the wide side, by up to 1/(n + 1)); not "
+        f"strict, the shipped bars on the errors they were calibrated on: "
         f"{err['coverage_in_sample'] * 100:.0f}% ({err['coverage_in_sample_pooled'] * 100:.0f}% "
         "pooled). Strict: coefficients, phone scales and source factors come "
         "from the training rows only; a held-out row of a source no training row shares is "

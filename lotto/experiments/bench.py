@@ -510,6 +510,7 @@ def _validate_phone(run: RunDir, device: str) -> BenchResult:
         "errors": {**_plain(v["quoted"])["devices"][device],
                    "coverage_pooled": v["quoted"]["coverage"],
                    "coverage_in_sample_pooled": v["quoted"]["coverage_in_sample"],
+                   "level": v["quoted"]["level"], "calibrated_on": v["quoted"]["calibrated_on"],
                    "folds": v["quoted"]["folds"]},
         "relative_costs": ("own" if device == "pixel1" else SHARED_SHAPE_NOTE),
         "data_sha256": cal.sha256,
