@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+from lotto.errors import LottoError
 from lotto.latency.calibrate import (
     COVER,
     MIN_OWN_ROWS,
@@ -22,7 +23,6 @@ from lotto.latency.calibrate import (
     load_calibration,
     strict_coverage,
 )
-from lotto.errors import LottoError
 from lotto.latency.phone import load_phone_model, model_path
 
 

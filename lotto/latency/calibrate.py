@@ -493,7 +493,7 @@ def conformal_level(n_sources: int, cover: float = COVER) -> float:
     errors lie outside (the split-conformal rule, with sources as the exchangeable units).
 
     Why: the errors of a held-out source are mostly its runtime scale (5-9% after one scale,
-    12-31% raw), so coverage is nearly all-or-nothing per source, and a plain 2/3 quantile over
+    6-31% raw), so coverage is nearly all-or-nothing per source, and a plain 2/3 quantile over
     n sources is their ceil(2n/3)-th smallest, which an unseen source stays under with
     probability ceil(2n/3) / (n + 1): 2/4 for the n = 3 sources of a nested fold (measured:
     57%). Counting the unseen source, ceil((n + 1) cover) / (n + 1) >= cover."""
