@@ -13,12 +13,14 @@ See lotto/latency/calibrate.py for the protocol.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 from pathlib import Path
 
 from lotto.latency.calibrate import (
+    SHARED_TRAFFIC,
     block_weight_sweep,
     fit_all,
     load_calibration,
@@ -132,9 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nested-block-weight", type=float, nargs="+", metavar="W",
                         help="leave-one-family-out with the block weight chosen among W inside "
                              "each outer fold (inner leave-one-network-out); write nothing")
+    parser.add_argument("--shared-traffic", action="store_true",
+                        help="the variant with one cost per activation element for every "
+                             "operator (calibrate.SHARED_TRAFFIC): print its figures (with "
+                             "--sweep/--nested too), write nothing unless --out is given")
     args = parser.parse_args(argv)
+    cal = load_calibration(args.data)
+    if args.shared_traffic:
+        cal = dataclasses.replace(cal, tied=SHARED_TRAFFIC)
     if args.nested_block_weight:
-        r = nested_block_weight(load_calibration(args.data), args.nested_block_weight)
+        r = nested_block_weight(cal, args.nested_block_weight)
         for fam, c in r["chosen"].items():
             print(f"{fam} held out: chose block weight {c['block_weight']:g} (inner RMSPE " +
                   ", ".join(f"{w:g}: {v * 100:.1f}%" for w, v in c["inner_rmspe"].items()) + ")")
@@ -142,16 +151,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {phone} {_m(m)}")
         return 0
     if args.sweep_block_weight:
-        print(sweep_report(block_weight_sweep(load_calibration(args.data),
-                                              args.sweep_block_weight)))
+        print(sweep_report(block_weight_sweep(cal, args.sweep_block_weight)))
         return 0
-    result = json.loads(json.dumps(fit_all(load_calibration(args.data))))
+    result = json.loads(json.dumps(fit_all(cal)))
     print(report(result))
     if args.check:
         shipped = json.loads(args.out.read_text())
         same = _close(result, shipped)
         print(f"\nshipped {args.out}: {'reproduced' if same else 'DIFFERS from the refit'}")
         return 0 if same else 1
+    if args.shared_traffic and args.out == Path(model_path()):
+        return 0  # never overwrite the shipped model with the variant
     args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(f"\nwrote {args.out}")
     return 0

@@ -201,3 +201,35 @@ def test_nested_block_weight_is_chosen_without_the_held_out_family(cal):
     np.testing.assert_allclose(moved["predictions"][test], base["predictions"][test], rtol=1e-12)
     assert moved["chosen"]["mobilenet_v2"]["inner_rmspe"] != pytest.approx(
         base["chosen"]["mobilenet_v2"]["inner_rmspe"])
+
+
+def test_tie_matrix_shares_one_coefficient():
+    from lotto.latency.calibrate import SHARED_TRAFFIC, tie_matrix
+    from lotto.latency.phone import BASELINE_FEATURES, FEATURES
+
+    assert np.array_equal(tie_matrix(FEATURES), np.eye(len(FEATURES)))  # shipped: none tied
+    assert np.array_equal(tie_matrix(BASELINE_FEATURES, SHARED_TRAFFIC),
+                          np.eye(len(BASELINE_FEATURES)))
+    M = tie_matrix(FEATURES, SHARED_TRAFFIC)
+    assert M.shape == (len(FEATURES), len(FEATURES) - len(SHARED_TRAFFIC) + 1)
+    coef = dict(zip(FEATURES, M @ np.arange(1.0, M.shape[1] + 1)))
+    assert len({coef[f] for f in SHARED_TRAFFIC}) == 1
+    assert len(set(coef.values())) == M.shape[1]
+
+
+def test_shared_traffic_variant_prices_the_unseen_fbnet_source(cal):
+    """The variant (one cost per activation element, whatever op moves it), fitted without any
+    FBNet block, ranks and prices the 300 FBNet networks better than the shipped model and than
+    multiply-adds x one scale; its tied coefficients are equal."""
+    from lotto.latency.calibrate import SHARED_TRAFFIC, fbnet_macs_baseline, fit_devices
+    from lotto.latency.phone import FEATURES
+
+    tied = dataclasses.replace(cal, tied=SHARED_TRAFFIC)
+    coef = dict(zip(FEATURES, fit_devices(tied)["coef"]))
+    assert len({coef[f] for f in SHARED_TRAFFIC}) == 1 and coef["gemm_elems"] > 0
+    ours = leave_one_source_out(tied)["hwnas"]["networks"]
+    shipped = leave_one_source_out(cal)["hwnas"]["networks"]
+    macs = fbnet_macs_baseline(cal)
+    assert ours["rmspe_after_scale"] < min(shipped["rmspe_after_scale"],
+                                           macs["rmspe_after_scale"])
+    assert ours["spearman"] > max(shipped["spearman"], macs["spearman"])

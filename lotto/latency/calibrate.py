@@ -153,6 +153,7 @@ class Calibration:
     XB: np.ndarray
     blocks_sha256: str
     block_weight: float = BLOCK_WEIGHT  # one block row against one whole network in the fit
+    tied: tuple[str, ...] = ()  # features sharing one coefficient (SHARED_TRAFFIC: a variant)
 
     def design(self, use_blocks: bool = True) -> dict[str, np.ndarray]:
         """All rows stacked: published first, then blocks (`use_blocks`)."""
@@ -307,11 +308,37 @@ def scaled_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
 # The joint fit
 
 
+# A variant, not shipped (`Calibration.tied`, `scripts/fit_phone_model.py --shared-traffic`):
+# one cost per activation element moved, whatever operator moves it (a roofline's memory term is
+# bytes over bandwidth, not a property of the op kind). Whole-network totals cannot tell five
+# per-element costs apart (fitted without the FBNet blocks they put depthwise and shuffle
+# traffic at zero and an elementwise copy at 30x its block-fitted cost); with one shared cost
+# they price the FBNet source they never saw far better, at a cost elsewhere (docs/latency.md).
+SHARED_TRAFFIC: tuple[str, ...] = ("gemm_elems", "dw_elems", "group_elems", "elem_elems",
+                                   "se_elems")
+
+
+def tie_matrix(features: Sequence[str], tied: Sequence[str] = ()) -> np.ndarray:
+    """M (features x free coefficients): coef = M @ free, the `tied` features sharing one free
+    coefficient (identity when `features` lacks them, e.g. the MACs + constant baseline)."""
+    names = list(features)
+    if not tied or not set(tied) <= set(names):
+        return np.eye(len(names))
+    free = [f for f in names if f not in tied[1:]]  # the first tied feature carries the group
+    M = np.zeros((len(names), len(free)))
+    for i, f in enumerate(names):
+        M[i, free.index(tied[0] if f in tied else f)] = 1.0
+    return M
+
+
 def fit_joint(X: np.ndarray, y: np.ndarray, group: np.ndarray, device: np.ndarray,
               w: np.ndarray, features: Sequence[str], prior: dict[str, float] | None,
-              reference: str | None = None) -> dict[str, Any]:
+              reference: str | None = None, tied: Sequence[str] = ()) -> dict[str, Any]:
     """Shared coefficients, one scale per phone (pixel1 = 1) and one factor per source group
-    (`reference` = 1; default v3_paper, else the first group present with Pixel-1 rows)."""
+    (`reference` = 1; default v3_paper, else the first group present with Pixel-1 rows).
+    The `tied` features share one coefficient (`tie_matrix`; none in the shipped model)."""
+    M = tie_matrix(features, tied)
+    free_names = [list(features)[int(np.argmax(M[:, j]))] for j in range(M.shape[1])]
     groups = [g for g in GROUPS if (group == g).any()]
     if reference is None:
         reference = REFERENCE_GROUP if REFERENCE_GROUP in groups else next(
@@ -325,7 +352,7 @@ def fit_joint(X: np.ndarray, y: np.ndarray, group: np.ndarray, device: np.ndarra
     d_row = np.ones(len(y))
     for _ in range(ITERATIONS):
         m = f_row * d_row
-        coef = fit_coefficients(X * m[:, None], y, features, prior, w)
+        coef = M @ fit_coefficients((X @ M) * m[:, None], y, free_names, prior, w)
         base = X @ coef
         for p in scales:
             if p != "pixel1":
@@ -360,7 +387,7 @@ def fit_devices(cal: Calibration, train: np.ndarray | None = None, baseline: boo
     names = BASELINE_FEATURES if baseline else FEATURES
     prior = None if baseline else hswish_prior(names)
     fit = fit_joint(d["X"][keep], d["y"][keep], d["group"][keep], d["device"][keep],
-                    d["w"][keep], names, prior)
+                    d["w"][keep], names, prior, tied=cal.tied)
     fit["counts"] = {p: int(((cal.rows.device == p).to_numpy() & keep[:n_pub]).sum())
                      for p in PHONES}
     return fit
@@ -425,7 +452,7 @@ def leave_one_source_out(cal: Calibration) -> dict[str, Any]:
     for g in [g for g in GROUPS if (d["group"] == g).any()]:
         test = d["group"] == g
         fit = fit_joint(d["X"][~test], d["y"][~test], d["group"][~test], d["device"][~test],
-                        d["w"][~test], names, prior)
+                        d["w"][~test], names, prior, tied=cal.tied)
         ref = fit["factors"][fit["reference"]]
         scale = np.array([fit["scales"].get(p, np.nan) for p in d["device"]])
         pred = (d["X"] @ fit["coef"]) * scale * ref
@@ -464,7 +491,7 @@ def leave_one_shape_out(cal: Calibration) -> dict[str, Any]:
         test = np.zeros(len(d["y"]), bool)
         test[n_pub:] = (cal.blocks["shape"] == shape).to_numpy()
         fit = fit_joint(d["X"][~test], d["y"][~test], d["group"][~test], d["device"][~test],
-                        d["w"][~test], FEATURES, prior)
+                        d["w"][~test], FEATURES, prior, tied=cal.tied)
         m = fit["factors"][BLOCK_GROUP] * fit["scales"]["pixel3"]
         pred[test[n_pub:]] = (d["X"][test] @ fit["coef"]) * m
     y = cal.blocks.pixel3_ms.to_numpy(float)
@@ -815,6 +842,7 @@ def fit_all(cal: Calibration | None = None) -> dict[str, Any]:
             "blocks_sha256": cal.blocks_sha256,
             "block_rows": int(len(cal.blocks)),
             "block_weight": cal.block_weight,
+            "tied": list(cal.tied),  # features sharing one coefficient (none shipped)
         },
         "factors": final["factors"],
         "pixel2_pixel3": SHARED_SHAPE_NOTE,
