@@ -32,7 +32,7 @@ data:
 
 # The main job: LeNet-300-100 on Fashion-MNIST, 15 rounds at 20%, with both controls.
 demo: setup data
-	$(BIN)/lotto lottery --prune-rate 0.2 --rounds 15 --name demo
+	$(BIN)/lotto lottery --prune-rate 0.2 --rounds 15 --workers 2 --name demo
 
 # The MobileNetV3 recipe (search -> NetAdapt -> train from scratch) against width multipliers at
 # equal Pixel-1 latency: configs/pipeline.yaml (2 targets x 6 methods x 3 seeds on Fashion-MNIST;

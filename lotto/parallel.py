@@ -204,34 +204,49 @@ class Runner:
         *,
         progress: Progress | None = None,
         description: str = "tasks",
-        on_result: Callable[[int, TaskResult], None] | None = None,
+        on_result: Callable[[int, TaskResult], Sequence[Any] | None] | None = None,
     ) -> list[TaskResult]:
         """Run `fn(task)` for every task; one result per task, in the order of `tasks`.
 
         `fn` must be a top-level function and the tasks picklable (except for `serial`).
         `on_result(index, result)` runs in this process as each task ends, in finishing order.
-        `timeout` is seconds per task, counted from when a worker takes it (Ray: when the task
-        starts running, not when it is submitted: it may wait in Ray's queue for a resource).
-        On Ctrl-C or an error raised here, running tasks are abandoned and the workers stopped.
+        It may return new tasks that the result made possible (a lottery's next round): they
+        get the next indices (after every task given or added before). With one worker they run
+        after the tasks still waiting (in the order given: a lottery finishes round by round);
+        with several they run first, so a chain of dependent tasks keeps going while independent
+        ones fill the other workers. `timeout` is seconds per task, counted from when a worker takes it (Ray:
+        when the task starts running, not when it is submitted: it may wait in Ray's queue for a
+        resource). On Ctrl-C or an error raised here, running tasks are abandoned and the
+        workers stopped.
         """
+        tasks = list(tasks)
         results: list[TaskResult | None] = [None] * len(tasks)
+        todo = deque(range(len(tasks)))
         bar = progress.add_task(description, total=len(tasks)) if progress is not None else None
 
         def deliver(index: int, result: TaskResult) -> None:
             results[index] = result
             if progress is not None:
                 progress.advance(bar)
-            if on_result is not None:
-                on_result(index, result)
+            new = list(on_result(index, result) or ()) if on_result is not None else []
+            if new:
+                first = len(tasks)
+                tasks.extend(new)
+                results.extend([None] * len(new))
+                added = range(first, len(tasks))
+                todo.extendleft(reversed(added)) if self.workers > 1 else todo.extend(added)
+                if progress is not None:
+                    progress.update(bar, total=len(tasks))
 
-        if tasks:
-            if self.backend == "serial":
-                for i, task in enumerate(tasks):
-                    deliver(i, _call(fn, task))
-            elif self.backend == "process":
-                self._run_process(fn, tasks, deliver)
-            else:
-                _run_ray(fn, tasks, self.workers, self.threads, self.timeout, self.address, deliver)
+        if self.backend == "serial":
+            while todo:
+                i = todo.popleft()
+                deliver(i, _call(fn, tasks[i]))
+        elif self.backend == "process":
+            self._run_process(fn, tasks, todo, deliver)
+        else:
+            _run_ray(fn, tasks, todo, self.workers, self.threads, self.timeout, self.address,
+                     deliver)
         return results  # type: ignore[return-value]  (every slot is filled by now)
 
     def close(self) -> None:
@@ -255,14 +270,16 @@ class Runner:
         gpu = self._gpus[slot % len(self._gpus)] if self._gpus else None
         return _Worker(self._ctx, slot, self._threads, gpu)
 
-    def _run_process(self, fn: Callable, tasks: Sequence[Any], deliver: Callable) -> None:
+    def _run_process(
+        self, fn: Callable, tasks: list[Any], todo: deque[int], deliver: Callable
+    ) -> None:
+        if not todo:
+            return
         try:
             pickle.dumps(fn)
         except Exception as e:
             raise TypeError(f"fn must be a top-level function ({_describe(e)})") from None
-        self._start(min(self.workers, len(tasks)))
         slots, timeout = self._slots, self.timeout
-        todo = deque(range(len(tasks)))
 
         def replace(w: _Worker, error: str | None) -> None:
             if error is not None:  # the task it was running fails
@@ -273,6 +290,9 @@ class Runner:
 
         try:
             while todo or any(w.index is not None for w in slots):
+                # no idle workers: start one only for a task that has none (tasks that
+                # `deliver` adds may need more workers later)
+                self._start(min(self.workers, len(todo) + sum(w.index is not None for w in slots)))
                 for w in slots:
                     while w.ready and w.index is None and todo:
                         i = todo.popleft()
@@ -618,13 +638,16 @@ def _start_board(ray: Any) -> Any:
 
 def _run_ray(
     fn: Callable,
-    tasks: Sequence[Any],
+    tasks: list[Any],
+    todo: deque[int],
     workers: int,
     threads: int | None,
     timeout: float | None,
     address: str | None,
     deliver: Callable,
 ) -> None:
+    if not todo:
+        return
     ray = _import_ray()
     from ray.exceptions import RayError, RayTaskError
 
@@ -635,7 +658,6 @@ def _run_ray(
     # max_retries=0: a failed task is reported, and a re-run of the command retries exactly it
     remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(_ray_task)
     board = _start_board(ray) if timeout is not None else None
-    todo = deque(range(len(tasks)))
     running: dict[Any, int] = {}  # result reference -> task index
     starting: dict[Any, Any] = {}  # the board's `started` reference -> result reference
     clock = _Deadlines(timeout)

@@ -224,6 +224,26 @@ def _evaluate(stack: _Stack, x: torch.Tensor, y: torch.Tensor) -> list[tuple[flo
     return [(l_ / len(y), c / len(y)) for l_, c in zip(loss.tolist(), correct.tolist())]
 
 
+def _test_reported(
+    stack: _Stack, data: Data, logs: Sequence[History], best: dict[str, torch.Tensor]
+) -> None:
+    """Each replica's test accuracy at its last evaluation and at its early stop (`best` holds
+    every replica's weights of its early stop), as `lotto.train` does for one network."""
+    last = _evaluate(stack, data.test_x, data.test_y)
+    early = last
+    if any(log.best is not log.rows[-1] for log in logs):
+        with torch.no_grad():
+            final = {name: p.detach().clone() for name, p in stack.params.items()}
+            for name, p in stack.params.items():
+                p.copy_(best[name])
+            early = _evaluate(stack, data.test_x, data.test_y)
+            for name, p in stack.params.items():
+                p.copy_(final[name])
+    for k, log in enumerate(logs):
+        log.rows[-1]["test_accuracy"] = last[k][1]
+        log.best["test_accuracy"] = early[k][1] if log.best is not log.rows[-1] else last[k][1]
+
+
 def train_replicas(
     models: Sequence[nn.Module],
     data: Data,
@@ -236,6 +256,7 @@ def train_replicas(
     checkpoints: Sequence[Mapping[int, Callable[[nn.Module], None]] | None] | None = None,
     progress: Progress | None = None,
     desc: str = "replicas",
+    eval_test: bool | str = True,
 ) -> list[TrainResult]:
     """Train `models[i]` as `train(models[i], data, cfg, seed=seeds[i], masks=masks[i],
     start_iteration=..., checkpoints=checkpoints[i])` would, all in one batched pass; the final
@@ -246,7 +267,11 @@ def train_replicas(
     `TrainingDiverged` naming its index) at the evaluation where `train` would raise; the other
     replicas' results are lost, so the caller retrains them (e.g. one by one). The global random
     generators end seeded as after the last `train` call (nothing draws from them here).
+    `eval_test` as in `train`: True (every evaluation) or "reported" (the early stop, from each
+    replica's kept weights, and the end).
     """
+    if eval_test not in (True, "reported"):
+        raise ValueError(f"eval_test must be True or 'reported', not {eval_test!r}")
     r = len(models)
     masks = list(masks) if masks is not None else [None] * r
     checkpoints = [dict(c or {}) for c in (checkpoints or [None] * r)]
@@ -311,16 +336,22 @@ def train_replicas(
             if loss_count and not math.isfinite(loss):
                 raise ReplicaDiverged(it, order[k])
         val = _evaluate(stack, data.val_x, data.val_y)
-        test = _evaluate(stack, data.test_x, data.test_y)
+        test = None if reported else _evaluate(stack, data.test_x, data.test_y)
         lr = optimizer.param_groups[0]["lr"]
         for k in range(r):
             train_loss = losses[k] if loss_count else float("nan")
-            logs[k].add(it, train_loss, val[k], test[k][1], lr)
+            row = logs[k].add(it, train_loss, val[k], math.nan if reported else test[k][1], lr)
+            if reported and logs[k].best is row:  # a new early stop: keep replica k's weights
+                with torch.no_grad():
+                    for name, p in stack.params.items():
+                        best[name][k].copy_(p[k])
         loss_sum, loss_count = torch.zeros(r, device=device), 0
         if task is not None:
             accs = " ".join(f"{v[1]:.3f}" for v in val)
             progress.update(task, completed=it, description=f"{desc} val_acc={accs}")
 
+    reported = eval_test == "reported"
+    best = {name: p.detach().clone() for name, p in stack.params.items()} if reported else {}
     run_checkpoints(steps.start)
     record(steps.start)
     for it in range(steps.start + 1, steps.total + 1):
@@ -341,6 +372,8 @@ def train_replicas(
         run_checkpoints(it)
         if steps.evaluates_at(it):
             record(it)
+    if reported:
+        _test_reported(stack, data, logs, best)
     if task is not None:
         progress.remove_task(task)
     stack.write_back(models, order)

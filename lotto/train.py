@@ -136,13 +136,16 @@ def evaluate(
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: DictConfig) -> torch.optim.Optimizer:
-    """The `train.optimizer`, multi-tensor (`foreach`): one kernel per update op for all
-    parameters instead of one per parameter (PyTorch picks it on CUDA only; on CPU it gives
-    the same numbers, bit for bit, with a fifth of the per-step calls)."""
+    """The `train.optimizer`. Adam and SGD use PyTorch's fused kernels (one pass over each tensor
+    per step, on CPU and CUDA): at the demo's settings a step of LeNet-300-100 took 1.43 ms fused
+    against 1.69 ms with the multi-tensor (`foreach`) path on one thread, and 1.5 against 2.0 ms
+    with two trainings side by side (2026-12-06, this project's 2-core machine). The updates are
+    the same formulas, so results agree with `foreach` to float rounding, not bit for bit.
+    RMSprop has no fused kernel: it keeps `foreach` (one kernel per op for all parameters)."""
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    fast = {"fused": True} if fused else {"foreach": True}
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(
-            params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True
-        )
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -150,7 +153,7 @@ def make_optimizer(params: list[nn.Parameter], cfg: DictConfig) -> torch.optim.O
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
             nesterov=cfg.nesterov and cfg.momentum > 0,
-            foreach=True,
+            **fast,
         )
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(
@@ -186,6 +189,11 @@ def check_train_config(cfg: DictConfig) -> None:
         cfg.schedule in ("constant", "step", "cosine"), "train.schedule", "constant, step or cosine"
     )
     check(cfg.lr > 0, "train.lr", "must be positive")
+    check(
+        cfg.get("test_eval", "every") in ("every", "reported"),
+        "train.test_eval",
+        "every or reported",
+    )
     check(cfg.batch_size >= 1, "train.batch_size", "must be at least 1")
     check(
         all(0 < f < 1 for f in cfg.milestones),
@@ -197,6 +205,11 @@ def check_train_config(cfg: DictConfig) -> None:
             parse_step(cfg[key], 1)
         except LottoError as e:
             raise LottoError(f"config key train.{key}: {e}") from None
+
+
+def test_eval(cfg: DictConfig) -> bool | str:
+    """`train`'s `eval_test` for a config's `train.test_eval` (`every` where the key is absent)."""
+    return "reported" if cfg.get("test_eval", "every") == "reported" else True
 
 
 def _augment_draws(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,6 +51,10 @@ def work(task: tuple) -> object:
         time.sleep(arg)
     if kind == "lotto":
         raise LottoError(f"no data at {arg}")
+    if kind == "stamp":  # (name, seconds): when it started, then busy for that long
+        started = time.time()
+        time.sleep(arg[1])
+        return arg[0], started
     return None
 
 
@@ -118,6 +122,30 @@ def test_same_numbers_whatever_backend_and_worker_count(pool: Runner) -> None:
     before = pids(pool)
     assert_same_training(serial, pool.run(work, tasks[::-1])[::-1])
     assert pids(pool) == before  # a Runner keeps its workers from one batch to the next
+
+
+def test_tasks_added_by_on_result_run_first_with_several_workers_last_with_one(
+    pool: Runner,
+) -> None:
+    """A result can add tasks (a lottery's next round): with one worker they queue behind the
+    waiting tasks (rounds finish in order); with several they go first (the chain keeps going
+    while the waiting tasks fill the other workers)."""
+    tasks = [("stamp", ("chain0", 0.4))] + [("stamp", (f"side{i}", 0.4)) for i in range(3)]
+
+    def run(runner: Runner) -> tuple[list[str], dict[str, float]]:
+        added = [("stamp", ("chain1", 0.4))]
+        results = runner.run(work, tasks, on_result=lambda i, r: added if i == 0 else None)
+        assert all(r.ok for r in results)
+        return [r.value[0] for r in results], {r.value[0]: r.value[1] for r in results}
+
+    with Runner("serial") as serial:
+        names, started = run(serial)
+    assert names == ["chain0", "side0", "side1", "side2", "chain1"]  # the added one: index 4
+    assert sorted(started, key=started.get) == names
+    names, started = run(pool)
+    assert names == ["chain0", "side0", "side1", "side2", "chain1"]
+    # two workers: chain0 + side0, then chain1 (added, first) + side1, then side2
+    assert started["chain1"] < started["side2"]
 
 
 def test_process_faults_become_failed_results(

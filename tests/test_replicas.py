@@ -196,6 +196,30 @@ def test_early_stop_is_per_replica(digits: Data, monkeypatch: pytest.MonkeyPatch
     assert [r.val_accuracy for r in results] == pytest.approx([0.4, 0.41, 0.42])
 
 
+def test_reported_tests_each_replica_at_its_early_stop_and_end(digits: Data) -> None:
+    """`eval_test="reported"`: the test split only where results report it, from each replica's
+    kept early-stop weights: the same numbers as testing at every evaluation, and as `train`."""
+    cfg = train_cfg("optimizer=adam", "lr=0.02", "iterations=80it")
+    seeds, start = [0, 1, 0], models("lenet_300_100", 3)
+    every = train_replicas(copy.deepcopy(start), digits, cfg, seeds=seeds, device=CPU)
+    batched = copy.deepcopy(start)
+    got = train_replicas(batched, digits, cfg, seeds=seeds, device=CPU, eval_test="reported")
+    alone = [train(m, digits, cfg, seed=s, device=CPU, eval_test="reported")
+             for m, s in zip(copy.deepcopy(start), seeds)]
+    # the check needs early stops before the end (else the kept weights are the final ones)
+    assert any(r.early_stop_iteration < r.iterations for r in got)
+    for a, b, c in zip(every, got, alone):
+        assert b.early_stop_iteration == a.early_stop_iteration == c.early_stop_iteration
+        assert b.early_stop_test_accuracy == pytest.approx(a.early_stop_test_accuracy, abs=ACC_TOL)
+        assert b.early_stop_test_accuracy == pytest.approx(c.early_stop_test_accuracy, abs=ACC_TOL)
+        assert b.test_accuracy == pytest.approx(a.test_accuracy, abs=ACC_TOL)
+        tested = [r["iteration"] for r in b.history if r["test_accuracy"] == r["test_accuracy"]]
+        assert tested == sorted({b.early_stop_iteration, b.iterations})
+    final = copy.deepcopy(start)
+    train_replicas(final, digits, cfg, seeds=seeds, device=CPU)
+    assert max(max_diff(x, y) for x, y in zip(final, batched)) == 0  # test passes change nothing
+
+
 def test_can_batch_refuses_batchnorm_dropout_and_amp() -> None:
     cfg = train_cfg()
     assert can_batch(build_model("lenet_300_100", 1, 10, 8), cfg) is None

@@ -74,7 +74,14 @@ from lotto.pruning import (
 )
 from lotto.replicas import ReplicaDiverged, can_batch, train_replicas
 from lotto.runs import MetricsLog, RunDir, mean_std
-from lotto.train import TrainResult, check_train_config, parse_step, resolve_device, train
+from lotto.train import (
+    TrainResult,
+    check_train_config,
+    parse_step,
+    resolve_device,
+    test_eval,
+    train,
+)
 
 VARIANTS = ("ticket", "reinit", "random_mask")
 
@@ -207,6 +214,7 @@ def train_batched(
             checkpoints=checkpoints,
             progress=progress,
             desc=f"round {units[0].round}: {len(units)} batched replicas",
+            eval_test=test_eval(cfg.train),
         )
     except ReplicaDiverged as e:
         u = units[e.replica]
@@ -242,6 +250,7 @@ def train_unit(
             progress=progress,
             desc=f"seed {unit.seed} round {unit.round} {unit.variant}",
             start_iteration=unit.start_iteration,
+            eval_test=test_eval(cfg.train),
         )
     state = copy_state(model) if unit.variant == "ticket" else None
     return Trained(result, state, kept.get("theta_k"))
@@ -365,28 +374,68 @@ class _Lottery:
         self.overall = progress.add_task("lottery", total=per_seed * lot.seeds)
 
     def run_rounds(self, runner: Runner) -> None:
+        """All units as one stream of tasks: a seed's round r+1 is queued as soon as its round r
+        ticket is trained (ahead of units still waiting), so its controls, other seeds and the
+        next round keep every worker busy. Batched replicas keep rounds in step across seeds
+        (a round's units of every seed are batched together)."""
         fn = task_function(train_units, runner, self.progress)
         kept = lambda: f"{len(self.metrics.rows)} finished (round, variant) rows"  # noqa: E731
+        jobs: list[Job] = []
+
+        def on_result(index: int, result: TaskResult) -> list[Job]:
+            job = jobs[index]
+            outs = result.value if result.ok else [None] * len(job.units)
+            for unit, out in zip(job.units, outs):
+                self.deliver(unit, out, result.error)
+            if self.batched:
+                self.waiting -= 1
+                new = self.next_round(runner, job.units[0].round + 1) if not self.waiting else []
+            else:
+                new = [Job(self.cfg, [u]) for t in job.units if t.variant == "ticket"
+                       for u in self.advance(self.seed_of(t), t.round + 1)]
+            jobs.extend(new)
+            return new
+
         try:
-            for rnd in range(self.cfg.lottery.rounds + 1):
-                units = [u for s in self.seeds for u in self.round_units(s, rnd)]
-                jobs = self.jobs(units, runner)
-
-                def on_result(index: int, result: TaskResult, jobs: list[Job] = jobs) -> None:
-                    outs = result.value if result.ok else [None] * len(jobs[index].units)
-                    for unit, out in zip(jobs[index].units, outs):
-                        self.deliver(unit, out, result.error)
-
-                with finished_work_is_kept(kept, self.run):
-                    runner.run(fn, jobs, on_result=on_result)
+            if self.batched:
+                jobs.extend(self.next_round(runner, 0))
+            else:
+                jobs.extend(Job(self.cfg, [u]) for s in self.seeds for u in self.advance(s, 0))
+            with finished_work_is_kept(kept, self.run):
+                runner.run(fn, jobs, on_result=on_result)
         finally:
             self.failures.close(self.KEYS)
 
+    def advance(self, seed: _Seed, rnd: int) -> list[Unit]:
+        """The units of `seed` from round `rnd` on that can start now: rounds a past run
+        finished are passed over, up to the first round whose ticket still has to train."""
+        units: list[Unit] = []
+        for r in range(rnd, self.cfg.lottery.rounds + 1):
+            new = self.round_units(seed, r)
+            units += new
+            if any(u.variant == "ticket" for u in new):
+                break
+        return units
+
+    def next_round(self, runner: Runner, rnd: int) -> list[Job]:
+        """Batched replicas: the jobs of the first round from `rnd` on with work left, every
+        seed's units together (the seeds' rounds stay in step)."""
+        jobs: list[Job] = []
+        for r in range(rnd, self.cfg.lottery.rounds + 1):
+            jobs = self.jobs([u for s in self.seeds for u in self.round_units(s, r)], runner)
+            if jobs:
+                break
+        self.waiting = len(jobs)  # jobs of this round not yet delivered
+        return jobs
+
+    def seed_of(self, unit: Unit) -> _Seed:
+        return next(s for s in self.seeds if s.seed == unit.seed)
+
     def jobs(self, units: list[Unit], runner: Runner) -> list[Job]:
-        """One task per unit; batched replicas: one task per worker (serial: one task), each
-        with a contiguous share of the round's units (a seed's units stay together)."""
-        if not self.batched or len(units) < 2:
-            return [Job(self.cfg, [u]) for u in units]
+        """Batched replicas: one task per worker (serial: one task), each with a contiguous
+        share of the round's units (a seed's units stay together)."""
+        if len(units) < 2:
+            return [Job(self.cfg, units, batched=True)] if units else []
         tasks = 1 if runner.backend == "serial" else max(1, min(runner.workers, len(units)))
         size = -(-len(units) // tasks)
         return [Job(self.cfg, units[i:i + size], batched=True)
@@ -405,7 +454,7 @@ class _Lottery:
         return seed.units(rnd, todo)
 
     def deliver(self, unit: Unit, out: Trained | None, error: str) -> None:
-        seed = next(s for s in self.seeds if s.seed == unit.seed)
+        seed = self.seed_of(unit)
         if out is None:
             self.failures.add(unit.key, "failed", error)
             if unit.variant == "ticket":

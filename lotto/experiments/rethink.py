@@ -92,6 +92,7 @@ from lotto.train import (
     check_train_config,
     parse_step,
     resolve_device,
+    test_eval,
     train,
 )
 
@@ -712,7 +713,7 @@ def train_cell(task: CellTask, progress: Progress | None = None) -> tuple[TrainR
     with divergence_is_a_user_error(desc):
         result = train(model, data, task.train, seed=cell.seed, device=device, masks=task.masks,
                        after_backward=hook, progress=progress, desc=desc,
-                       start_iteration=task.start_iteration, eval_test="reported")
+                       start_iteration=task.start_iteration, eval_test=test_eval(task.train))
     return result, copy_state(model) if task.keep_state else None
 
 
