@@ -323,6 +323,20 @@ def _batches(data: Data, batch_size: int, gen: torch.Generator):
         yield from data.batches(order, batch_size)
 
 
+def _clipped_backward(loss: Tensor, params: list[nn.Parameter], clip: float) -> None:
+    """Add the gradient of one network's `loss` to `params`' .grad, its norm capped at `clip`."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads if g is not None))
+    scale = min(1.0, clip / (float(norm) + 1e-12))
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        if p.grad is None:
+            p.grad = g * scale
+        else:
+            p.grad.add_(g, alpha=scale)
+
+
 def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
                    device: torch.device, progress: Any = None) -> dict[str, Any]:
     """Train the shared weights for `cfg.steps` steps (Adam, cosine decay); returns stats."""
@@ -339,6 +353,8 @@ def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
     start, losses = time.perf_counter(), []
     bar = progress.add_task("supernet", total=steps) if progress is not None else None
     distill = cfg.rule in ("sandwich", "progressive") and bool(cfg.distill)
+    params = list(net.weights.values())
+    clip = float(cfg.get("clip", 0.0))
     for step in range(steps):
         x, y = next(batches)
         x, y = x.to(device), y.to(device)
@@ -356,7 +372,10 @@ def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
                     soft = F.softmax(out.detach(), 1)
             if not torch.isfinite(loss):
                 raise LottoError("supernet training diverged (NaN/inf loss); lower supernet.lr")
-            loss.backward()
+            if clip > 0:
+                _clipped_backward(loss, params, clip)
+            else:
+                loss.backward()
             total += float(loss.detach())
         opt.step()
         sched.step()
