@@ -17,6 +17,7 @@ from lotto.experiments.common import shared_data
 from lotto.experiments.search import load_search_space, run_search
 from lotto.search.supernet import (
     Supernet,
+    _clipped_backward,
     arms_for_step,
     base_choices,
     ensure_supernet,
@@ -24,7 +25,6 @@ from lotto.search.supernet import (
     make_adapt,
     opened_axes,
     phase_at,
-    _clipped_backward,
     recalibrate,
     score,
     take,
