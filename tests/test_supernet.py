@@ -17,6 +17,7 @@ from lotto.experiments.common import shared_data
 from lotto.experiments.search import load_search_space, run_search
 from lotto.search.supernet import (
     Supernet,
+    _clipped_backward,
     arms_for_step,
     base_choices,
     ensure_supernet,
@@ -193,6 +194,8 @@ def test_supernet_parallel_workers_give_the_serial_numbers(space_file, runs_dir)
 @pytest.mark.parametrize("rule,override,needle", [
     (None, "supernet.rule=ofa", "supernet.rule"),
     (None, "supernet.steps=0", "supernet.steps"),
+    (None, "supernet.clip=-1", "supernet.clip"),
+    (None, "supernet.score_images=0", "supernet.score_images"),
     (None, "search.proxy=oracle", "search.proxy"),
     ("progressive", "supernet.phases=[[kernel],[kernel]]", "opened twice"),
     ("progressive", "supernet.phases=[[],[depth]]", "unknown axis depth"),
@@ -204,6 +207,71 @@ def test_bad_supernet_settings_are_one_line(space_file, runs_dir, rule, override
     with pytest.raises(LottoError, match=needle):
         run_search(make(space_file, runs_dir, override))
 
+
+
+def test_each_networks_gradient_is_capped_before_it_is_summed():
+    """supernet.clip: a network's gradient (all shared tensors together) is scaled down to norm
+    `clip` before it joins the others', so a network with a huge gradient (a no-skip path: ~30x
+    the residual network's on Fashion-MNIST) cannot swamp Adam's shared second moments; one
+    under the cap is added as it is."""
+    a = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    b = torch.nn.Parameter(torch.tensor([3.0]))
+    big = 300 * (a * torch.tensor([3.0, 4.0])).sum()  # gradient (900, 1200) on a, none on b
+    _clipped_backward(big, [a, b], clip=2.0)
+    torch.testing.assert_close(a.grad, torch.tensor([1.2, 1.6]))  # norm 1500 -> 2
+    assert b.grad is None
+    small = 0.1 * (a.sum() + b.sum())  # norm 0.17: under the cap, added unscaled
+    _clipped_backward(small, [a, b], clip=2.0)
+    torch.testing.assert_close(a.grad, torch.tensor([1.3, 1.7]))
+    torch.testing.assert_close(b.grad, torch.tensor([0.1]))
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.01])
+def test_supernet_training_caps_each_networks_gradient(space_file, runs_dir, monkeypatch, clip):
+    """train_supernet applies the cap per network: a sandwich step of 2 networks hands the
+    optimiser a gradient of norm <= 2 x clip; without it (0) the same step's is far larger."""
+    cfg = config(space_file, runs_dir, "supernet.steps=2", "supernet.rule=sandwich",
+                 "supernet.random=0", f"supernet.clip={clip}")
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0)
+    norms = []
+    step = torch.optim.Adam.step
+
+    def record(opt, *a, **k):
+        grads = [p.grad for group in opt.param_groups for p in group["params"]
+                 if p.grad is not None]
+        norms.append(float(torch.sqrt(sum(g.pow(2).sum() for g in grads))))
+        return step(opt, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", record)
+    train_supernet(net, data, cfg.supernet, seed=0, device=CPU)
+    assert len(norms) == 2
+    if clip:
+        assert max(norms) <= 2 * clip + 1e-6, norms
+    else:
+        assert min(norms) > 0.1, norms
+
+
+def test_score_images_scores_on_the_first_validation_images(space_file, runs_dir):
+    """supernet.score_images=n: the score is the recalibrated network's accuracy and loss on
+    the first n validation images (a cheaper score); null scores on all of them."""
+    from lotto.train import evaluate
+
+    cfg = config(space_file, runs_dir, "supernet.steps=4", "supernet.score_images=37")
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0)
+    train_supernet(net, data, cfg.supernet, seed=0, device=CPU)
+    spec, where = net.member(net.largest)
+    model = net.network(spec, where)
+    recalibrate(model, data, int(cfg.supernet.recal_batches), int(cfg.supernet.recal_batch_size),
+                0, CPU)
+    for n in (37, None):
+        cfg.supernet.score_images = n
+        got = score(net, spec, where, data, cfg.supernet, seed=0, device=CPU)
+        loss, acc = evaluate(model, data.val_x[:n], data.val_y[:n])
+        assert (got["val_accuracy"], got["val_loss"]) == pytest.approx((acc, loss)), n
 
 
 def test_scoring_path_equals_training_path_in_eval_mode(space_file, runs_dir):
@@ -295,7 +363,8 @@ def progressive(space_file, runs_dir, *extra: str):
     """Progressive shrinking with the phases these tests state (not the shipped defaults)."""
     return config(space_file, runs_dir, "supernet.rule=progressive", "supernet.nest_ds=false",
                   "supernet.phases=[[],[kernel],[repeats],[width,expansion,se],[op,skip]]",
-                  "supernet.phase_share=[0.2,0.15,0.15,0.2,0.3]", "supernet.lr=0.005", *extra)
+                  "supernet.phase_share=[0.2,0.15,0.15,0.2,0.3]", "supernet.lr=0.005",
+                  "supernet.clip=0", *extra)  # unclipped: 30 digits steps teach both ends
 
 
 def varied_axes(space, base, arm) -> set[str]:

@@ -295,8 +295,11 @@ def check_config(cfg: DictConfig) -> None:
     check(int(cfg.random) >= 0, "supernet.random", "must be >= 0")
     check(int(cfg.batch_size) >= 1, "supernet.batch_size", "must be >= 1")
     check(float(cfg.lr) > 0, "supernet.lr", "must be > 0")
+    check(float(cfg.get("clip", 0.0)) >= 0, "supernet.clip", "must be >= 0 (0 = off)")
     check(int(cfg.recal_batches) >= 1, "supernet.recal_batches", "must be >= 1")
     check(int(cfg.recal_batch_size) >= 1, "supernet.recal_batch_size", "must be >= 1")
+    check(cfg.get("score_images") is None or int(cfg.score_images) >= 1,
+          "supernet.score_images", "must be >= 1 (null = the whole validation split)")
     if cfg.rule != "progressive":
         return
     from lotto.search.space import OPS
@@ -323,6 +326,20 @@ def _batches(data: Data, batch_size: int, gen: torch.Generator):
         yield from data.batches(order, batch_size)
 
 
+def _clipped_backward(loss: Tensor, params: list[nn.Parameter], clip: float) -> None:
+    """Add the gradient of one network's `loss` to `params`' .grad, its norm capped at `clip`."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    norm = sum(float(g.pow(2).sum()) for g in grads if g is not None) ** 0.5
+    scale = min(1.0, clip / (norm + 1e-12))
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        if p.grad is None:
+            p.grad = g * scale
+        else:
+            p.grad.add_(g, alpha=scale)
+
+
 def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
                    device: torch.device, progress: Any = None) -> dict[str, Any]:
     """Train the shared weights for `cfg.steps` steps (Adam, cosine decay); returns stats."""
@@ -339,6 +356,8 @@ def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
     start, losses = time.perf_counter(), []
     bar = progress.add_task("supernet", total=steps) if progress is not None else None
     distill = cfg.rule in ("sandwich", "progressive") and bool(cfg.distill)
+    params = list(net.weights.values())
+    clip = float(cfg.get("clip", 0.0))
     for step in range(steps):
         x, y = next(batches)
         x, y = x.to(device), y.to(device)
@@ -356,7 +375,10 @@ def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
                     soft = F.softmax(out.detach(), 1)
             if not torch.isfinite(loss):
                 raise LottoError("supernet training diverged (NaN/inf loss); lower supernet.lr")
-            loss.backward()
+            if clip > 0:
+                _clipped_backward(loss, params, clip)
+            else:
+                loss.backward()
             total += float(loss.detach())
         opt.step()
         sched.step()
@@ -398,8 +420,12 @@ def score(net: Supernet, spec: ArchSpec, where: Sequence[tuple[int, int]], data:
     start = time.perf_counter()
     model = net.network(spec, where).to(device)
     recalibrate(model, data, int(cfg.recal_batches), int(cfg.recal_batch_size), seed, device)
-    loss, acc = evaluate(model, data.val_x.to(device) if isinstance(data.val_x, Tensor)
-                         else data.val_x, data.val_y.to(device))
+    val_x, val_y = data.val_x, data.val_y
+    n = cfg.get("score_images")
+    if n is not None and isinstance(val_x, Tensor):  # the first n validation images only
+        val_x, val_y = val_x[:int(n)], val_y[:int(n)]
+    loss, acc = evaluate(model, val_x.to(device) if isinstance(val_x, Tensor) else val_x,
+                         val_y.to(device))
     return {"val_accuracy": float(acc), "val_loss": float(loss),
             "train_seconds": time.perf_counter() - start,
             "proxy_params": spec.params(), "proxy_macs": spec.macs()}
@@ -413,7 +439,7 @@ def supernet_key(cfg: DictConfig, seed: int) -> str:
     payload["space"] = space_config(cfg.space)  # a named space hashes as its definition
     payload["proxy"] = {k: OmegaConf.to_object(cfg.proxy)[k] for k in ("width_mult", "min_output")}
     payload["data"].pop("workers", None)
-    for k in ("recal_batches", "recal_batch_size"):  # scoring settings: same weights
+    for k in ("recal_batches", "recal_batch_size", "score_images"):  # scoring: same weights
         payload["supernet"].pop(k, None)
     payload["seed"] = seed
     text = json.dumps(payload, sort_keys=True)
