@@ -214,10 +214,10 @@ class Runner:
         get the next indices (after every task given or added before). With one worker they run
         after the tasks still waiting (in the order given: a lottery finishes round by round);
         with several they run first, so a chain of dependent tasks keeps going while independent
-        ones fill the other workers. `timeout` is seconds per task, counted from when a worker takes it (Ray:
-        when the task starts running, not when it is submitted: it may wait in Ray's queue for a
-        resource). On Ctrl-C or an error raised here, running tasks are abandoned and the
-        workers stopped.
+        ones fill the other workers. `timeout` is seconds per task, counted from when a worker
+        takes it (Ray: when the task starts running, not when it is submitted: it may wait in
+        Ray's queue for a resource). On Ctrl-C or an error raised here, running tasks are
+        abandoned and the workers stopped.
         """
         tasks = list(tasks)
         results: list[TaskResult | None] = [None] * len(tasks)

@@ -13,9 +13,11 @@
 (b*) the TensorDataset loop in a fresh interpreter with torch's own thread settings (OpenMP
     spin-waiting, which lotto turns off for busy machines), 1 and 2 threads: on an idle machine
     the fastest plain loop of all;
-(f) the demo's work as the demo runs it: `lotto lottery` (its defaults, 2 rounds = 7 trainings
+(f) the demo's work as the demo runs it: `lotto lottery` (its defaults, 4 rounds = 13 trainings
     of `--iterations` each) with `--workers 2` (one single-threaded training per core), wall time
     of the whole command in a fresh interpreter: start-up, data loading, evaluations included.
+    It uses both cores where (b) uses what one training can: (f)/(b) is the demo's gain over
+    running its trainings one after another as a plain loop, not a faster trainer.
 Each is repeated and the fastest repeat kept (the machine is shared). Targets: (e)/(b) and
 (f)/(b) >= 1.5x (issue 20: evaluations included), (a)/(b) >= 3x, (c)/(a) >= 0.95, where (b) is
 the fastest plain loop. `--device cuda` measures on
@@ -138,19 +140,19 @@ def plain_loop_fresh(iterations: int, threads: int, root: Path, device: str) -> 
 
 
 def demo_command(iterations: int, workers: int, device: str) -> float:
-    """(f): images/s of `lotto lottery` over 2 rounds (7 trainings), whole command timed."""
+    """(f): images/s of `lotto lottery` over 4 rounds (13 trainings), whole command timed."""
     runs_dir = tempfile.mkdtemp(prefix="lotto-bench-demo-")
     try:
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "lotto", "lottery", "--rounds", "2", "--workers", str(workers),
+            [sys.executable, "-m", "lotto", "lottery", "--rounds", "4", "--workers", str(workers),
              f"train.iterations={iterations}it", f"run.runs_dir={runs_dir}", f"device={device}"],
             env=_clean_env(), capture_output=True, text=True, check=True,
         )
         seconds = time.perf_counter() - start
     finally:
         shutil.rmtree(runs_dir)
-    return 7 * iterations * 60 / seconds
+    return 13 * iterations * 60 / seconds
 
 
 def torchvision_root() -> Path:
@@ -217,7 +219,7 @@ def main() -> None:
     print(f"  (b*) the same, fresh, torch defaults, 2 threads {best['bs2']:>9.0f} images/s")
     print(f"  (c)  lotto trainer, 90% sparse mask    {best['c']:>9.0f} images/s")
     print(f"  (d)  lotto trainer, streamed, {args.workers} workers {best['d']:>8.0f} images/s")
-    print(f"  (f)  lotto lottery, 7 trainings, {args.workers} workers {best['f']:>8.0f} images/s")
+    print(f"  (f)  lotto lottery, 13 trainings, {args.workers} workers {best['f']:>7.0f} images/s")
     print(f"  (e)/(b)  = {best['e'] / baseline:.2f}x   (target >= 1.5; b = the fastest plain loop)")
     print(f"  (f)/(b)  = {best['f'] / baseline:.2f}x   (target >= 1.5: the demo's work, whole "
           "command)")
