@@ -422,7 +422,10 @@ def score(net: Supernet, spec: ArchSpec, where: Sequence[tuple[int, int]], data:
     recalibrate(model, data, int(cfg.recal_batches), int(cfg.recal_batch_size), seed, device)
     val_x, val_y = data.val_x, data.val_y
     n = cfg.get("score_images")
-    if n is not None and isinstance(val_x, Tensor):  # the first n validation images only
+    if n is not None:  # the first n validation images only
+        if not isinstance(val_x, Tensor):
+            raise LottoError("supernet.score_images needs the validation split in memory "
+                             "(data.stream=false)")
         val_x, val_y = val_x[:int(n)], val_y[:int(n)]
     loss, acc = evaluate(model, val_x.to(device) if isinstance(val_x, Tensor) else val_x,
                          val_y.to(device))
