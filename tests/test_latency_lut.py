@@ -171,6 +171,21 @@ def test_foreign_table_warns_and_rebuilds(built, tmp_path):
     assert open_lut(Path(lut.path), "cpu", 2, warn=warnings.append).entries == {}  # threads
 
 
+def test_table_timed_before_the_steady_allocator_is_rebuilt(built, tmp_path):
+    """Timings taken with glibc's default allocator swing with the allocation history (see
+    `steady_allocator`): a table from then is dropped with a warning naming it."""
+    _, lut, _ = built
+    path = tmp_path / "old-allocator.json"
+    lut.save(path)
+    data = json.loads(path.read_text())
+    assert data["meta"]["fingerprint"]["allocator"] == "steady"
+    del data["meta"]["fingerprint"]["allocator"]
+    path.write_text(json.dumps(data))
+    warnings: list[str] = []
+    assert open_lut(path, "cpu", 1, warn=warnings.append).entries == {}
+    assert "allocator" in warnings[0]
+
+
 def test_table_of_other_unit_features_is_rebuilt_not_misread(built, tmp_path):
     """A table saved by a lotto whose units had other features (8 before the operator-level
     model) would break the host model's fit: it is dropped with a warning, like a foreign one."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import lotto.latency.measure as measure_mod
 from lotto.arch import preset
 from lotto.arch.build import build_network
 from lotto.errors import LottoError
@@ -133,7 +134,37 @@ def test_cuda_without_gpu_is_a_user_error(small):
 def test_fingerprint_fields():
     fp = fingerprint("cpu", 1)
     assert fp["device"] == "cpu" and fp["threads"] == 1 and fp["torch"] == torch.__version__
-    assert fp["cpu"]
+    assert fp["cpu"] and fp["allocator"] in ("steady", "default")
+
+
+def test_steady_allocator_keeps_large_blocks_in_the_heap(monkeypatch: pytest.MonkeyPatch):
+    """glibc's defaults map a large activation fresh and page-fault it in, or not, depending on
+    the allocation history; the timing helpers ask for blocks up to 32 MiB from the heap and no
+    trimming (measured effect on a host table: docs/benchmarks.md). Checked through a stand-in
+    libc: the setting is process-wide and cannot be undone inside the test process."""
+    import ctypes
+
+    calls: list[tuple[int, int]] = []
+
+    class FakeLibc:
+        def __init__(self, answer: int):
+            self.answer = answer
+
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return self.answer
+
+    monkeypatch.setattr(measure_mod, "_STEADY", [])
+    monkeypatch.setattr(measure_mod.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc(1))
+    assert measure_mod.steady_allocator() is True
+    assert calls == [(-3, 32 << 20), (-1, 1 << 30)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    assert measure_mod.steady_allocator() is True and len(calls) == 2  # once per process
+    assert fingerprint("cpu", 1)["allocator"] == "steady"
+    monkeypatch.setattr(measure_mod, "_STEADY", [])
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc(0))  # a libc that refuses
+    assert measure_mod.steady_allocator() is False
+    assert fingerprint("cpu", 1)["allocator"] == "default"
 
 
 def test_thread_clock_is_for_one_cpu_thread(small):

@@ -72,7 +72,7 @@ UNIT_MAX_IQR = 0.5
 
 SCHEMA = 2  # 2: the unit features are named in the table (meta `features`)
 # fingerprint fields that must match for a table to be reused (cores and governor may vary)
-MATCH_FIELDS = ("device", "cpu", "torch", "threads", "gpu", "cuda")
+MATCH_FIELDS = ("device", "cpu", "torch", "threads", "gpu", "cuda", "allocator")
 # Guesses, quoted (and labelled `expected_error_basis: guess`) only until a measurement exists:
 UNVALIDATED_ERROR = 0.10  # a table sum before `--validate` has compared it with end-to-end runs
 INTERP_ERROR = 0.10  # an interpolated unit, before leave-one-out over entries could measure it
@@ -456,9 +456,10 @@ def time_units_in_situ(spec: ArchSpec, device: str, threads: int, min_run_time: 
     Same preparation as a whole-network measurement; per-unit median over the runs.
     """
     from lotto.arch.build import build_network
-    from lotto.latency.measure import check_host_device, clock_fn, pinned_threads
+    from lotto.latency.measure import check_host_device, clock_fn, pinned_threads, steady_allocator
 
     dev = check_host_device(device)
+    steady_allocator()
     now = clock_fn(clock, dev, threads)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     shape = (1, spec.in_channels, spec.resolution, spec.resolution)

@@ -2,7 +2,7 @@
 
 Protocol (docs/latency.md, host measurement): eval mode, `torch.inference_mode`, BatchNorm
 folded into the preceding convolution, channels_last, a pinned thread count (default 1,
-restored afterwards), warm-up, then timed runs: calls of 1 ms or more one by one (per-call
+restored afterwards), a steady heap (`steady_allocator`), warm-up, then timed runs: calls of 1 ms or more one by one (per-call
 quantiles, CUDA synchronised after each), shorter ones with
 `torch.utils.benchmark.Timer.blocked_autorange`, which picks a block size that makes timer
 overhead negligible and synchronises around blocks.
@@ -77,6 +77,7 @@ def fingerprint(device: str = "cpu", threads: int = 1) -> dict[str, Any]:
         "threads": threads,
         "mkldnn": torch.backends.mkldnn.is_available(),
         "governor": _governor(),
+        "allocator": "steady" if steady_allocator() else "default",  # see steady_allocator
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         index = torch.device(device).index or 0
@@ -303,6 +304,42 @@ def clock_fn(clock: str, dev: torch.device, threads: int) -> Callable[[], float]
     raise LottoError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
 
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_STEADY: list[bool] = []  # set once per process: whether the heap is kept steady
+
+
+def steady_allocator() -> bool:
+    """Keep freed memory in this process's heap (glibc: blocks up to 32 MiB from the heap, not
+    fresh mmaps; no returning the heap's top to the system), so that a timing does not depend on
+    what was freed before it. Process-wide and kept (the heap is reused, not grown); False where
+    it cannot apply (not glibc).
+
+    Why: with glibc's defaults a block over its (moving) mmap threshold is mapped fresh and page-
+    faulted in on every call, or not, depending on the allocation history, and a 112-px unit's
+    multi-megabyte activations then swing its time by 2-3x. Measured 2026-12-06 on this
+    project's idle 2-core machine, 1 thread, pinned (units timed in situ, summed, vs the same
+    network end to end): MnasNet-space sample0_2 17.1 vs 30.4 ms in one run and 35.7 vs 19.5 ms
+    in another; with this setting 19.3 vs 18.6 ms (sample0_3 18.2 vs 18.7, sample0_0 15.5 vs
+    15.1). The host table on MnasNet's space (12 networks, strict as in scripts/bench_latency.py):
+    RMSPE 21.5%, worst +49.1% before; 6.6%, worst -16.0% with it. A mobile runtime plans its
+    buffers once (TFLite's arena), which this matches better.
+    """
+    if not _STEADY:
+        ok = False
+        if platform.system() == "Linux":
+            try:
+                import ctypes
+
+                libc = ctypes.CDLL("libc.so.6")
+                ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(
+                    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+            except (OSError, AttributeError):  # musl, or no libc.so.6
+                ok = False
+        _STEADY.append(ok)
+    return _STEADY[0]
+
+
 def time_callable(
     fn: Callable[[], Any],
     device: str = "cpu",
@@ -325,6 +362,7 @@ def time_callable(
     from torch.utils import benchmark
 
     dev = check_host_device(device)
+    steady_allocator()
     now = clock_fn(clock, dev, threads)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     old_cudnn = torch.backends.cudnn.benchmark
