@@ -234,7 +234,10 @@ class Runner:
                 tasks.extend(new)
                 results.extend([None] * len(new))
                 added = range(first, len(tasks))
-                todo.extendleft(reversed(added)) if self.workers > 1 else todo.extend(added)
+                if self.workers > 1:
+                    todo.extendleft(reversed(added))
+                else:
+                    todo.extend(added)
                 if progress is not None:
                     progress.update(bar, total=len(tasks))
 

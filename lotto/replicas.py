@@ -329,6 +329,10 @@ def train_replicas(
             for k in due:
                 checkpoints[order[k]].pop(it)(models[order[k]])
 
+    reported = eval_test == "reported"
+    # reported: each replica's weights at its early stop so far, tested once at the end
+    best = {name: p.detach().clone() for name, p in stack.params.items()} if reported else {}
+
     def record(it: int) -> None:
         nonlocal loss_sum, loss_count
         losses = (loss_sum / max(1, loss_count)).tolist()
@@ -350,8 +354,6 @@ def train_replicas(
             accs = " ".join(f"{v[1]:.3f}" for v in val)
             progress.update(task, completed=it, description=f"{desc} val_acc={accs}")
 
-    reported = eval_test == "reported"
-    best = {name: p.detach().clone() for name, p in stack.params.items()} if reported else {}
     run_checkpoints(steps.start)
     record(steps.start)
     for it in range(steps.start + 1, steps.total + 1):

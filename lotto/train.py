@@ -207,7 +207,7 @@ def check_train_config(cfg: DictConfig) -> None:
             raise LottoError(f"config key train.{key}: {e}") from None
 
 
-def test_eval(cfg: DictConfig) -> bool | str:
+def eval_test_mode(cfg: DictConfig) -> bool | str:
     """`train`'s `eval_test` for a config's `train.test_eval` (`every` where the key is absent)."""
     return "reported" if cfg.get("test_eval", "every") == "reported" else True
 

@@ -47,7 +47,7 @@ from lotto.config import load_config
 from lotto.data import FASHION_MNIST_SYSTEM_ROOT, load_data
 from lotto.models import build_model
 from lotto.pruning import magnitude_prune, ones_masks
-from lotto.train import test_eval, train
+from lotto.train import eval_test_mode, train
 
 
 def lotto_trainer(
@@ -79,7 +79,7 @@ def lotto_trainer(
         rates = {k: 0.9 for k in masks}
         masks = magnitude_prune(weights, masks, rates)
     result = train(model, data, cfg.train, seed=0, device=torch.device(device), masks=masks,
-                   eval_test=test_eval(cfg.train))
+                   eval_test=eval_test_mode(cfg.train))
     if demo_evals:  # the demo's time: training and its evaluations
         return iterations * cfg.train.batch_size / result.seconds
     # the trainer's time includes its evaluations at iteration 0 and at the end: time them out

@@ -77,9 +77,9 @@ from lotto.runs import MetricsLog, RunDir, mean_std
 from lotto.train import (
     TrainResult,
     check_train_config,
+    eval_test_mode,
     parse_step,
     resolve_device,
-    test_eval,
     train,
 )
 
@@ -214,7 +214,7 @@ def train_batched(
             checkpoints=checkpoints,
             progress=progress,
             desc=f"round {units[0].round}: {len(units)} batched replicas",
-            eval_test=test_eval(cfg.train),
+            eval_test=eval_test_mode(cfg.train),
         )
     except ReplicaDiverged as e:
         u = units[e.replica]
@@ -250,7 +250,7 @@ def train_unit(
             progress=progress,
             desc=f"seed {unit.seed} round {unit.round} {unit.variant}",
             start_iteration=unit.start_iteration,
-            eval_test=test_eval(cfg.train),
+            eval_test=eval_test_mode(cfg.train),
         )
     state = copy_state(model) if unit.variant == "ticket" else None
     return Trained(result, state, kept.get("theta_k"))
@@ -372,6 +372,7 @@ class _Lottery:
         self.seeds = [_Seed(cfg, s, data, run) for s in range(cfg.seed, cfg.seed + lot.seeds)]
         per_seed = 1 + lot.rounds * (1 + len(lot.controls))
         self.overall = progress.add_task("lottery", total=per_seed * lot.seeds)
+        self.waiting = 0  # batched replicas: jobs of the current round not yet delivered
 
     def run_rounds(self, runner: Runner) -> None:
         """All units as one stream of tasks: a seed's round r+1 is queued as soon as its round r
@@ -425,7 +426,7 @@ class _Lottery:
             jobs = self.jobs([u for s in self.seeds for u in self.round_units(s, r)], runner)
             if jobs:
                 break
-        self.waiting = len(jobs)  # jobs of this round not yet delivered
+        self.waiting = len(jobs)
         return jobs
 
     def seed_of(self, unit: Unit) -> _Seed:

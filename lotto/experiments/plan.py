@@ -250,7 +250,7 @@ def _workers(cfg: DictConfig) -> int:
 def plan_lottery(cfg: DictConfig) -> Plan:
     from lotto.experiments.common import seeded_model, shared_data
     from lotto.experiments.lottery import validate
-    from lotto.train import resolve_device, test_eval
+    from lotto.train import eval_test_mode, resolve_device
 
     validate(cfg)
     device = resolve_device(cfg.device)
@@ -269,7 +269,7 @@ def plan_lottery(cfg: DictConfig) -> Plan:
                                           steps, _evals(steps, every)))
     path = RunDir.locate(cfg, "lottery")
     # `train.test_eval: reported` tests only twice per training: left out of the estimate
-    tested = len(data.test_y) if test_eval(cfg.train) is True else 0
+    tested = len(data.test_y) if eval_test_mode(cfg.train) is True else 0
     plan = Plan("lottery", cfg, path, path.exists(), RunDir.conflict(cfg, path), trainings,
                 len(data.val_y) + tested, workers=_workers(cfg))
     _mark_done(plan, ["seed", "round", "variant"])

@@ -90,9 +90,9 @@ from lotto.structured import (
 from lotto.train import (
     TrainResult,
     check_train_config,
+    eval_test_mode,
     parse_step,
     resolve_device,
-    test_eval,
     train,
 )
 
@@ -713,7 +713,7 @@ def train_cell(task: CellTask, progress: Progress | None = None) -> tuple[TrainR
     with divergence_is_a_user_error(desc):
         result = train(model, data, task.train, seed=cell.seed, device=device, masks=task.masks,
                        after_backward=hook, progress=progress, desc=desc,
-                       start_iteration=task.start_iteration, eval_test=test_eval(task.train))
+                       start_iteration=task.start_iteration, eval_test=eval_test_mode(task.train))
     return result, copy_state(model) if task.keep_state else None
 
 

@@ -2,8 +2,8 @@
 
 Protocol (docs/latency.md, host measurement): eval mode, `torch.inference_mode`, BatchNorm
 folded into the preceding convolution, channels_last, a pinned thread count (default 1,
-restored afterwards), a steady heap (`steady_allocator`), warm-up, then timed runs: calls of 1 ms or more one by one (per-call
-quantiles, CUDA synchronised after each), shorter ones with
+restored afterwards), a steady heap (`steady_allocator`), warm-up, then timed runs: calls of
+1 ms or more one by one (per-call quantiles, CUDA synchronised after each), shorter ones with
 `torch.utils.benchmark.Timer.blocked_autorange`, which picks a block size that makes timer
 overhead negligible and synchronises around blocks.
 """
