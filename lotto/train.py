@@ -99,12 +99,13 @@ class TrainResult:
         )
 
 
-# Input bytes per forward pass when evaluating (a whole number of `batch_size` blocks, at least
-# one). Measured 2026-12-06 on this project's 2-core AMD EPYC (MKL sgemm), LeNet-300-100 over
-# 15,000 images: passes of 1,000-3,000 rows ran at 156-162 GFLOP/s with 2 threads, passes of
-# 5,000 or 15,000 rows at 55 (no faster than 1 thread); 8 MiB is 2,000 Fashion-MNIST rows.
-# The logits are the same whatever the pass size (a row's logits do not depend on its batch).
-EVAL_CHUNK_BYTES = 8 * 2**20
+# Input bytes per forward pass when evaluating. Measured 2026-12-06 on this project's 2-core AMD
+# EPYC (MKL sgemm), LeNet-300-100 over Fashion-MNIST: with 2 threads, passes of 1,000-3,000 rows
+# ran at 156-162 GFLOP/s and passes of 5,000 or 15,000 rows at 55; with 1 thread (a `--workers 2`
+# worker), 5,000 validation rows took 32 ms in passes of 256-1,000 rows, 37 ms in passes of 2,000
+# and 55 ms in one pass. 3 MiB is about 1,000 Fashion-MNIST rows. The logits are the same
+# whatever the pass size (a row's logits do not depend on its batch: checked bit for bit).
+EVAL_CHUNK_BYTES = 3 * 2**20
 
 
 @torch.inference_mode()
@@ -113,20 +114,23 @@ def evaluate(
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `model` on (x, y), in eval mode.
 
-    The forward pass takes several `batch_size` blocks at once (up to `EVAL_CHUNK_BYTES` of
-    input); the loss is still summed per `batch_size` block in the same order, so the numbers
-    are the ones block-by-block evaluation gives (a row's logits do not depend on its batch).
+    The forward passes take up to `EVAL_CHUNK_BYTES` of input each: several `batch_size` blocks
+    at once, or a block in pieces; the loss is still summed per `batch_size` block in the same
+    order, so the numbers are the ones block-by-block evaluation gives.
     """
     was_training = model.training
     model.eval()
     loss = torch.zeros((), device=y.device)
     correct = torch.zeros((), device=y.device, dtype=torch.int64)
-    chunk = batch_size
+    chunk, rows = batch_size, batch_size  # rows per block read, rows per forward pass
     if isinstance(x, torch.Tensor) and len(x):
-        per_row = x[0].numel() * x.element_size()
-        chunk = batch_size * max(1, EVAL_CHUNK_BYTES // (per_row * batch_size))
+        rows = max(1, EVAL_CHUNK_BYTES // (x[0].numel() * x.element_size()))
+        chunk = batch_size * max(1, rows // batch_size)
     for xb, yb in eval_batches(x, y, chunk):  # x: a tensor, or a split streamed from disk
-        out = model(xb).float()
+        if rows < len(yb):
+            out = torch.cat([model(piece).float() for piece in xb.split(rows)])
+        else:
+            out = model(xb).float()
         for i in range(0, len(yb), batch_size):
             block = slice(i, i + batch_size)
             loss += F.cross_entropy(out[block], yb[block], reduction="sum")

@@ -1,7 +1,9 @@
 """Training-speed benchmark: LeNet-300-100 on Fashion-MNIST, several ways, side by side.
 
 (e) the lotto trainer at the demo's settings (`lotto lottery` defaults: Adam, batch 60, validation
-    and test evaluated every 100 iterations), its evaluations included in the time;
+    evaluated every 100 iterations, test where reported), its evaluations included in the time,
+    with `--threads` threads; (e1) the same with 1 thread, as each `--workers 2` demo worker
+    trains, against (b*) with 1 thread: one training's speed, thread for thread;
 (a) the lotto trainer, evaluations timed out (in-memory tensors, index batches);
 (b) a plain PyTorch loop over torchvision's FashionMNIST and a DataLoader, as most users (and
     OpenLTH) write it, with 0 and 2 loader workers; (b'') the same loop over a TensorDataset of
@@ -183,13 +185,16 @@ def main() -> None:
         return
     root = torchvision_root()
     dev = args.device
-    runs = {"e": [], "a": [], "b0": [], "b2": [], "bt": [], "c": [], "d": [], "bs1": [],
+    runs = {"e": [], "e1": [], "a": [], "b0": [], "b2": [], "bt": [], "c": [], "d": [], "bs1": [],
             "bs2": [], "f": []}
     try:
         # interleaved, so load changes hit every variant alike; (a) and (c) run back to back,
         # before the loader's worker processes of (b') exist
         for _ in range(args.repeats):
             runs["e"].append(lotto_trainer(args.iterations, False, dev, demo_evals=True))
+            torch.set_num_threads(1)
+            runs["e1"].append(lotto_trainer(args.iterations, False, dev, demo_evals=True))
+            torch.set_num_threads(args.threads)
             runs["bt"].append(plain_loop(args.iterations, 0, root, dev, tensors=True))
             runs["a"].append(lotto_trainer(args.iterations, sparse=False, device=dev))
             runs["c"].append(lotto_trainer(args.iterations, sparse=True, device=dev))
@@ -211,6 +216,7 @@ def main() -> None:
         f"{args.threads} threads, {dev}, best of {args.repeats}"
     )
     print(f"  (e)  lotto trainer, demo, evals incl.  {best['e']:>9.0f} images/s")
+    print(f"  (e1) the same, 1 thread                {best['e1']:>9.0f} images/s")
     print(f"  (a)  lotto trainer, evals timed out    {best['a']:>9.0f} images/s")
     print(f"  (b)  DataLoader loop, 0 workers        {best['b0']:>9.0f} images/s")
     print(f"  (b') DataLoader loop, 2 workers        {best['b2']:>9.0f} images/s")
@@ -221,6 +227,8 @@ def main() -> None:
     print(f"  (d)  lotto trainer, streamed, {args.workers} workers {best['d']:>8.0f} images/s")
     print(f"  (f)  lotto lottery, 13 trainings, {args.workers} workers {best['f']:>7.0f} images/s")
     print(f"  (e)/(b)  = {best['e'] / baseline:.2f}x   (target >= 1.5; b = the fastest plain loop)")
+    print(f"  (e1)/(b*, 1 thread) = {best['e1'] / best['bs1']:.2f}x   (one training, thread for "
+          "thread)")
     print(f"  (f)/(b)  = {best['f'] / baseline:.2f}x   (target >= 1.5: the demo's work, whole "
           "command)")
     print(f"  (a)/(b)  = {best['a'] / baseline:.2f}x   (target >= 3)")

@@ -425,14 +425,17 @@ def test_curves_unchanged_from_before_the_speed_work(digits: Data, name: str) ->
         assert g[1:] == pytest.approx(b[1:], abs=1e-7, nan_ok=True)
 
 
-def test_large_evaluation_passes_give_the_block_by_block_numbers(
+def test_evaluation_pass_sizes_give_the_block_by_block_numbers(
     digits: Data, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     net = model()
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(3000, 1, 8, 8, generator=gen), torch.randint(0, 10, (3000,), generator=gen)
     big = evaluate(net, x, y, batch_size=7)  # many blocks per forward pass
-    monkeypatch.setattr(train_mod, "EVAL_CHUNK_BYTES", x[0].numel() * 4)  # one block per pass
+    assert big[0] > 1.0  # an untrained net's loss: of order 1, so equality means something
+    monkeypatch.setattr(train_mod, "EVAL_CHUNK_BYTES", x[0].numel() * 4 * 7)  # one block a pass
+    assert evaluate(net, x, y, batch_size=7) == big
+    monkeypatch.setattr(train_mod, "EVAL_CHUNK_BYTES", x[0].numel() * 4 * 3)  # a block in pieces
     assert evaluate(net, x, y, batch_size=7) == big
 
 
