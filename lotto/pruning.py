@@ -7,6 +7,7 @@ re-parametrisation (a mask multiply in every forward and a second weight copy).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -129,13 +130,26 @@ def density(masks: Mapping[str, torch.Tensor]) -> float:
 
 def random_masks_like(masks: Mapping[str, torch.Tensor], generator: torch.Generator) -> Masks:
     """Random masks with exactly the same number of survivors per layer."""
+    return random_masks({k: (m.shape, int(m.sum().item())) for k, m in masks.items()}, generator)
+
+
+def random_masks(
+    counts: Mapping[str, tuple[torch.Size, int]], generator: torch.Generator
+) -> Masks:
+    """Random masks of the given shapes with the given survivors per layer, drawn in order."""
     out = {}
-    for k, m in masks.items():
-        keep = int(m.sum().item())
-        flat = torch.zeros(m.numel())
-        flat[torch.randperm(m.numel(), generator=generator)[:keep]] = 1.0
-        out[k] = flat.view_as(m)
+    for k, (shape, keep) in counts.items():
+        flat = torch.zeros(math.prod(shape))
+        flat[torch.randperm(len(flat), generator=generator)[:keep]] = 1.0
+        out[k] = flat.view(shape)
     return out
+
+
+def layerwise_survivors(alive: int, rate: float, min_weights: int = 1) -> int:
+    """The survivors of one layer-wise `magnitude_prune` step: the same count whatever the
+    weights (so a lottery's random-mask controls can start before the tickets they mirror)."""
+    finite = alive - max(0, min(min_weights, alive))
+    return alive - min(round(rate * alive), finite)
 
 
 def masked_state(

@@ -71,6 +71,7 @@ class Spy:
                     "start": {k: v.detach().clone() for k, v in model.state_dict().items()},
                     "masks": {k: v.clone().float() for k, v in (kw.get("masks") or {}).items()},
                     "seed": kw.get("seed"),
+                    "desc": kw.get("desc"),  # "seed S round R variant"
                 }
             )
             return real(model, data, cfg, **kw)
@@ -113,7 +114,7 @@ def test_outputs_and_metrics(lottery_cfg: MakeCfg) -> None:
     assert csv[csv["round"] == 0].density.iloc[0] == 1.0
     for rnd in (1, 2):  # controls have the ticket's density
         assert csv[csv["round"] == rnd].density.nunique() == 1
-    assert (csv.density.diff().dropna() <= 0).all()
+    assert (csv.sort_values("round").density.diff().dropna() <= 0).all()  # rows: as finished
     assert csv.test_accuracy.between(0, 1).all() and (csv.test_accuracy > 0.3).all()
     assert csv.early_stop_iteration.isin([0, 10, 20, 30]).all()
 
@@ -212,13 +213,34 @@ def test_round_starts_from_mask_times_theta_0(
     assert not torch.equal(spy.calls[2]["start"]["1.weight"], trained["1.weight"])
 
 
+@pytest.mark.parametrize("extra,early", [([], True), (["lottery.ranking=global"], False),
+                                         (["lottery.rewind=10it"], False)])
+def test_random_masks_train_before_the_tickets_when_they_need_none(
+    lottery_cfg: MakeCfg, monkeypatch: pytest.MonkeyPatch, extra: list[str], early: bool
+) -> None:
+    # layer-wise ranking without late rewinding: a round's random mask (the ticket's survivors
+    # per layer, at random) and start (theta_0) need no trained weights, so one worker trains
+    # every random_mask right after round 0; global ranking or theta_k must wait for the tickets
+    spy = Spy(monkeypatch)
+    run(lottery_cfg("lottery.rounds=2", "lottery.controls=[random_mask]", *extra))
+    order = [c["desc"].removeprefix("seed 0 ") for c in spy.calls]
+    if early:
+        assert order == ["round 0 ticket", "round 1 random_mask", "round 2 random_mask",
+                         "round 1 ticket", "round 2 ticket"]
+    else:
+        assert order == ["round 0 ticket", "round 1 ticket", "round 1 random_mask",
+                         "round 2 ticket", "round 2 random_mask"]
+
+
 def test_controls(lottery_cfg: MakeCfg, monkeypatch: pytest.MonkeyPatch) -> None:
     spy = Spy(monkeypatch)
     result = run(lottery_cfg("lottery.rounds=1", "lottery.controls=[reinit,random_mask]"))
     theta_0 = tensors(result, "init.safetensors")
     masks = {k: m.float() for k, m in tensors(result, "round1/mask.safetensors").items()}
     assert len(spy.calls) == 4  # round 0; round 1 ticket, reinit, random_mask
-    ticket, reinit, random_mask = spy.calls[1:]
+    # (random_mask units need no ticket here, layer-wise ranking: they train first, with round 0)
+    ticket, reinit, random_mask = (next(c for c in spy.calls if c["desc"].endswith(f"round 1 {v}"))
+                                   for v in ("ticket", "reinit", "random_mask"))
     # the controls train on the round's schedule and data order
     assert ticket["seed"] == reinit["seed"] == random_mask["seed"]
 

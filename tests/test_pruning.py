@@ -16,6 +16,7 @@ from lotto.pruning import (
     layer_rates,
     magnitude_prune,
     ones_masks,
+    layerwise_survivors,
     prunable,
     random_masks_like,
 )
@@ -242,3 +243,19 @@ def test_a_small_layer_is_never_emptied_unless_asked() -> None:
     empty = magnitude_prune(w, masks, rates, "global", groups={"big": "h", "tiny": "h"},
                             min_weights=0)
     assert int(empty["tiny"].sum()) == 0
+
+
+@pytest.mark.parametrize("min_weights", [0, 1, 5])
+def test_layerwise_survivors_are_the_counts_magnitude_pruning_keeps(min_weights: int) -> None:
+    # a 7-weight layer reaches its floor within the rounds; 20 rounds at 30% and 50%
+    shapes, rates = {"big": (40, 30), "small": (7,)}, {"big": 0.3, "small": 0.5}
+    masks = {k: torch.ones(s) for k, s in shapes.items()}
+    alive = {k: masks[k].numel() for k in shapes}
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        weights = {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+        masks = magnitude_prune(weights, masks, rates, min_weights=min_weights)
+        alive = {k: layerwise_survivors(n, rates[k], min_weights) for k, n in alive.items()}
+        assert alive == {k: int(m.sum()) for k, m in masks.items()}
+    # the floor was reached and held (0: round(0.5 x 1) = 0 leaves the last weight)
+    assert alive["small"] == max(min_weights, 1)

@@ -31,6 +31,7 @@ model or the train config, the run prints why once and trains units one by one.
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,9 +68,11 @@ from lotto.pruning import (
     density,
     global_groups,
     layer_rates,
+    layerwise_survivors,
     magnitude_prune,
     masked_state,
     ones_masks,
+    random_masks,
     random_masks_like,
 )
 from lotto.replicas import ReplicaDiverged, can_batch, train_replicas
@@ -278,6 +281,7 @@ class _Seed:
         self.rates = layer_rates(template, lot.prune_rate, conv_factor, lot.output_rate_factor)
         self.groups = global_groups(template)
         self.masks: Masks = ones_masks(template)
+        self.shapes = {k: m.shape for k, m in self.masks.items()}
         self.trained: dict[str, torch.Tensor] | None = None  # this run's latest trained ticket
         self.theta_k = None if self.rewind_it else self.theta_0
         self.broken: str | None = None  # why later rounds cannot run (a ticket failed)
@@ -304,6 +308,22 @@ class _Seed:
             unit.fault = injected_fault(unit.key)
             units.append(unit)
         return units
+
+    def random_unit(self, rnd: int) -> Unit:
+        """Round `rnd`'s random_mask unit made without the tickets: with layer-wise ranking and
+        no late rewinding its mask (the ticket's survivors per layer, placed at random) and its
+        start (theta_0) do not depend on any trained weights, so it can train at once."""
+        lot = self.cfg.lottery
+        alive = {k: math.prod(shape) for k, shape in self.shapes.items()}
+        for _ in range(rnd):
+            alive = {k: layerwise_survivors(n, self.rates[k], lot.min_weights_per_layer)
+                     for k, n in alive.items()}
+        gen = torch.Generator().manual_seed(stream_seed(self.seed, RANDOM_STREAM, rnd))
+        masks = random_masks({k: (self.shapes[k], alive[k]) for k in self.shapes}, gen)
+        unit = Unit(self.seed, rnd, "random_mask", masked_state(self.theta_0, masks), masks,
+                    start_iteration=0)
+        unit.fault = injected_fault(unit.key)
+        return unit
 
     def round_masks(self, rnd: int, prev: dict | None) -> Masks:
         """Prune the previous round's trained ticket (or reload the mask a past run saved)."""
@@ -370,6 +390,11 @@ class _Lottery:
         self.failures = FailureLog(run, self.metrics)
         lot = cfg.lottery
         self.seeds = [_Seed(cfg, s, data, run) for s in range(cfg.seed, cfg.seed + lot.seeds)]
+        # random_mask units that need no ticket start with round 0 (`_Seed.random_unit`): the
+        # dense round no longer trains alone while the other workers wait
+        self.early_random = (not self.batched and lot.ranking == "layerwise"
+                             and "random_mask" in lot.controls
+                             and not any(s.rewind_it for s in self.seeds))
         per_seed = 1 + lot.rounds * (1 + len(lot.controls))
         self.overall = progress.add_task("lottery", total=per_seed * lot.seeds)
         self.waiting = 0  # batched replicas: jobs of the current round not yet delivered
@@ -402,6 +427,7 @@ class _Lottery:
                 jobs.extend(self.next_round(runner, 0))
             else:
                 jobs.extend(Job(self.cfg, [u]) for s in self.seeds for u in self.advance(s, 0))
+                jobs.extend(Job(self.cfg, [u]) for s in self.seeds for u in self.random_units(s))
             with finished_work_is_kept(kept, self.run):
                 runner.run(fn, jobs, on_result=on_result)
         finally:
@@ -442,8 +468,19 @@ class _Lottery:
         return [Job(self.cfg, units[i:i + size], batched=True)
                 for i in range(0, len(units), size)]
 
+    def random_units(self, seed: _Seed) -> list[Unit]:
+        """The random_mask units of every round still to train, when they need no ticket."""
+        if not self.early_random:
+            return []
+        todo = [r for r in range(1, self.cfg.lottery.rounds + 1)
+                if not self.metrics.find(seed=seed.seed, round=r, variant="random_mask")]
+        self.progress.advance(self.overall, self.cfg.lottery.rounds - len(todo))
+        return [seed.random_unit(r) for r in todo]
+
     def round_units(self, seed: _Seed, rnd: int) -> list[Unit]:
         variants = ["ticket"] + (list(self.cfg.lottery.controls) if rnd > 0 else [])
+        if self.early_random:  # queued with round 0 (`random_units`)
+            variants = [v for v in variants if v != "random_mask"]
         todo = [v for v in variants if not self.metrics.find(seed=seed.seed, round=rnd, variant=v)]
         self.progress.advance(self.overall, len(variants) - len(todo))
         if seed.broken is not None:
