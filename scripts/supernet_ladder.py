@@ -38,6 +38,8 @@ OPEN = {"kernel": {"kernels": [3, 5]}, "width": {"width_factors": [0.75, 1.0, 1.
         "repeats": {"repeat_deltas": [-1, 0, 1]}, "expansion": {"expansions": [3, 6]},
         "se": {"se": [False, True]}, "op": {"ops": ["conv", "ds", "ir"]},
         "skip": {"skips": ["pool", "identity", "none"]},
+        "op_ds_ir": {"ops": ["ds", "ir"]}, "op_conv_ir": {"ops": ["conv", "ir"]},
+        "op_conv_ds": {"ops": ["conv", "ds"]},
         "all": {}}
 
 

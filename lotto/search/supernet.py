@@ -231,6 +231,7 @@ class Supernet:
                     weights[key] = grown
         self.weights = {k: nn.Parameter(v) for k, v in weights.items()}
         self._nets: dict[str, nn.Module] = {}
+        self._scored: dict[str, nn.Module] = {}
 
     # a network of the space: its spec, module and parameter -> supernet tensor map
     def member(self, choices: Sequence[tuple]) -> tuple[ArchSpec, list[tuple[int, int]]]:
@@ -245,6 +246,18 @@ class Supernet:
             if len(self._nets) > 256:
                 self._nets.clear()
             net = self._nets[key] = build_network(spec)
+        return net
+
+    def _scoring_module(self, spec: ArchSpec) -> nn.Module:
+        # apart from the training path's modules: scoring changes BN momentum and statistics
+        from lotto.search.evaluate import spec_key
+
+        key = spec_key(spec)
+        net = self._scored.get(key)
+        if net is None:
+            if len(self._scored) > 64:
+                self._scored.clear()
+            net = self._scored[key] = build_network(spec)
         return net
 
     def params(self, spec: ArchSpec, where: Sequence[tuple[int, int]], net: nn.Module
@@ -263,9 +276,13 @@ class Supernet:
         net = self._module(spec).train()
         return functional_call(net, self.params(spec, where, net), (x,))
 
-    def network(self, spec: ArchSpec, where: Sequence[tuple[int, int]]) -> nn.Module:
-        """A standalone network (already adapted `spec`) holding its slice of the weights."""
-        net = build_network(spec)
+    def network(self, spec: ArchSpec, where: Sequence[tuple[int, int]], reuse: bool = False
+                ) -> nn.Module:
+        """A standalone network (already adapted `spec`) holding its slice of the weights.
+        With `reuse` the module built for an earlier network of the same spec is refilled
+        (scoring: building and initialising a module costs ~7% of a scored sample); its
+        parameters are overwritten and its BN statistics are recalibrated anyway."""
+        net = self._scoring_module(spec) if reuse else build_network(spec)
         with torch.no_grad():
             for name, value in self.params(spec, where, net).items():
                 net.get_parameter(name).copy_(value)
@@ -418,7 +435,7 @@ def score(net: Supernet, spec: ArchSpec, where: Sequence[tuple[int, int]], data:
     from lotto.train import evaluate
 
     start = time.perf_counter()
-    model = net.network(spec, where).to(device)
+    model = net.network(spec, where, reuse=True).to(device)
     recalibrate(model, data, int(cfg.recal_batches), int(cfg.recal_batch_size), seed, device)
     val_x, val_y = data.val_x, data.val_y
     n = cfg.get("score_images")
