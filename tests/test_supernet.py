@@ -530,22 +530,27 @@ def test_one_network_space_scores_as_the_network_trained_standalone(tmp_path, ru
 
 
 def test_scoring_reuses_modules_and_carries_no_state(space_file, runs_dir):
-    """`score` refills a module built for an earlier network of the same spec: the result is
-    the one a freshly built network gives, whatever was scored before with that module (BN
-    statistics reset, then recalibrated on the given seed's batches)."""
+    """`score` assembles each network from block modules built for earlier networks (one per
+    position, block and input width): the result is the one freshly built modules give,
+    whatever was scored before with them (every parameter refilled, BN statistics reset, then
+    recalibrated on the given seed's batches), and no two positions share a module."""
     cfg = config(space_file, runs_dir, "supernet.steps=6")
     space = load_search_space(cfg)
     data = shared_data(cfg.data, CPU)
     net = Supernet(space, make_adapt(cfg, data), seed=0)
     train_supernet(net, data, cfg.supernet, seed=0, device=CPU)
-    spec, where = net.member(net.largest)
-    other = net.member(net.smallest)
-    score(net, spec, where, data, cfg.supernet, seed=0, device=CPU)
-    score(net, *other, data, cfg.supernet, seed=0, device=CPU)
-    reused = score(net, spec, where, data, cfg.supernet, seed=1, device=CPU)
-    assert len(net._scored) == 2
-    fresh = Supernet(space, make_adapt(cfg, data), seed=0)
-    fresh.load(net.state_dict())
-    want = score(fresh, spec, where, data, cfg.supernet, seed=1, device=CPU)
-    assert (reused["val_accuracy"], reused["val_loss"]) == (want["val_accuracy"],
-                                                            want["val_loss"])
+    rng = random.Random(4)
+    members = [net.member(net.largest), net.member(net.smallest)] + [
+        net.member(space.decode(space.sample_indices(rng))) for _ in range(6)]
+    got = [score(net, spec, where, data, cfg.supernet, seed=k % 2, device=CPU)
+           for k, (spec, where) in enumerate(members * 2)]
+    blocks = sum(len(spec.blocks) for spec, _ in members)
+    assert len(net._scored) < blocks  # blocks were reused across networks
+    model = net.network(*members[0], reuse=True)
+    assert len({id(b) for b in model.blocks}) == len(model.blocks) > 2
+    for k, (spec, where) in enumerate(members * 2):
+        fresh = Supernet(space, make_adapt(cfg, data), seed=0)
+        fresh.load(net.state_dict())
+        want = score(fresh, spec, where, data, cfg.supernet, seed=k % 2, device=CPU)
+        assert (got[k]["val_accuracy"], got[k]["val_loss"]) == (want["val_accuracy"],
+                                                                want["val_loss"]), k

@@ -231,7 +231,7 @@ class Supernet:
                     weights[key] = grown
         self.weights = {k: nn.Parameter(v) for k, v in weights.items()}
         self._nets: dict[str, nn.Module] = {}
-        self._scored: dict[str, nn.Module] = {}
+        self._scored: dict[tuple, nn.Module] = {}  # scoring's Block modules
 
     # a network of the space: its spec, module and parameter -> supernet tensor map
     def member(self, choices: Sequence[tuple]) -> tuple[ArchSpec, list[tuple[int, int]]]:
@@ -249,16 +249,24 @@ class Supernet:
         return net
 
     def _scoring_module(self, spec: ArchSpec) -> nn.Module:
-        # apart from the training path's modules: scoring changes BN momentum and statistics
-        from lotto.search.evaluate import spec_key
+        """A network of `spec` for scoring, its blocks reused from earlier scored networks:
+        one module per (position, block, input width, BN and SE settings), so two positions
+        never share one. Apart from the training path's modules (scoring changes BN momentum
+        and statistics); every parameter is overwritten and every BN statistic recalibrated
+        before use."""
+        from lotto.arch.build import Block, MobileNet
 
-        key = spec_key(spec)
-        net = self._scored.get(key)
-        if net is None:
-            if len(self._scored) > 64:
-                self._scored.clear()
-            net = self._scored[key] = build_network(spec)
-        return net
+        inputs = spec.block_inputs()
+        blocks = []
+        for i, (b, cin) in enumerate(zip(spec.blocks, inputs)):
+            key = (i, b, cin, spec.bn_eps, spec.bn_momentum, spec.se_rule, spec.se_gate)
+            block = self._scored.get(key)
+            if block is None:
+                if len(self._scored) > 4096:
+                    self._scored.clear()
+                block = self._scored[key] = Block(spec, i)
+            blocks.append(block)
+        return MobileNet(spec, blocks)
 
     def params(self, spec: ArchSpec, where: Sequence[tuple[int, int]], net: nn.Module
                ) -> dict[str, Tensor]:
@@ -279,9 +287,7 @@ class Supernet:
     def network(self, spec: ArchSpec, where: Sequence[tuple[int, int]], reuse: bool = False
                 ) -> nn.Module:
         """A standalone network (already adapted `spec`) holding its slice of the weights.
-        With `reuse` the module built for an earlier network of the same spec is refilled
-        (scoring: building and initialising a module costs ~7% of a scored sample); its
-        parameters are overwritten and its BN statistics are recalibrated anyway."""
+        With `reuse` its blocks are modules built for earlier networks (`_scoring_module`)."""
         net = self._scoring_module(spec) if reuse else build_network(spec)
         with torch.no_grad():
             for name, value in self.params(spec, where, net).items():
