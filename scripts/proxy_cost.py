@@ -50,7 +50,7 @@ def main() -> None:
     net.load(load_file(str(path)))
     rng = random.Random(11)
     times: dict[str, list[float]] = {"train": []}
-    for i in range(args.networks):
+    for _ in range(args.networks):
         ix = space.sample_indices(rng)
         choices = space.decode(ix)
         spec, where = net.member(choices)

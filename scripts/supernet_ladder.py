@@ -18,6 +18,8 @@ import time
 import torch
 from omegaconf import OmegaConf
 
+from lotto.arch import scale_width
+from lotto.arch.build import build_network
 from lotto.config import load_config
 from lotto.proxy import train_spec
 from lotto.search.space import parse_space, space_config
@@ -88,13 +90,11 @@ def main() -> None:
                 full = space.build(choices, "x")
                 # the same spec the supernet trains: width_mult scaling then the adaptation
                 res = train_spec(full if cfg.proxy.width_mult == 1 else
-                                 __import__("lotto.arch", fromlist=["scale_width"]).scale_width(
-                                     full, float(cfg.proxy.width_mult)),
-                                 data, tcfg, seed=0, device=CPU, bn_momentum=0.1,
+                                 scale_width(full, float(cfg.proxy.width_mult)), data, tcfg,
+                                 seed=0, device=CPU, bn_momentum=0.1,
                                  min_output=int(cfg.proxy.min_output), keep_state=True)
                 row["standalone"] = round(res.val_accuracy, 3)
-                m = __import__("lotto.arch.build", fromlist=["build_network"]).build_network(
-                    res.trained)
+                m = build_network(res.trained)
                 m.load_state_dict(res.state)
                 recalibrate(m, data, int(cfg.supernet.recal_batches),
                             int(cfg.supernet.recal_batch_size), 0, CPU)
