@@ -33,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs-dir", required=True)
     ap.add_argument("--networks", type=int, default=6)
+    ap.add_argument("--stream", type=int, default=30, help="distinct networks, reuse on/off")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -66,6 +67,17 @@ def main() -> None:
         t = time.perf_counter()
         evaluate(job)
         times["train"].append(time.perf_counter() - t)
+    # a search's stream of distinct networks, cheapest setting: modules built per network vs
+    # assembled from reused blocks (alternating, the same networks)
+    cheap = OmegaConf.merge(cfg.supernet, {"recal_batches": 1, "recal_batch_size": 64,
+                                           "score_images": 128})
+    for _ in range(args.stream):
+        spec, where = net.member(space.decode(space.sample_indices(rng)))
+        for reuse in (False, True):
+            t = time.perf_counter()
+            score(net, spec, where, data, cheap, seed=0, device=CPU, reuse=reuse)
+            times.setdefault(f"supernet 1x64 recal, 128 images, new networks, reuse={reuse}",
+                             []).append(time.perf_counter() - t)
     train = statistics.mean(times["train"])
     for k, v in times.items():
         m = statistics.mean(v)

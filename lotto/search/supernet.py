@@ -436,12 +436,14 @@ def recalibrate(model: nn.Module, data: Data, batches: int, batch_size: int, see
 
 
 def score(net: Supernet, spec: ArchSpec, where: Sequence[tuple[int, int]], data: Data,
-          cfg: DictConfig, *, seed: int, device: torch.device) -> dict[str, float]:
-    """Validation accuracy / loss of one network with inherited weights, BN recalibrated."""
+          cfg: DictConfig, *, seed: int, device: torch.device, reuse: bool = True
+          ) -> dict[str, float]:
+    """Validation accuracy / loss of one network with inherited weights, BN recalibrated
+    (`reuse`: assembled from block modules built for earlier networks, `Supernet.network`)."""
     from lotto.train import evaluate
 
     start = time.perf_counter()
-    model = net.network(spec, where, reuse=True).to(device)
+    model = net.network(spec, where, reuse=reuse).to(device)
     recalibrate(model, data, int(cfg.recal_batches), int(cfg.recal_batch_size), seed, device)
     val_x, val_y = data.val_x, data.val_y
     n = cfg.get("score_images")
