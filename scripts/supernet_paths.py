@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.002)
     ap.add_argument("--clip", type=float, default=0.0, help="gradient norm cap (0: off)")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     torch.set_num_threads(1)
     cfg = load_config("search", None, ["device=cpu", "data.name=fashion-mnist",
                                         "data.val_size=1000", "data.subset=10000",
