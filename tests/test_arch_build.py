@@ -193,3 +193,23 @@ def test_pooling_skip_adds_the_pooled_input() -> None:
         assert block(x).shape == (2, 16, 4, 4)
     net = build_network(spec)
     assert count_macs(net, 3, 15) == spec.macs()
+
+
+def test_mobilenet_takes_prebuilt_blocks_one_per_spec_block():
+    """`MobileNet(spec, blocks)` uses the given block modules (a supernet's scoring reuses
+    them) and refuses a count that does not match the spec."""
+    from lotto.arch.build import Block, MobileNet
+
+    spec = adapt_to_resolution(preset("mobilenet_v3_small", 0.5), 32)
+    blocks = [Block(spec, i) for i in range(len(spec.blocks))]
+    net = MobileNet(spec, blocks)
+    assert all(a is b for a, b in zip(net.blocks, blocks))
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    fresh = build_network(spec)
+    fresh.load_state_dict(net.state_dict())
+    net.eval()
+    fresh.eval()
+    torch.testing.assert_close(net(x), fresh(x))
+    with pytest.raises(ValueError, match="prebuilt blocks"):
+        MobileNet(spec, blocks[:-1])

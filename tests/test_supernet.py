@@ -482,3 +482,75 @@ def test_nested_ds_blocks_are_slices_of_the_ir_tensors(space_file, runs_dir):
         want, got = member_and_slice_outputs(net, choices, model, x)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert "ds" in seen
+
+
+ONE_NETWORK_SPACE = """
+space:
+  base: mobilenet_v3_small
+  resolution: 32
+  kernels: [3]
+  expansions: [6]
+  se: [false]
+  ops: [ir]
+  skips: [identity]
+  stages:
+    - {widths: [16], repeats: [1], stride: 2}
+    - {widths: [24], repeats: [2], stride: 2}
+"""
+
+
+def test_one_network_space_scores_as_the_network_trained_standalone(tmp_path, runs_dir):
+    """Rung (a) of the ablation ladder (scripts/supernet_ladder.py): a space of exactly one
+    network, trained through the supernet path and scored with inherited weights + BN
+    recalibration, scores what the same network trained standalone (`lotto.proxy.train_spec`,
+    same steps, batch, lr and schedule) scores, within a few points. Any bug of the weight
+    copy, the recalibration, eval mode or the score's data split breaks it."""
+    from omegaconf import OmegaConf
+
+    from lotto.proxy import train_spec
+
+    path = tmp_path / "one.yaml"
+    path.write_text(ONE_NETWORK_SPACE)
+    cfg = config(path, runs_dir, "supernet.steps=60", "supernet.rule=uniform",
+                 "supernet.lr=0.005", "supernet.clip=0", "supernet.nest_ds=false")
+    space = load_search_space(cfg)
+    assert space.size() == 1
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0)
+    train_supernet(net, data, cfg.supernet, seed=0, device=CPU)
+    spec, where = net.member(space.decode(space.sample_indices(random.Random(0))))
+    got = score(net, spec, where, data, cfg.supernet, seed=0, device=CPU)["val_accuracy"]
+    tcfg = OmegaConf.merge(cfg.train, {"iterations": "60it", "lr": 0.005, "warmup": "0it",
+                                       "weight_decay": 0.0, "batch_size": 32,
+                                       "schedule": "cosine"})
+    alone = train_spec(space.network([]), data, tcfg, seed=0, device=CPU, bn_momentum=0.1,
+                       min_output=int(cfg.proxy.min_output)).val_accuracy
+    assert alone > 0.6, alone  # the network learns (chance: 0.1)
+    assert abs(got - alone) < 0.1, (got, alone)
+
+
+def test_scoring_reuses_modules_and_carries_no_state(space_file, runs_dir):
+    """`score` assembles each network from block modules built for earlier networks (one per
+    position, block and input width): the result is the one freshly built modules give,
+    whatever was scored before with them (every parameter refilled, BN statistics reset, then
+    recalibrated on the given seed's batches), and no two positions share a module."""
+    cfg = config(space_file, runs_dir, "supernet.steps=6")
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0)
+    train_supernet(net, data, cfg.supernet, seed=0, device=CPU)
+    rng = random.Random(4)
+    members = [net.member(net.largest), net.member(net.smallest)] + [
+        net.member(space.decode(space.sample_indices(rng))) for _ in range(6)]
+    got = [score(net, spec, where, data, cfg.supernet, seed=k % 2, device=CPU)
+           for k, (spec, where) in enumerate(members * 2)]
+    blocks = sum(len(spec.blocks) for spec, _ in members)
+    assert len(net._scored) < blocks  # blocks were reused across networks
+    model = net.network(*members[0], reuse=True)
+    assert len({id(b) for b in model.blocks}) == len(model.blocks) > 2
+    for k, (spec, where) in enumerate(members * 2):
+        fresh = Supernet(space, make_adapt(cfg, data), seed=0)
+        fresh.load(net.state_dict())
+        want = score(fresh, spec, where, data, cfg.supernet, seed=k % 2, device=CPU)
+        assert (got[k]["val_accuracy"], got[k]["val_loss"]) == (want["val_accuracy"],
+                                                                want["val_loss"]), k

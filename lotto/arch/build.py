@@ -8,7 +8,7 @@ Module names follow the spec's layer table (`ArchSpec.layers()[i].name`): ``stem
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -84,12 +84,18 @@ class Block(nn.Module):
 class MobileNet(nn.Module):
     """A network built from an `ArchSpec` (kept as `.spec`)."""
 
-    def __init__(self, spec: ArchSpec):
+    def __init__(self, spec: ArchSpec, blocks: Sequence[nn.Module] | None = None):
+        """`blocks`: prebuilt `Block(spec, i)` modules, one per block (a supernet's scoring
+        reuses them across networks: building ~200 modules costs more than scoring on a few
+        hundred images); they are initialised again like the rest."""
         super().__init__()
         spec.validate()
         self.spec = spec
         self.stem = _stem(spec)
-        self.blocks = nn.Sequential(*(Block(spec, i) for i in range(len(spec.blocks))))
+        if blocks is not None and len(blocks) != len(spec.blocks):
+            raise ValueError(f"{len(blocks)} prebuilt blocks for {len(spec.blocks)} spec blocks")
+        self.blocks = nn.Sequential(*(blocks if blocks is not None else
+                                      (Block(spec, i) for i in range(len(spec.blocks)))))
         self.head = _head(spec)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.hidden = _hidden(spec)

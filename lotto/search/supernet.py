@@ -231,6 +231,7 @@ class Supernet:
                     weights[key] = grown
         self.weights = {k: nn.Parameter(v) for k, v in weights.items()}
         self._nets: dict[str, nn.Module] = {}
+        self._scored: dict[tuple, nn.Module] = {}  # scoring's Block modules
 
     # a network of the space: its spec, module and parameter -> supernet tensor map
     def member(self, choices: Sequence[tuple]) -> tuple[ArchSpec, list[tuple[int, int]]]:
@@ -246,6 +247,26 @@ class Supernet:
                 self._nets.clear()
             net = self._nets[key] = build_network(spec)
         return net
+
+    def _scoring_module(self, spec: ArchSpec) -> nn.Module:
+        """A network of `spec` for scoring, its blocks reused from earlier scored networks:
+        one module per (position, block, input width, BN and SE settings), so two positions
+        never share one. Apart from the training path's modules (scoring changes BN momentum
+        and statistics); every parameter is overwritten and every BN statistic recalibrated
+        before use."""
+        from lotto.arch.build import Block, MobileNet
+
+        inputs = spec.block_inputs()
+        blocks = []
+        for i, (b, cin) in enumerate(zip(spec.blocks, inputs)):
+            key = (i, b, cin, spec.bn_eps, spec.bn_momentum, spec.se_rule, spec.se_gate)
+            block = self._scored.get(key)
+            if block is None:
+                if len(self._scored) > 4096:
+                    self._scored.clear()
+                block = self._scored[key] = Block(spec, i)
+            blocks.append(block)
+        return MobileNet(spec, blocks)
 
     def params(self, spec: ArchSpec, where: Sequence[tuple[int, int]], net: nn.Module
                ) -> dict[str, Tensor]:
@@ -263,9 +284,11 @@ class Supernet:
         net = self._module(spec).train()
         return functional_call(net, self.params(spec, where, net), (x,))
 
-    def network(self, spec: ArchSpec, where: Sequence[tuple[int, int]]) -> nn.Module:
-        """A standalone network (already adapted `spec`) holding its slice of the weights."""
-        net = build_network(spec)
+    def network(self, spec: ArchSpec, where: Sequence[tuple[int, int]], reuse: bool = False
+                ) -> nn.Module:
+        """A standalone network (already adapted `spec`) holding its slice of the weights.
+        With `reuse` its blocks are modules built for earlier networks (`_scoring_module`)."""
+        net = self._scoring_module(spec) if reuse else build_network(spec)
         with torch.no_grad():
             for name, value in self.params(spec, where, net).items():
                 net.get_parameter(name).copy_(value)
@@ -413,12 +436,14 @@ def recalibrate(model: nn.Module, data: Data, batches: int, batch_size: int, see
 
 
 def score(net: Supernet, spec: ArchSpec, where: Sequence[tuple[int, int]], data: Data,
-          cfg: DictConfig, *, seed: int, device: torch.device) -> dict[str, float]:
-    """Validation accuracy / loss of one network with inherited weights, BN recalibrated."""
+          cfg: DictConfig, *, seed: int, device: torch.device, reuse: bool = True
+          ) -> dict[str, float]:
+    """Validation accuracy / loss of one network with inherited weights, BN recalibrated
+    (`reuse`: assembled from block modules built for earlier networks, `Supernet.network`)."""
     from lotto.train import evaluate
 
     start = time.perf_counter()
-    model = net.network(spec, where).to(device)
+    model = net.network(spec, where, reuse=reuse).to(device)
     recalibrate(model, data, int(cfg.recal_batches), int(cfg.recal_batch_size), seed, device)
     val_x, val_y = data.val_x, data.val_y
     n = cfg.get("score_images")
