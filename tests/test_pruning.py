@@ -14,9 +14,9 @@ from lotto.pruning import (
     global_groups,
     layer_kinds,
     layer_rates,
+    layerwise_survivors,
     magnitude_prune,
     ones_masks,
-    layerwise_survivors,
     prunable,
     random_masks_like,
 )
