@@ -316,7 +316,7 @@ class _Seed:
         lot = self.cfg.lottery
         alive = {k: math.prod(shape) for k, shape in self.shapes.items()}
         for _ in range(rnd):
-            alive = {k: layerwise_survivors(n, self.rates[k], lot.min_weights_per_layer)
+            alive = {k: layerwise_survivors(n, self.rates.get(k, 0.0), lot.min_weights_per_layer)
                      for k, n in alive.items()}
         gen = torch.Generator().manual_seed(stream_seed(self.seed, RANDOM_STREAM, rnd))
         masks = random_masks({k: (self.shapes[k], alive[k]) for k in self.shapes}, gen)
