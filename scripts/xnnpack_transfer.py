@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
@@ -156,6 +157,45 @@ def main() -> None:
             i = part.index.to_numpy()
             print(line(f"{group} {device}: host xnnpack", host[i], part.latency_ms))
             print(line(f"{group} {device}: multiply-adds", part.counted_mmacs, part.latency_ms))
+    blend(cal, host, host_b)
+
+
+def blend(cal: object, host: np.ndarray, host_blocks: dict[str, float]) -> None:
+    """model^(1-a) x host^a, a chosen on the published sources only (each predicted by the
+    model fitted without it; after one scale per source and phone), then scored on FBNet, whose
+    figures choose nothing."""
+    from lotto.latency.calibrate import leave_one_source_out
+
+    loso = leave_one_source_out(cal)  # type: ignore[arg-type]
+    rows = cal.rows  # type: ignore[attr-defined]
+
+    def published(a: float) -> float:
+        sq, n = 0.0, 0
+        for g, e in loso.items():
+            if "published" not in e:
+                continue
+            test = (rows.group == g).to_numpy()
+            mixed = np.exp((1 - a) * np.log(e["predictions"]) + a * np.log(host[test]))
+            phones = np.array(e["devices_of_rows"])
+            for phone in set(phones):
+                m = phones == phone
+                if m.sum() >= 3:
+                    err = scaled_metrics(mixed[m], e["truth"][m])["rmspe_after_scale"]
+                    sq, n = sq + m.sum() * err**2, n + m.sum()
+        return math.sqrt(sq / n)
+
+    grid = [round(0.1 * k, 1) for k in range(11)]
+    scores = {a: published(a) for a in grid}
+    best = min(scores, key=scores.__getitem__)
+    print("\nblend model^(1-a) x host^a, a chosen on the published sources only:")
+    print("  published (pooled, after one scale per source and phone): " + ", ".join(
+        f"a={a}: {v * 100:.2f}%" for a, v in scores.items()))
+    e = loso["hwnas"]
+    hosts = fbnet_network_sums(host_blocks)
+    for a in sorted({0.0, best, 1.0}):
+        mixed = np.exp((1 - a) * np.log(e["network_predictions"]) + a * np.log(hosts))
+        chosen = " (chosen)" if a == best else ""
+        print(line(f"FBNet held out, a={a}{chosen}", mixed, e["network_truth"]))
 
 
 if __name__ == "__main__":
