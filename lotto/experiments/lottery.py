@@ -16,9 +16,11 @@ Files under the run directory, per seed `seed<S>/`: `init.safetensors` (theta_0)
 and `round<R>/trained.safetensors` (the trained ticket). A (seed, round, variant) is finished
 when its row is in `metrics.csv`; the tensors are written before the row.
 
-Execution: each round's unfinished units of every seed are one batch of tasks of
-`lotto.parallel` (`train_units`, here or in workers). The driver makes each unit's start weights
-and mask, and alone writes the run directory, as each task ends. A unit that fails is recorded
+Execution: the unfinished units are one stream of tasks of `lotto.parallel` (`train_units`,
+here or in workers): a seed's next round is queued as its ticket ends, and with layer-wise
+ranking and no late rewinding every round's random_mask (which needs no ticket) is queued with
+round 0. The driver makes each unit's start weights and mask, and alone writes the run
+directory, as each task ends. A unit that fails is recorded
 in `failures.csv` and retried by the next run; a seed whose ticket failed skips its later rounds.
 
 With `parallel.batch_replicas` a round's units (variants x seeds) train together as batched
