@@ -127,10 +127,7 @@ def evaluate(
         rows = max(1, EVAL_CHUNK_BYTES // (x[0].numel() * x.element_size()))
         chunk = batch_size * max(1, rows // batch_size)
     for xb, yb in eval_batches(x, y, chunk):  # x: a tensor, or a split streamed from disk
-        if rows < len(yb):
-            out = torch.cat([model(piece).float() for piece in xb.split(rows)])
-        else:
-            out = model(xb).float()
+        out = torch.cat([model(piece).float() for piece in xb.split(rows)])
         for i in range(0, len(yb), batch_size):
             block = slice(i, i + batch_size)
             loss += F.cross_entropy(out[block], yb[block], reduction="sum")
