@@ -15,6 +15,8 @@
 (b*) the TensorDataset loop in a fresh interpreter with torch's own thread settings (OpenMP
     spin-waiting, which lotto turns off for busy machines), 1 and 2 threads: on an idle machine
     the fastest plain loop of all;
+(m) the demo's arithmetic alone (`matmul_floor`): per step the eight matrix multiplies, a fused
+    Adam step and the evaluation's multiplies, 1 thread, nothing else: the ceiling of (e1);
 (f) the demo's work as the demo runs it: `lotto lottery` (its defaults, 4 rounds = 13 trainings
     of `--iterations` each) with `--workers 2` (one single-threaded training per core), wall time
     of the whole command in a fresh interpreter: start-up, data loading, evaluations included.
@@ -87,6 +89,43 @@ def lotto_trainer(
     # the trainer's time includes its evaluations at iteration 0 and at the end: time them out
     evals = 2 * _eval_seconds(model, data)
     return iterations * cfg.train.batch_size / (result.seconds - evals)
+
+
+def matmul_floor(iterations: int, eval_every: int = 100, val: int = 5000) -> float:
+    """(m): images/s of the demo's arithmetic alone, 1 thread: per step LeNet-300-100's eight
+    matrix multiplies (3 forward, 3 weight gradients, 2 input gradients), a fused Adam step, and
+    every `eval_every` steps the 3 forward multiplies over `val` validation rows (in passes of
+    1,000 rows). No activation, loss, batch gathering, autograd or Python bookkeeping: no
+    trainer running these computations in eager PyTorch can beat this rate, so (m)/(b*) bounds
+    what (e1)/(b*) can reach."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(300, 784), (100, 300), (10, 100)]
+    weights = [torch.randn(o, i, generator=gen) * 0.05 for o, i in shapes]
+    biases = [torch.zeros(o) for o, _ in shapes]
+    params = [*weights, *biases]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt = torch.optim.Adam(params, lr=1.2e-3, fused=True)
+    x = torch.randn(60, 784, generator=gen)
+    rows = torch.randn(1000, 784, generator=gen)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for it in range(iterations):
+            acts = [x]
+            for w, b in zip(weights, biases):
+                acts.append(torch.addmm(b, acts[-1], w.t()))
+            grad = acts[-1]
+            for layer in (2, 1, 0):
+                torch.mm(grad.t(), acts[layer], out=weights[layer].grad)
+                if layer:
+                    grad = grad @ weights[layer]
+            opt.step()
+            if (it + 1) % eval_every == 0:
+                for _ in range(val // len(rows)):
+                    h = rows
+                    for w, b in zip(weights, biases):
+                        h = torch.addmm(b, h, w.t())
+    return iterations * 60 / (time.perf_counter() - start)
 
 
 def _eval_seconds(model: torch.nn.Module, data: object) -> float:
@@ -186,7 +225,7 @@ def main() -> None:
     root = torchvision_root()
     dev = args.device
     runs = {"e": [], "e1": [], "a": [], "b0": [], "b2": [], "bt": [], "c": [], "d": [], "bs1": [],
-            "bs2": [], "f": []}
+            "bs2": [], "f": [], "m": []}
     try:
         # interleaved, so load changes hit every variant alike; (a) and (c) run back to back,
         # before the loader's worker processes of (b') exist
@@ -194,6 +233,8 @@ def main() -> None:
             runs["e"].append(lotto_trainer(args.iterations, False, dev, demo_evals=True))
             torch.set_num_threads(1)
             runs["e1"].append(lotto_trainer(args.iterations, False, dev, demo_evals=True))
+            if dev == "cpu":
+                runs["m"].append(matmul_floor(args.iterations))
             torch.set_num_threads(args.threads)
             runs["bt"].append(plain_loop(args.iterations, 0, root, dev, tensors=True))
             runs["a"].append(lotto_trainer(args.iterations, sparse=False, device=dev))
@@ -217,6 +258,8 @@ def main() -> None:
     )
     print(f"  (e)  lotto trainer, demo, evals incl.  {best['e']:>9.0f} images/s")
     print(f"  (e1) the same, 1 thread                {best['e1']:>9.0f} images/s")
+    if runs["m"]:
+        print(f"  (m)  the demo's arithmetic alone, 1 thread {best['m']:>7.0f} images/s")
     print(f"  (a)  lotto trainer, evals timed out    {best['a']:>9.0f} images/s")
     print(f"  (b)  DataLoader loop, 0 workers        {best['b0']:>9.0f} images/s")
     print(f"  (b') DataLoader loop, 2 workers        {best['b2']:>9.0f} images/s")
@@ -229,6 +272,9 @@ def main() -> None:
     print(f"  (e)/(b)  = {best['e'] / baseline:.2f}x   (target >= 1.5; b = the fastest plain loop)")
     print(f"  (e1)/(b*, 1 thread) = {best['e1'] / best['bs1']:.2f}x   (one training, thread for "
           "thread)")
+    if runs["m"]:
+        print(f"  (m)/(b*, 1 thread) = {best['m'] / best['bs1']:.2f}x   (the ceiling of (e1)/(b*): "
+              "multiplies + Adam + evaluation multiplies only)")
     print(f"  (f)/(b)  = {best['f'] / baseline:.2f}x   (target >= 1.5: the demo's work, whole "
           "command)")
     print(f"  (a)/(b)  = {best['a'] / baseline:.2f}x   (target >= 3)")
