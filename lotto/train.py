@@ -440,10 +440,10 @@ def train(
     net, unwrap = distributed.data_parallel(model, device)
     params = list(model.parameters())
     optimizer = make_optimizer(params, cfg)
-    optimizer_step = step_function(optimizer)
     factor = lr_factor(cfg, total, warmup)
     # LambdaLR counts the steps taken here; the schedule is a function of the absolute step
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: factor(i + start_at))
+    optimizer_step = step_function(optimizer)  # after the scheduler has wrapped optimizer.step
     # a constant rate without warm-up never changes: skip the scheduler's per-step Python
     step_schedule = not (cfg.schedule == "constant" and warmup == 0)
     seed_everything(seed)  # dropout and anything else drawing from the global generator

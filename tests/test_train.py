@@ -112,6 +112,18 @@ def test_trainer_applies_schedule(digits: Data) -> None:
     assert lr[20] == pytest.approx(0.001)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_scheduled_training_warns_nothing(digits: Data, optimizer: str) -> None:
+    """The scheduler sees every optimizer step (the direct fused-Adam step included): PyTorch
+    warns when a scheduler steps before its optimizer ever did."""
+    import warnings
+
+    cfg = train_cfg("iterations=6it", "eval_every=3it", "schedule=cosine", f"optimizer={optimizer}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(model(), digits, cfg, seed=0, device=CPU)
+
+
 def test_budget_and_history(digits: Data) -> None:
     result = train(model(), digits, train_cfg("iterations=25it"), seed=0, device=CPU)
     assert result.iterations == 25
