@@ -166,6 +166,9 @@ def run_tasks(
                           on_result=on_result)
 
 
+_WARMING = -1  # a worker's `index` while it runs the warm-up job (`Runner.warm`)
+
+
 class Runner:
     """Runs batches of tasks on one backend, keeping its workers from one `run` to the next.
 
@@ -252,6 +255,21 @@ class Runner:
                      deliver)
         return results  # type: ignore[return-value]  (every slot is filled by now)
 
+    def warm(self, fn: Callable[[Any], Any], task: Any) -> None:
+        """Start every worker now and give each `fn(task)` as its first job, its result dropped
+        (process backend; nothing otherwise): the workers import torch and the task's module and
+        load what tasks need (a command passes a task that loads the data) while this process
+        does its own set-up, instead of after it. A warm-up that fails is ignored: a real task
+        meets the same error and reports it."""
+        if self.backend != "process":
+            return
+        payload = pickle.dumps((fn, task))
+        self._start(self.workers)
+        for w in self._slots:
+            if w.index is None:
+                w.conn.send_bytes(payload)  # read once the worker has imported torch
+                w.index, w.started = _WARMING, time.monotonic()
+
     def close(self) -> None:
         """Stop the worker processes: idle ones cleanly (within seconds), others at once."""
         for w in self._slots:
@@ -285,7 +303,7 @@ class Runner:
         slots, timeout = self._slots, self.timeout
 
         def replace(w: _Worker, error: str | None) -> None:
-            if error is not None:  # the task it was running fails
+            if error is not None and w.index != _WARMING:  # the task it was running fails
                 index, w.index = w.index, None
                 deliver(index, TaskResult("failed", None, error, time.monotonic() - w.started))
             w.kill()
@@ -322,6 +340,8 @@ class Runner:
                             replace(w, w.death() if w.index is not None else None)
                         elif msg[0] == "ready":
                             w.ready = True
+                        elif w.index == _WARMING:  # a warm-up's result or error: dropped
+                            w.index = None
                         elif msg[0] == "lotto_error":
                             raise LottoError(msg[2])
                         else:

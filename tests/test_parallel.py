@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 
 
+_REMEMBERED: list[object] = []  # in a worker: what its warm-up jobs left
+
+
 def work(task: tuple) -> object:
     """Every test task: ("train", seed), ("ok", x), ("raise", x), ("kill", _), ("hang", s)..."""
     kind, arg = task
@@ -51,6 +54,11 @@ def work(task: tuple) -> object:
         time.sleep(arg)
     if kind == "lotto":
         raise LottoError(f"no data at {arg}")
+    if kind == "remember":  # a warm-up job: what later tasks in this worker find
+        _REMEMBERED.append(arg)
+        return arg
+    if kind == "recall":
+        return list(_REMEMBERED), os.getpid()
     if kind == "stamp":  # (name, seconds): when it started, then busy for that long
         started = time.time()
         time.sleep(arg[1])
@@ -146,6 +154,27 @@ def test_tasks_added_by_on_result_run_first_with_several_workers_last_with_one(
     assert names == ["chain0", "side0", "side1", "side2", "chain1"]
     # two workers: chain0 + side0, then chain1 (added, first) + side1, then side2
     assert started["chain1"] < started["side2"]
+
+
+def test_warm_up_runs_first_in_every_worker_and_its_result_is_dropped(pool: Runner) -> None:
+    pool.warm(work, ("remember", "data"))
+    results = pool.run(work, [("recall", i) for i in range(4)])
+    assert len(results) == 4 and all(r.ok for r in results)
+    assert all(r.value[0][-1] == "data" for r in results)  # a worker ran it before any task
+    with Runner("serial") as serial:  # nothing to warm in this process
+        serial.warm(work, ("kill", 0))
+
+
+@pytest.mark.parametrize("warm_up", [("kill", 0), ("raise", 0), ("lotto", "/nowhere")])
+def test_a_failing_warm_up_fails_no_task(pool: Runner, warm_up: tuple) -> None:
+    """A worker killed in its warm-up is replaced; an error in it is dropped, not raised."""
+    pool.warm(work, warm_up)
+    seen: list[int] = []
+    results = pool.run(work, [("ok", i) for i in range(3)], on_result=lambda i, r: seen.append(i))
+    assert [r.status for r in results] == ["ok"] * 3
+    assert sorted(seen) == [0, 1, 2]  # no result delivered for a warm-up
+    assert [r.value[0] for r in results] == [0, 1, 2]
+    assert len(pool._slots) == 2 and all(w.proc.is_alive() for w in pool._slots)
 
 
 def test_process_faults_become_failed_results(

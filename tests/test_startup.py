@@ -52,3 +52,17 @@ def test_help_lists_the_commands() -> None:
     assert out.returncode == 0, out.stderr
     for command in ("lottery", "rethink", "bench", "build-v3", "runs", "compare"):
         assert command in out.stdout, command
+
+
+def test_a_lenet_and_a_one_seed_summary_import_no_torchvision_or_scipy() -> None:
+    """torchvision (it imports torch._dynamo) and scipy.stats cost seconds a process: the
+    lottery's driver and workers build LeNet and summarise one seed without them."""
+    body = """
+from lotto.models import build_model
+from lotto.report.aggregate import t_interval
+build_model("lenet_300_100", 1, 10, 28)
+import math
+assert all(math.isnan(v) for v in t_interval([1.0]))  # (nan, nan) for one seed
+"""
+    loaded = probe(body)
+    assert "torch" in loaded and "torchvision" not in loaded and "scipy" not in loaded

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import Conv2dNormActivation, SqueezeExcitation
 
 from lotto.arch.presets import PRESETS, preset
 from lotto.arch.spec import (
@@ -41,6 +40,8 @@ class Block(nn.Module):
 
     def __init__(self, spec: ArchSpec, index: int):
         super().__init__()
+        from torchvision.ops import Conv2dNormActivation, SqueezeExcitation  # see _stem
+
         b = spec.blocks[index]
         cin = spec.block_inputs()[index]
         norm, act = _norm(spec), _ACT[b.act]
@@ -115,6 +116,10 @@ class MobileNet(nn.Module):
 
 
 def _stem(spec: ArchSpec) -> nn.Module:
+    # torchvision imported where a spec network is built: importing it pulls in torch._dynamo
+    # (1.5-2.7 s here), which every process training only LeNet or a conv net would pay
+    from torchvision.ops import Conv2dNormActivation
+
     s = spec.stem
     return Conv2dNormActivation(
         spec.in_channels, s.channels, s.kernel, s.stride, norm_layer=_norm(spec),
@@ -125,6 +130,8 @@ def _stem(spec: ArchSpec) -> nn.Module:
 def _head(spec: ArchSpec) -> nn.Module | None:
     if not spec.head.conv:
         return None
+    from torchvision.ops import Conv2dNormActivation
+
     return Conv2dNormActivation(
         spec.blocks[-1].out, spec.head.conv, 1, norm_layer=_norm(spec),
         activation_layer=_ACT[spec.head.act],

@@ -51,12 +51,11 @@ SEEDED = ("lottery", "rethink", "search", "netadapt")
 def t_interval(values: Iterable[float], level: float = CI_LEVEL) -> tuple[float, float]:
     """Student-t interval of the mean, mean ± t(1 - (1-level)/2, n-1) · s/√n (s: sample std);
     (nan, nan) with fewer than 3 values (NaNs dropped)."""
-    from scipy.stats import t
-
     x = np.asarray(list(values), dtype=float)
     x = x[~np.isnan(x)]
     if len(x) < CI_MIN_SEEDS:
         return NAN, NAN
+    from scipy.stats import t  # here: importing scipy.stats takes seconds, a 1-seed run needs none
     mean = float(x.mean())
     half = float(t.ppf(1 - (1 - level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return mean - half, mean + half
