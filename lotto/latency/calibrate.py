@@ -10,6 +10,12 @@ Data (lotto/latency/data/, copies of shared/data with their sources in SOURCES.m
 - `pixel3_fbnet_blocks.csv`: 225 FBNet-space blocks timed one by one on a Pixel 3 (HW-NAS-Bench,
   `hwnas`): the per-operator evidence. Each block is priced as the sum of its runtime kernels
   (`ops.fbnet_ops`), with no per-network fixed cost (HW-NAS-Bench times blocks alone).
+- `xnnpack_host_units.csv` (optional, `host_weight` > 0): units of the published networks and
+  of the search spaces timed on this host through ExecuTorch + XNNPACK (`xnnpack_host`), with
+  their features priced by ops.py. A shape prior, not a phone: its own factor takes the
+  host-vs-phone scale, its rows inform only the shared relative costs; it trains every fold
+  (except that leave-one-family-out drops the held-out family's units) and is never scored as
+  a phone source. No unit sits at an FBNet-table or ProxylessNAS-Mobile position.
 
 Model: y_row = factor[source] * scale[phone] * (X_row . c), c >= 0 shared by all phones (the
 relative operator costs), one scale per phone (Pixel 1 = 1), one factor per source (the runtime
