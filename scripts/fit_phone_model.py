@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                              "each outer fold (inner leave-one-network-out); write nothing")
     parser.add_argument("--host-weight", type=float, default=None, metavar="W",
                         help="fit with the host XNNPACK units (data/xnnpack_host_units.csv) as "
-                             "one more calibrated source, each row weighing W; print its "
-                             "figures, write nothing unless --out is given")
+                             "one more calibrated source, each row weighing W (the chosen "
+                             "weight: calibrate.HOST_OPTION_WEIGHT = 0.03); print its figures, "
+                             "write nothing unless --out is given")
     parser.add_argument("--sweep-host-weight", type=float, nargs="+", metavar="W",
                         help="print the strict validation figures at each host row weight (0 = "
                              "no host rows), write nothing")

@@ -100,9 +100,14 @@ PRIOR_WEIGHT = 1.0  # the prior pseudo-row weighs as much as one data row's rela
 # (not nested); `block_weight_sweep` shows how much they move across candidate weights, and
 # `nested_block_weight` what a strict choice inside each fold gives (docs/latency.md)
 BLOCK_WEIGHT = 0.1
-# one host unit row against one whole network; 0 = the host source is not in the fit (the
-# shipped model: docs/latency.md says why; `scripts/fit_phone_model.py --host-weight W` fits it)
+# one host unit row against one whole network; 0 = the host source is not in the fit: the
+# shipped model. HOST_OPTION_WEIGHT was chosen by a rule fixed before the sweep (the lowest mean
+# leave-one-source-out RMSPE after one scale of the three published sources over {0.01, 0.03,
+# 0.1, 0.3, 1}); with it the FBNet source transfers at 4.8% but the strict pooled coverage of
+# the quoted error is 89%, outside the 2/3 +- 1/6 target, so it is an option
+# (`scripts/fit_phone_model.py --host-weight 0.03`), not the default (docs/latency.md)
 HOST_WEIGHT = 0.0
+HOST_OPTION_WEIGHT = 0.03
 FBNET_NETWORKS = 300
 ITERATIONS = 60
 SOURCES = {
