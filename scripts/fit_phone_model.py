@@ -3,10 +3,12 @@
 
     .venv/bin/python scripts/fit_phone_model.py            # refit, print the report, write JSON
     .venv/bin/python scripts/fit_phone_model.py --check    # refit and compare with the shipped file
+    .venv/bin/python scripts/fit_phone_model.py --host-weight 0.1   # with the host XNNPACK units
 
 Input: lotto/latency/data/pixel_published_latency.csv and pixel3_fbnet_blocks.csv (copies of
-shared/data, sources in lotto/latency/data/SOURCES.md). Deterministic: the same data gives the
-same file.
+shared/data, sources in lotto/latency/data/SOURCES.md); with --host-weight, also
+xnnpack_host_units.csv (units timed on this host, scripts/xnnpack_host_units.py).
+Deterministic: the same data gives the same file.
 See lotto/latency/calibrate.py for the protocol.
 """
 
@@ -54,6 +56,9 @@ def report(result: dict) -> str:
              f"({data['float_rows']} float rows, excluded {data['excluded']}), blocks sha256 "
              f"{data['blocks_sha256'][:12]} ({data['block_rows']} rows, weight "
              f"{data['block_weight']})"]
+    if data.get("host_rows"):
+        lines.append(f"host XNNPACK units sha256 {data['host_sha256'][:12]} "
+                     f"({data['host_rows']} rows, weight {data['host_weight']})")
     lines.append(f"source factors (runtime scale vs v3_paper): {result['factors']}")
     p1 = result["devices"]["pixel1"]
     lines.append("coefficients: " + ", ".join(f"{f}={p1['coef'][f]:.4g}" for f in FEATURES))
@@ -95,7 +100,7 @@ def report(result: dict) -> str:
                 lines.append(f"  {phone:7s} {fam:20s} {_m(m)}")
     lines.append("\nleave one source out (raw = fold's reference scale)")
     for g, e in result["cv"]["leave_one_source_out"].items():
-        for k in ("published", "blocks", "networks"):
+        for k in ("published", "blocks", "networks", "host"):
             if k in e:
                 lines.append(f"  {g:10s} {k:9s} {_m(e[k])}")
     sh = result["cv"]["fbnet_leave_one_shape_out"]
@@ -103,19 +108,27 @@ def report(result: dict) -> str:
     lines.append(f"  blocks    {_m(sh['blocks'])}")
     lines.append(f"  networks  {_m(sh['networks'])}")
     lines.append(f"  MACs x one scale on the networks: {_m(result['cv']['fbnet_macs_one_scale'])}")
+    px = result["cv"]["proxylessnas_mobile_pixel1"]
+    lines.append(f"\nProxylessNAS-Mobile, Pixel 1 (in no fit): {px['predicted_ms']:.1f} ms vs "
+                 f"{px['published_ms']:.0f} ms ({px['error'] * 100:+.1f}%, quoted "
+                 f"{px['expected_error'] * 100:.1f}%); ratio to MobileNetV2 "
+                 f"{px['ratio_to_v2']:.3f} vs {px['published_ratio_to_v2']:.3f}")
     return "\n".join(lines)
 
 
-def sweep_report(rows: list[dict]) -> str:
-    """A markdown table: one row per block weight."""
-    lines = ["| block weight | LOFO RMSPE P1 / P2 / P3 | LOSO after one scale v3_paper / v2_readme "
-             "/ v3_readme / FBNet nets | FBNet shape-out nets (rho) | expected error P1 / P2 / "
-             "P3 | strict coverage |", "|" + " --- |" * 6]
+def sweep_report(rows: list[dict], field: str = "block_weight") -> str:
+    """A markdown table: one row per block (or host) weight."""
+    lines = [f"| {field.replace('_', ' ')} | LOFO RMSPE P1 / P2 / P3 | LOSO after one scale "
+             "v3_paper / v2_readme / v3_readme / FBNet nets | FBNet source out: after scale, raw "
+             "(rho) | FBNet shape-out nets (rho) | expected error P1 / P2 / P3 | strict coverage |",
+             "|" + " --- |" * 7]
     for r in rows:
         lo, ls, ee = r["lofo"], r["loso_after_scale"], r["expected_error"]
         lines.append(
-            f"| {r['block_weight']:g} | " + " / ".join(f"{lo[p] * 100:.1f}" for p in lo) + "% | "
+            f"| {r[field]:g} | " + " / ".join(f"{lo[p] * 100:.1f}" for p in lo) + "% | "
             + " / ".join(f"{ls[g] * 100:.1f}" for g in ls) + "% | "
+            f"{r['fbnet_source_out'] * 100:.1f}%, {r['fbnet_source_out_raw'] * 100:.1f}% "
+            f"({r['fbnet_source_out_spearman']:.3f}) | "
             f"{r['fbnet_shape_out'] * 100:.1f}% ({r['fbnet_shape_out_spearman']:.3f}) | "
             + " / ".join(f"{ee[p] * 100:.1f}" for p in ee) + "% | "
             f"{r['strict_coverage'] * 100:.0f}% |")
@@ -134,12 +147,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nested-block-weight", type=float, nargs="+", metavar="W",
                         help="leave-one-family-out with the block weight chosen among W inside "
                              "each outer fold (inner leave-one-network-out); write nothing")
+    parser.add_argument("--host-weight", type=float, default=None, metavar="W",
+                        help="fit with the host XNNPACK units (data/xnnpack_host_units.csv) as "
+                             "one more calibrated source, each row weighing W (the chosen "
+                             "weight: calibrate.HOST_OPTION_WEIGHT = 0.03); print its figures, "
+                             "write nothing unless --out is given")
+    parser.add_argument("--sweep-host-weight", type=float, nargs="+", metavar="W",
+                        help="print the strict validation figures at each host row weight (0 = "
+                             "no host rows), write nothing")
     parser.add_argument("--shared-traffic", action="store_true",
                         help="the variant with one cost per activation element for every "
                              "operator (calibrate.SHARED_TRAFFIC): print its figures (with "
                              "--sweep/--nested too), write nothing unless --out is given")
     args = parser.parse_args(argv)
     cal = load_calibration(args.data)
+    variant = args.shared_traffic or (args.host_weight is not None
+                                      and args.host_weight != cal.host_weight)
+    if args.host_weight is not None:
+        cal = dataclasses.replace(cal, host_weight=args.host_weight)
+    if args.sweep_host_weight:
+        print(sweep_report(block_weight_sweep(cal, args.sweep_host_weight, "host_weight"),
+                           "host_weight"))
+        return 0
     if args.shared_traffic:
         cal = dataclasses.replace(cal, tied=SHARED_TRAFFIC)
     if args.nested_block_weight:
@@ -160,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         same = _close(result, shipped)
         print(f"\nshipped {args.out}: {'reproduced' if same else 'DIFFERS from the refit'}")
         return 0 if same else 1
-    if args.shared_traffic and args.out == Path(model_path()):
-        return 0  # never overwrite the shipped model with the variant
+    if variant and args.out == Path(model_path()):
+        return 0  # never overwrite the shipped model with a variant
     args.out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(f"\nwrote {args.out}")
     return 0

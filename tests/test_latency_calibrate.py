@@ -233,3 +233,114 @@ def test_shared_traffic_variant_prices_the_unseen_fbnet_source(cal):
     assert ours["rmspe_after_scale"] < min(shipped["rmspe_after_scale"],
                                            macs["rmspe_after_scale"])
     assert ours["spearman"] > max(shipped["spearman"], macs["spearman"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The host XNNPACK units (`xnnpack_host`): a calibrated shape prior
+
+
+@pytest.fixture(scope="module")
+def with_host(cal):
+    return dataclasses.replace(cal, host_weight=0.1)
+
+
+def test_host_rows_are_loaded_with_their_own_factor(cal, with_host):
+    from lotto.latency.calibrate import HOST_GROUP, HOST_WEIGHT, fit_devices
+
+    assert len(cal.host) >= 100 and cal.XH.shape == (len(cal.host), len(cal.X[0]))
+    assert (cal.XH[:, -1] == 0).all()  # units are timed alone: no per-network fixed cost
+    off = cal.design()
+    assert (HOST_GROUP in set(off["group"])) == (HOST_WEIGHT > 0)
+    d = with_host.design()
+    host = d["group"] == HOST_GROUP
+    assert host.sum() == len(cal.host) and (d["w"][host] == 0.1).all()
+    assert (d["device"][host] == "pixel1").all()  # the reference phone: the factor is the scale
+    np.testing.assert_array_equal(d["y"][host], cal.host.host_ms.to_numpy(float))
+    fit = fit_devices(with_host)
+    # the host runtime on an x86 core runs far faster than a Pixel 1: its factor says so
+    assert 0 < fit["factors"][HOST_GROUP] < 0.5
+    assert fit["factors"]["hwnas"] > 1
+
+
+def _unit_shape(key: str) -> tuple[int, int, int, int]:
+    """(input size, input width, output size, output width) from a unit key."""
+    import re
+
+    h, _, cin = (int(v) for v in key.split("@")[1].split("+")[0].split("x"))
+    if key.startswith("classifier"):
+        return h, cin, 1, int(re.search(r"_n(\d+)@", key).group(1))
+    s = re.search(r"_s(\d+)_", key)
+    stride = int(s.group(1)) if s else 1
+    return h, cin, (h - 1) // stride + 1, int(re.search(r"_c(\d+)", key).group(1))
+
+
+def test_host_units_hold_no_fbnet_or_proxyless_shape(cal):
+    """The FBNet source is scored held out and the ProxylessNAS mobile table is reserved: no
+    host unit sits at one of their positions."""
+    from lotto.latency.checks import proxylessnas_mobile
+    from lotto.latency.ops import FBNET_POSITIONS
+
+    fbnet = {(h, cin, (h - 1) // s + 1, cout) for h, cin, cout, s in FBNET_POSITIONS}
+    fbnet |= {(224, 3, 112, 16), (7, 352, 7, 1984), (7, 1984, 1, 1000)}
+    proxyless = {_unit_shape(c.key) for c in proxylessnas_mobile().block_contexts()}
+    shapes = {_unit_shape(k) for k in cal.host.key}
+    assert not shapes & fbnet and not shapes & proxyless
+    assert _unit_shape("ir_k5_s2_e48_c32_re6@112x112x16") == (112, 16, 56, 32)
+
+
+def test_host_features_are_the_models_own_pricing(cal):
+    from lotto.latency.phone import unit_features
+    from lotto.latency.variants import calibration_spec
+
+    row = {k: i for i, k in enumerate(cal.host.key)}
+    checked = 0
+    for r in cal.rows.drop_duplicates(["network", "width_mult", "resolution"]).itertuples():
+        spec = calibration_spec(r.network, float(r.width_mult), int(r.resolution))
+        units = unit_features(spec)
+        for c in spec.block_contexts():
+            if c.key in row:
+                np.testing.assert_allclose(cal.XH[row[c.key], :-1], units[c.name], rtol=1e-9)
+                checked += 1
+    assert checked >= 50
+
+
+def test_host_source_is_held_out_and_trains_the_others(with_host):
+    """Leave one source out with the host units in: scrambling the host labels leaves the host
+    fold's predictions alone and moves the FBNet fold (they train it); scrambling the FBNet
+    blocks leaves the FBNet networks' held-out predictions alone."""
+    from lotto.latency.calibrate import HOST_GROUP
+
+    base = leave_one_source_out(with_host)
+    rng = np.random.default_rng(5)
+    host = with_host.host.copy()
+    host["host_ms"] *= rng.uniform(0.5, 2.0, len(host))
+    moved = leave_one_source_out(dataclasses.replace(with_host, host=host))
+    np.testing.assert_allclose(moved[HOST_GROUP]["host_predictions"],
+                               base[HOST_GROUP]["host_predictions"], rtol=1e-12)
+    assert not np.allclose(moved["hwnas"]["network_predictions"],
+                           base["hwnas"]["network_predictions"])
+    moved = leave_one_source_out(_scrambled(with_host, "hwnas"))
+    np.testing.assert_allclose(moved["hwnas"]["network_predictions"],
+                               base["hwnas"]["network_predictions"], rtol=1e-12)
+    # no error bar is calibrated on host milliseconds: the phone sources only
+    assert HOST_GROUP not in strict_coverage(with_host, base)["folds"]
+
+
+@pytest.mark.parametrize("held_out", ["mobilenet_v2", "mobilenet_v3"])
+def test_lofo_holds_out_the_families_host_units_too(with_host, held_out):
+    """Scrambling the held-out family's labels and its host units' timings leaves its
+    predictions alone (both are out of its fold); the other family's host units train it."""
+    base = cross_validate(with_host, "family2")
+    test = (with_host.rows.family2 == held_out).to_numpy()
+    rng = np.random.default_rng(7)
+    rows, host = with_host.rows.copy(), with_host.host.copy()
+    rows.loc[test, "latency_ms"] *= rng.uniform(0.5, 2.0, test.sum())
+    mine = (host.family2 == held_out).to_numpy()
+    assert mine.sum() >= 10
+    host.loc[mine, "host_ms"] *= rng.uniform(0.5, 2.0, mine.sum())
+    moved = cross_validate(dataclasses.replace(with_host, rows=rows, host=host), "family2")
+    np.testing.assert_allclose(moved["predictions"][test], base["predictions"][test], rtol=1e-12)
+    others = host.copy()
+    others.loc[~mine, "host_ms"] *= rng.uniform(0.5, 2.0, (~mine).sum())
+    moved = cross_validate(dataclasses.replace(with_host, host=others), "family2")
+    assert not np.allclose(moved["predictions"][test], base["predictions"][test])

@@ -191,8 +191,10 @@ class PhoneModel:
                     f"measured on {self.info['calibrated_from']}; expected RMSPE ~ "
                     f"{self.expected_error * 100:.0f}% from {self.info.get('cv_rule', 'CV')})")
         blocks = int(self.info.get("block_rows") or 0)
-        fitted = (f"operator costs fitted on {self.n_rows - blocks} published latencies and "
-                  f"{blocks} Pixel-3 FBNet blocks")
+        host = int(self.info.get("host_rows") or 0)
+        fitted = (f"operator costs fitted on {self.n_rows - blocks - host} published latencies "
+                  f"and {blocks} Pixel-3 FBNet blocks"
+                  + (f", shaped by {host} units timed on host XNNPACK" if host else ""))
         if self.device != "pixel1":
             fitted += (f"; {self.device}: pixel1's relative costs x {self.scale:.3f} "
                        f"(from {self.n_scale_rows} rows"
@@ -271,6 +273,7 @@ def _load_shipped(name: str) -> PhoneModel:
         n_rows=int(entry["n_rows"]),
         n_scale_rows=int(entry.get("n_scale_rows", 0)),
         info={"data_sha256": data["data"]["sha256"], "block_rows": data["data"].get("block_rows"),
+              "host_rows": data["data"].get("host_rows"),
               "rel_error": float(entry["rel_error"]), "scale_error": float(entry["scale_error"]),
               "relative_costs": entry.get("relative_costs"), "threads": entry.get("threads", 1),
               "error_basis": entry.get("error_basis"),
