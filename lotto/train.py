@@ -419,7 +419,8 @@ def train(
     checkpoints = dict(checkpoints or {})
 
     model.to(device).train()
-    if cfg.channels_last:
+    channels_last = bool(cfg.channels_last)  # read once: a DictConfig lookup is ~10 us a step
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     named = dict(model.named_parameters())
     masked = [
@@ -511,7 +512,7 @@ def train(
             x, y = next(batches)
             if data.augment:
                 x = _augment(x, augment_gen, None if shard is None else (global_batch, shard))
-            if cfg.channels_last and x.dim() == 4:
+            if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
                 out = net(x).float()
