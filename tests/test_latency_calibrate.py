@@ -165,11 +165,14 @@ def test_shipped_quoted_errors_are_per_phone(cal, shipped):
         assert m.expected_error == pytest.approx(
             math.hypot(m.info["rel_error"], m.info["scale_error"]))
     # the strict coverage is what the file reports per phone; in-sample meets the (conformal)
-    # level of four sources, and the strict pooled coverage is about 2/3 (within 1/6)
+    # level of four sources. Strict pooled coverage: each fold's bars come from 3 sources, and
+    # the recipe promises an unseen source at least 2/3 and at most 2/3 + 1/(3 + 1)
+    # (docs/latency.md); below, 1/6 of slack, as 4 sources make the figure coarse. (The upper
+    # bound was 2/3 + 1/6 until pixel-operator-v4 measured 89%, its folds' nominal level 8/9.)
     err = shipped["errors"]
     assert err["level"] == pytest.approx(conformal_level(4))
     assert err["coverage_in_sample"] >= err["level"] - 1e-9
-    assert abs(err["coverage"] - COVER) <= 1 / 6
+    assert COVER - 1 / 6 <= err["coverage"] <= COVER + 1 / 4
     assert {p: d[p]["coverage"] for p in PHONES[:3]} == pytest.approx(
         {p: err["devices"][p]["coverage"] for p in PHONES[:3]})
     assert set(err["folds"]) == {"v3_paper", "v2_readme", "v3_readme", "hwnas"}
