@@ -202,22 +202,20 @@ class Calibration:
             "device": [r.device.to_numpy()], "w": [np.ones(len(r))],
             "published": [np.ones(len(r), bool)],
         }
+
+        def add(X: np.ndarray, y: np.ndarray, group: str, device: str, weight: float) -> None:
+            n = len(y)
+            for key, value in (("X", X), ("y", y), ("group", np.full(n, group, dtype=object)),
+                               ("device", np.full(n, device, dtype=object)),
+                               ("w", np.full(n, weight)), ("published", np.zeros(n, bool))):
+                parts[key].append(value)
+
         if use_blocks:
-            parts["X"].append(self.XB)
-            parts["y"].append(b.pixel3_ms.to_numpy(float))
-            parts["group"].append(np.full(len(b), BLOCK_GROUP, dtype=object))
-            parts["device"].append(np.full(len(b), "pixel3", dtype=object))
-            parts["w"].append(np.full(len(b), self.block_weight))
-            parts["published"].append(np.zeros(len(b), bool))
+            add(self.XB, b.pixel3_ms.to_numpy(float), BLOCK_GROUP, "pixel3", self.block_weight)
         if self.n_host and use_blocks:  # the published-only designs (baseline) have neither
-            h = self.host
-            parts["X"].append(self.XH)
-            parts["y"].append(h.host_ms.to_numpy(float))
-            parts["group"].append(np.full(len(h), HOST_GROUP, dtype=object))
             # the reference phone's scale (1): the source factor is the host-vs-phone scale
-            parts["device"].append(np.full(len(h), "pixel1", dtype=object))
-            parts["w"].append(np.full(len(h), self.host_weight))
-            parts["published"].append(np.zeros(len(h), bool))
+            add(self.XH, self.host.host_ms.to_numpy(float), HOST_GROUP, "pixel1",
+                self.host_weight)
         return {k: np.concatenate(v) for k, v in parts.items()}
 
     def without_host_family(self, fam2: str) -> Calibration:
