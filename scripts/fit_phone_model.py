@@ -3,11 +3,11 @@
 
     .venv/bin/python scripts/fit_phone_model.py            # refit, print the report, write JSON
     .venv/bin/python scripts/fit_phone_model.py --check    # refit and compare with the shipped file
-    .venv/bin/python scripts/fit_phone_model.py --host-weight 0.1   # with the host XNNPACK units
+    .venv/bin/python scripts/fit_phone_model.py --host-weight 0     # without the host units (v3)
 
 Input: lotto/latency/data/pixel_published_latency.csv and pixel3_fbnet_blocks.csv (copies of
-shared/data, sources in lotto/latency/data/SOURCES.md); with --host-weight, also
-xnnpack_host_units.csv (units timed on this host, scripts/xnnpack_host_units.py).
+shared/data, sources in lotto/latency/data/SOURCES.md) and xnnpack_host_units.csv (units timed
+on this host, scripts/xnnpack_host_units.py).
 Deterministic: the same data gives the same file.
 See lotto/latency/calibrate.py for the protocol.
 """
@@ -148,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave-one-family-out with the block weight chosen among W inside "
                              "each outer fold (inner leave-one-network-out); write nothing")
     parser.add_argument("--host-weight", type=float, default=None, metavar="W",
-                        help="fit with the host XNNPACK units (data/xnnpack_host_units.csv) as "
-                             "one more calibrated source, each row weighing W (the chosen "
-                             "weight: calibrate.HOST_OPTION_WEIGHT = 0.03); print its figures, "
-                             "write nothing unless --out is given")
+                        help="fit with the host XNNPACK units (data/xnnpack_host_units.csv) "
+                             "weighing W a row instead of calibrate.HOST_WEIGHT (0.03; 0 = "
+                             "without them, as pixel-operator-v3); print its figures, write "
+                             "nothing unless --out is given")
     parser.add_argument("--sweep-host-weight", type=float, nargs="+", metavar="W",
                         help="print the strict validation figures at each host row weight (0 = "
                              "no host rows), write nothing")

@@ -10,10 +10,11 @@ Data (lotto/latency/data/, copies of shared/data with their sources in SOURCES.m
 - `pixel3_fbnet_blocks.csv`: 225 FBNet-space blocks timed one by one on a Pixel 3 (HW-NAS-Bench,
   `hwnas`): the per-operator evidence. Each block is priced as the sum of its runtime kernels
   (`ops.fbnet_ops`), with no per-network fixed cost (HW-NAS-Bench times blocks alone).
-- `xnnpack_host_units.csv` (optional, `host_weight` > 0): units of the published networks and
-  of the search spaces timed on this host through ExecuTorch + XNNPACK (`xnnpack_host`), with
-  their features priced by ops.py. A shape prior, not a phone: its own factor takes the
-  host-vs-phone scale, its rows inform only the shared relative costs; it trains every fold
+- `xnnpack_host_units.csv` (in the fit since v4, `host_weight` 0.03; 0 leaves it out): units
+  of the published networks and of the search spaces timed on this host through ExecuTorch +
+  XNNPACK (`xnnpack_host`), with their features priced by ops.py. A shape prior, not a phone:
+  its own factor takes the host-vs-phone scale, its rows inform only the shared relative
+  costs; it trains every fold
   (except that leave-one-family-out drops the held-out family's units) and is never scored as
   a phone source. No unit sits at an FBNet-table or ProxylessNAS-Mobile position.
 
@@ -106,7 +107,6 @@ BLOCK_WEIGHT = 0.1
 # scale of the three published sources over {0.01, 0.03, 0.1, 0.3, 1}. Not robust far from it
 # (Pixel 1's leave-one-family-out is 16.3% at 0.1, 37.9% at 0.3): docs/latency.md
 HOST_WEIGHT = 0.03
-HOST_OPTION_WEIGHT = HOST_WEIGHT
 FBNET_NETWORKS = 300
 ITERATIONS = 60
 SOURCES = {
