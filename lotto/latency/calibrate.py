@@ -14,9 +14,9 @@ Data (lotto/latency/data/, copies of shared/data with their sources in SOURCES.m
   of the published networks and of the search spaces timed on this host through ExecuTorch +
   XNNPACK (`xnnpack_host`), with their features priced by ops.py. A shape prior, not a phone:
   its own factor takes the host-vs-phone scale, its rows inform only the shared relative
-  costs; it trains every fold
-  (except that leave-one-family-out drops the held-out family's units) and is never scored as
-  a phone source. No unit sits at an FBNet-table or ProxylessNAS-Mobile position.
+  costs; it trains every fold (except that leave-one-family-out drops the held-out family's
+  units) and is never scored as a phone source. No unit sits at an FBNet-table or
+  ProxylessNAS-Mobile position.
 
 Model: y_row = factor[source] * scale[phone] * (X_row . c), c >= 0 shared by all phones (the
 relative operator costs), one scale per phone (Pixel 1 = 1), one factor per source (the runtime
@@ -251,10 +251,8 @@ def host_family(spec_name: str, origin: str) -> str:
     """A host unit's published family (family2), or `space` / `mnasnet` for the others."""
     if origin != "published":
         return "space"
-    if spec_name.startswith("mobilenet_v2"):
-        return "mobilenet_v2"
-    if spec_name.startswith("mobilenet_v3"):
-        return "mobilenet_v3"
+    if spec_name.startswith(("mobilenet_v2", "mobilenet_v3")):
+        return family2(family(spec_name))
     return "mnasnet"
 
 
