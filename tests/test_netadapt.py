@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import lotto.experiments.netadapt as na
+import lotto.latency.lut as lut_mod
 from lotto.arch import load_spec
 from lotto.arch.build import build_network
 from lotto.cli import app
@@ -215,9 +216,16 @@ def test_default_proxy_fits_small_images():
 
 @pytest.mark.skipif(os.environ.get("LOTTO_SKIP_TIMING") == "1", reason="times this host")
 def test_cpu_target_uses_a_table_and_measures_the_final(spec_file, tmp_path, monkeypatch):
-    # about the pricing path, not this machine's noise: 50 ms timings of tiny units on shared
-    # cores can stay above the table's IQR limit (tests/test_latency_lut.py tests that refusal)
-    monkeypatch.setattr("lotto.latency.lut.UNIT_MAX_IQR", float("inf"))
+    # about the pricing path, not this machine's noise: the tiny units' real timings are
+    # per-call overhead, so on busy cores the width-8 floor can time slower than the seed (CI
+    # saw 2.31 vs 1.79 ms). The table's units are priced by their MACs; the final network is
+    # still measured for real.
+    def units(spec, *a, **k):
+        ms = {n: 1e-6 * i.macs + 0.01 for n, i in lut_mod.unit_infos(spec).items()}
+        return {n: {"median": v, "p25": v * 0.999, "p75": v * 1.001, "mean": v, "std": 0.0,
+                    "n": 10, "number_per_run": 1} for n, v in ms.items()}
+
+    monkeypatch.setattr(lut_mod, "time_units_in_situ", units)
     opts = ["latency.device=cpu", "latency.min_run_time=0.05", "latency.lut_multipliers=[0.5]",
             "netadapt.scratch=false", "netadapt.baseline=none", "netadapt.max_steps=1"]
     cfg = config(spec_file, tmp_path, *opts)
