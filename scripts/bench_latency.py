@@ -202,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unit-time", type=float, default=0.3,
                         help="seconds of timed runs per table network (insitu) or unit")
     parser.add_argument("--net-time", type=float, default=1.0, help="seconds per network")
-    parser.add_argument("--clock", default="wall", choices=("wall", "thread"),
-                        help="thread: CPU time of the timing thread (cpu, 1 thread; shared hosts)")
+    parser.add_argument("--clock", default="wall", choices=("wall", "thread", "paired"),
+                        help="thread: CPU time of the timing thread (cpu, 1 thread; shared hosts); "
+                        "paired: relative to a reference network before each call (cpu)")
     parser.add_argument("--method", default="insitu", choices=("insitu", "isolated"),
                         help="units timed inside networks (insitu) or alone (isolated)")
     parser.add_argument("--skip-phones", action="store_true", help="host table only")

@@ -125,8 +125,9 @@ def predict(
     source: None = `measure` on hosts, `model` on phones; `lut` (hosts) sums `lut`; `model`
     on a host uses `lut`'s fitted fallback model. Phones accept only `model`.
     input_shape: for a module without a spec (default (1, 3, 224, 224)).
-    clock: wall (default) or thread (CPU time of the timing thread; cpu at 1 thread, for
-    machines shared with other work).
+    clock: wall (default), thread (CPU time of the timing thread; cpu at 1 thread, for
+    machines shared with other work) or paired (cpu: relative to a reference network run
+    before each call, `lotto.latency.paired`, for machines whose speed drifts).
     Fast path: a phone model or table prices a spec from per-unit caches (> 10^4 per second
     when units repeat, as in search loops).
     Mobile runtimes (`xnnpack`, `adb`, `adb:SERIAL`) are measured: the network is exported to

@@ -425,9 +425,18 @@ def open_lut(path: Path, device: str, threads: int, dtype: str = "float32",
     return Lut.empty(device, threads, dtype, path, clock, method)
 
 
-def _setup(lut: Lut) -> tuple[str, int, str, str]:
+def _setup(lut: Lut, core: int | None = None) -> tuple[str, int, str, str]:
+    """The table's (device, threads, dtype, clock). Clock paired: the scale is the table's own
+    reference time (measured and stored when the table is first used)."""
     m = lut.meta
-    return m["device"], int(m["threads"]), m["dtype"], m.get("clock", "wall")
+    clock = m.get("clock", "wall")
+    if clock == "paired":
+        from lotto.latency.paired import reference_ms, use_reference_ms
+
+        if m.get("reference_ms") is None:
+            m["reference_ms"] = reference_ms(int(m["threads"]), core)
+        use_reference_ms(int(m["threads"]), m["reference_ms"])
+    return m["device"], int(m["threads"]), m["dtype"], clock
 
 
 def time_unit(spec: ArchSpec, info: UnitInfo, device: str, threads: int, min_run_time: float,
@@ -493,15 +502,23 @@ def time_units_in_situ(spec: ArchSpec, device: str, threads: int, min_run_time: 
             handles.append(modules[name].register_forward_pre_hook(pre))
             handles.append(modules[name].register_forward_hook(post))
     runs: list[dict[str, float]] = []
+    ref, scale = (lambda: None), None  # clock paired: the reference network before each pass
+    if clock == "paired":
+        from lotto.latency import paired
+
+        ref, scale = paired.reference_call(threads), paired.reference_ms(threads, core) / 1e3
     try:
         with pinned_threads(threads, core), torch.inference_mode():
             for _ in range(5):
+                ref()
                 prepared()
             begin = time.perf_counter()
             while time.perf_counter() - begin < min_run_time or len(runs) < 10:
+                ref_s = paired.reference_seconds(ref) if scale else 1.0
                 current.clear()
                 prepared()
-                runs.append(dict(current))
+                runs.append(dict(current) if scale is None
+                            else {u: v / ref_s * scale for u, v in current.items()})
     finally:
         for h in handles:
             h.remove()
@@ -530,7 +547,7 @@ def build_entries(
     missing unit inside that network, keeping the first measurement of each key; isolated
     builds and times each missing unit alone (`build_block`).
     """
-    device, threads, dtype, clock = _setup(lut)
+    device, threads, dtype, clock = _setup(lut, core)
     specs = list(specs)
     todo = lut.missing(specs)
     limit = float(lut.meta.get("max_iqr", UNIT_MAX_IQR))
@@ -619,7 +636,7 @@ def measure_spec(spec: ArchSpec, device: str, threads: int, min_run_time: float,
 def calibrate_offset(lut: Lut, specs: list[ArchSpec], *, min_run_time: float = 0.5,
                      core: int | None = None) -> float:
     """Set `offset_ms` = median(measured - table sum) over reference networks (never < 0)."""
-    device, threads, dtype, clock = _setup(lut)
+    device, threads, dtype, clock = _setup(lut, core)
     gaps = []
     for spec in specs:
         t = measure_spec(spec, device, threads, min_run_time, dtype, core, clock)
@@ -663,7 +680,7 @@ def validate(lut: Lut, specs: list[ArchSpec], *, min_run_time: float = 1.0,
     table's own, to check networks the table misses units of). With `record`, the table keeps
     the median gap over all of them as its offset and the RMSPE as its expected error.
     """
-    device, threads, dtype, clock = _setup(lut)
+    device, threads, dtype, clock = _setup(lut, core)
     measured, sums, details = [], [], []
     for i, spec in enumerate(specs):
         if progress:

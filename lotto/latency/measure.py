@@ -11,6 +11,7 @@ overhead negligible and synchronises around blocks.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import platform
 import statistics
@@ -288,14 +289,20 @@ def least_noisy(measure: Callable[[], Timing], limit: float = NOISY_IQR,
         if again.iqr_rel < best.iqr_rel:
             best = again
     return best, tries
-CLOCKS = ("wall", "thread")
+CLOCKS = ("wall", "thread", "paired")
 
 
 def clock_fn(clock: str, dev: torch.device, threads: int) -> Callable[[], float]:
     """wall: perf_counter (the protocol). thread: CPU time of the calling thread, which leaves
     out time spent descheduled, for shared machines; valid for cpu at one thread only (then
-    every op runs inline in this thread)."""
+    every op runs inline in this thread). paired: wall time relative to a reference network run
+    before each timed call (`lotto.latency.paired`), for machines whose speed drifts; cpu only.
+    The function returned for paired is the wall clock the pairs are timed with."""
     if clock == "wall":
+        return time.perf_counter
+    if clock == "paired":
+        if dev.type != "cpu":
+            raise LottoError("clock 'paired' measures cpu only; use clock 'wall'")
         return time.perf_counter
     if clock == "thread":
         if dev.type != "cpu" or threads != 1:
@@ -357,13 +364,16 @@ def time_callable(
     1 ms or more are then timed one by one (synchronised on CUDA) for at least `min_run_time`
     seconds and `min_runs` calls, which gives honest per-call quantiles; shorter calls go
     through `torch.utils.benchmark.Timer.blocked_autorange`, whose blocks amortise the timer.
-    `clock`: see `clock_fn` (the run-time budget is always wall time).
+    `clock`: see `clock_fn` (the run-time budget is always wall time). Under `paired` every
+    sample is the reference network once, then one call (or, below 1 ms, a block of calls).
     """
     from torch.utils import benchmark
 
     dev = check_host_device(device)
     steady_allocator()
     now = clock_fn(clock, dev, threads)
+    if clock == "paired":
+        return _time_paired(fn, threads, min_run_time, warmup, min_runs, core)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     old_cudnn = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = dev.type == "cuda"
@@ -393,6 +403,27 @@ def time_callable(
     finally:
         torch.backends.cudnn.benchmark = old_cudnn
     return _stats(list(m.times), m.number_per_run, threads, device)
+
+
+def _time_paired(fn: Callable[[], Any], threads: int, min_run_time: float, warmup: int,
+                 min_runs: int, core: int | None) -> Timing:
+    from lotto.latency.paired import paired_seconds, reference_call, reference_ms
+
+    scale = reference_ms(threads, core) / 1e3
+    ref = reference_call(threads)
+    with pinned_threads(threads, core), torch.inference_mode():
+        for _ in range(warmup):
+            ref()
+            fn()
+        start = time.perf_counter()
+        for _ in range(3):
+            fn()
+        number = max(1, math.ceil(PER_CALL_MIN_S / max((time.perf_counter() - start) / 3, 1e-9)))
+        times: list[float] = []
+        begin = time.perf_counter()
+        while time.perf_counter() - begin < min_run_time or len(times) < min_runs:
+            times.append(paired_seconds(fn, ref, number, scale))
+    return _stats(times, number, threads, "cpu")
 
 
 def measure_module(

@@ -480,6 +480,8 @@ def measure(module: nn.Module, input_shape: tuple[int, ...], *, threads: int = 1
     if threads < 1:
         raise LottoError(f"--threads must be >= 1, got {threads}")
     clock_fn(clock, torch.device("cpu"), threads)  # a bad clock is a user error, not a crash
+    if clock == "paired":  # its reference network runs in torch, not in the runtime's process
+        raise LottoError("clock 'paired' measures the cpu device only; use wall or thread")
     exported = exported_for(module, input_shape, dtype=dtype, calibration=calibration,
                             cache_dir=cache_dir, key=key)
     with tempfile.TemporaryDirectory(prefix="lotto_xnnpack_") as tmp:
