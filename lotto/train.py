@@ -29,7 +29,8 @@ from lotto.data import Data, ImageStream, eval_batches
 from lotto.errors import LottoError
 from lotto.mlp_step import mlp_layers, mlp_loss_and_grads
 
-# Off: every training goes through autograd (tests compare the two paths; see `_mlp_fast_path`).
+# False sends every training through autograd (the tests compare the two paths): see
+# `_mlp_fast_path`.
 MLP_FAST_PATH = True
 
 _STEP = re.compile(r"^\s*(\d+)\s*(it|ep)?\s*$")
@@ -393,7 +394,9 @@ def _mlp_fast_path(
         return None
     if net is not model or after_backward is not None or not model.training:
         return None
-    if not torch.is_grad_enabled() or data.train_y.dtype != torch.int64:
+    if not torch.is_grad_enabled() or torch.is_anomaly_enabled():  # autograd's own checks
+        return None
+    if data.train_y.dtype != torch.int64:  # class indices, not probabilities
         return None
     if not all(p.requires_grad for p in model.parameters()):
         return None
