@@ -8,6 +8,7 @@ import pytest
 
 import lotto.latency as latency
 import lotto.latency.lut as lut_mod
+import lotto.latency.paired as paired
 from lotto.arch import load_spec, scale_width
 from lotto.config import load_config
 from lotto.errors import LottoError
@@ -65,6 +66,7 @@ def fake_host(monkeypatch):
     monkeypatch.setattr(lut_mod, "time_units_in_situ", units)
     monkeypatch.setattr(lut_mod, "measure_spec", whole)
     monkeypatch.setattr(latency, "_measure", measure)
+    monkeypatch.setitem(paired._MS, 1, 7.0)  # the paired clock's scale, not timed here
     return measured
 
 
@@ -103,13 +105,14 @@ def test_on_a_host_both_commands_price_with_the_same_table(tmp_path, seed, fake_
     assert price.source == "measure" and price(seed) == Price(1.0, "measured", 0.01)
     assert fake_host == ["tiny"] and price(seed.replace(name="again")).ms == 1.0
     assert fake_host == ["tiny"]  # memoised: one timing per network
-    with pytest.raises(LottoError, match="no lookup table for cpu .*--build-lut"):
+    with pytest.raises(LottoError,
+                       match="no lookup table for cpu .*--build-lut measure.clock=paired`"):
         Pricer(search_cfg(runs, "cpu", "latency.source=lut"))
 
     # netadapt builds the table in situ around its seed (and calibrates the offset) ...
     said = []
     built = Pricer(netadapt_cfg(runs, "cpu"), seed, say=said.append)
-    path = lut_path(runs, "cpu", 1)
+    path = lut_path(runs, "cpu", 1, clock="paired")  # the default clock of search and netadapt
     assert built.source == "lut" and path.exists() and said == [
         f"lookup table {path}: timing {len(Lut.empty('cpu', 1).missing(table_grid(seed, [0.5])))}"
         " missing units on cpu"]
@@ -132,7 +135,7 @@ def test_on_a_host_both_commands_price_with_the_same_table(tmp_path, seed, fake_
 def test_a_table_of_another_host_is_not_trusted(tmp_path, seed, fake_host):
     runs = tmp_path / "runs"
     Pricer(netadapt_cfg(runs, "cpu"), seed)
-    path = lut_path(runs, "cpu", 1)
+    path = lut_path(runs, "cpu", 1, clock="paired")  # the default clock of search and netadapt
     data = json.loads(path.read_text())
     data["meta"]["fingerprint"]["cpu"] = "another machine"
     path.write_text(json.dumps(data))

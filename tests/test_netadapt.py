@@ -239,4 +239,4 @@ def test_cpu_target_uses_a_table_and_measures_the_final(spec_file, tmp_path, mon
     s = result.summary
     assert set(result.metrics.latency_source) == {"lut"}
     assert s["final_measured_ms"] > 0 and "final_lut_error" in s
-    assert (tmp_path / "runs" / "bench" / "lut" / "cpu_t1_float32.json").exists()
+    assert (tmp_path / "runs" / "bench" / "lut" / "cpu_t1_float32_paired.json").exists()

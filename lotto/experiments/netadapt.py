@@ -58,6 +58,7 @@ from lotto.experiments.common import (
     task_function,
 )
 from lotto.latency.devices import PHONES, canonical_device, is_phone
+from lotto.latency.measure import CLOCKS
 from lotto.latency.multiplier import multiplier_for
 from lotto.latency.pricer import Pricer
 from lotto.netadapt import Proposal, floor_spec, knobs, truncate_state, widest_within
@@ -112,6 +113,7 @@ def validate(cfg: DictConfig) -> None:
     check(cfg.proxy.min_output >= 1, "proxy.min_output", "must be at least 1")
     check(cfg.latency.threads >= 1, "latency.threads", "must be at least 1")
     check(cfg.latency.min_run_time > 0, "latency.min_run_time", "must be positive")
+    check(cfg.latency.clock in CLOCKS, "latency.clock", f"must be one of {', '.join(CLOCKS)}")
     check(all(m > 0 for m in cfg.latency.lut_multipliers), "latency.lut_multipliers",
           "must be positive")
     for key, value in (("netadapt.short_ft", na.short_ft), ("netadapt.long_ft", na.long_ft),
@@ -472,7 +474,8 @@ def refuse_far_target(cfg: DictConfig, spec: ArchSpec) -> None:
 
     def measured(s: ArchSpec) -> float:
         return float(predict(s, device, source="measure", threads=int(lat.threads),
-                             min_run_time=float(lat.min_run_time)).ms)
+                             min_run_time=float(lat.min_run_time),
+                             clock=str(lat.clock) if device == "cpu" else "wall").ms)
 
     value, unit = parse_amount(lat.target, "latency.target")
     floor_ms = measured(floor_spec(spec, int(cfg.netadapt.width_step)))

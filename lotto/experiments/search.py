@@ -48,6 +48,7 @@ from lotto.experiments.common import (
     unit_label,
 )
 from lotto.latency.devices import canonical_device, is_phone
+from lotto.latency.measure import CLOCKS
 from lotto.latency.pricer import Pricer
 from lotto.parallel import Runner, TaskResult
 from lotto.runs import MetricsLog, RunDir, write_text
@@ -129,6 +130,7 @@ def validate(cfg: DictConfig) -> tuple[Space, Objective, str]:
           f"{device} is a phone: its latency comes from the model")
     check(cfg.latency.threads >= 1, "latency.threads", "must be >= 1")
     check(cfg.latency.min_run_time > 0, "latency.min_run_time", "must be > 0")
+    check(cfg.latency.clock in CLOCKS, "latency.clock", f"must be one of {', '.join(CLOCKS)}")
     p = cfg.proxy
     check(p.width_mult > 0, "proxy.width_mult", "must be > 0")
     check(p.min_output >= 1, "proxy.min_output", "must be >= 1")

@@ -68,6 +68,8 @@ class Pricer:
         self.device = canonical_device(str(device if device is not None else lat.device))
         self.threads = int(lat.threads)
         self.min_run_time = float(lat.min_run_time)
+        # the paired clock is the cpu's (its reference network runs there); others time wall
+        self.clock = str(lat.get("clock", "wall")) if self.device == "cpu" else "wall"
         self.memo: dict[ArchSpec, Any] = {}
         self.lut = None
         src = lat.get("source")
@@ -82,9 +84,10 @@ class Pricer:
         if src != "measure":
             self.lut = self._table(grid, say or (lambda m: None))
             if self.lut is None and src in ("lut", "model"):
+                clock = "" if self.clock == "wall" else f" measure.clock={self.clock}"
                 raise LottoError(f"latency.source {src}: no lookup table for {self.device} at "
                                  f"{self.table_path}; build one with "
-                                 f"`lotto bench --device {self.device} --build-lut`")
+                                 f"`lotto bench --device {self.device} --build-lut{clock}`")
         self.source = (src if src is not None else
                        "lut" if self.lut is not None else "measure")
 
@@ -94,7 +97,7 @@ class Pricer:
 
         file = self.cfg.latency.get("lut")
         return Path(str(file)).expanduser() if file else lut_path(
-            self.cfg.run.runs_dir, self.device, self.threads)
+            self.cfg.run.runs_dir, self.device, self.threads, clock=self.clock)
 
     def _table(self, grid: Sequence[ArchSpec] | None, say: Callable[[str], None]) -> Any:
         """The host table: built in situ over `grid` when given, else the existing one (or
@@ -106,12 +109,12 @@ class Pricer:
             if not path.exists():
                 return None
             lut = Lut.load(path)
-            why = lut.mismatch(self.device, self.threads, "float32")
+            why = lut.mismatch(self.device, self.threads, "float32", self.clock)
             if why is not None:
                 say(f"lookup table {path} was built for another setup ({why}); not used")
                 return None
             return lut
-        lut = open_lut(path, self.device, self.threads, warn=say)
+        lut = open_lut(path, self.device, self.threads, warn=say, clock=self.clock)
         todo = len(lut.missing(grid))
         if todo:
             say(f"lookup table {path}: timing {todo} missing units on {self.device}")
@@ -130,7 +133,7 @@ class Pricer:
                 lat = predict(spec, self.device)
             elif self.source == "measure":
                 lat = predict(spec, self.device, threads=self.threads,
-                              min_run_time=self.min_run_time)
+                              min_run_time=self.min_run_time, clock=self.clock)
             else:
                 lat = predict(spec, self.device, source=self.source, lut=self.lut)
             self.memo[key] = lat
@@ -149,4 +152,5 @@ class Pricer:
         from lotto.latency import predict
 
         return predict(spec, self.device, source="measure", threads=self.threads,
-                       min_run_time=self.min_run_time if min_run_time is None else min_run_time)
+                       min_run_time=self.min_run_time if min_run_time is None else min_run_time,
+                       clock=self.clock)
