@@ -379,14 +379,7 @@ def time_callable(
     torch.backends.cudnn.benchmark = dev.type == "cuda"
     try:
         with pinned_threads(threads, core), torch.inference_mode():
-            for _ in range(warmup):
-                fn()
-            sync()
-            start = time.perf_counter()
-            for _ in range(3):
-                fn()
-            sync()
-            estimate = (time.perf_counter() - start) / 3
+            estimate = _warm_up(fn, warmup, sync)
             if estimate >= PER_CALL_MIN_S:
                 times: list[float] = []
                 begin = time.perf_counter()
@@ -405,6 +398,20 @@ def time_callable(
     return _stats(list(m.times), m.number_per_run, threads, device)
 
 
+def _warm_up(fn: Callable[[], Any], warmup: int, sync: Callable[[], Any] = lambda: None,
+             before: Callable[[], Any] = lambda: None) -> float:
+    """`warmup` calls (each after `before()`), then the seconds of one call, from three."""
+    for _ in range(warmup):
+        before()
+        fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(3):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / 3
+
+
 def _time_paired(fn: Callable[[], Any], threads: int, min_run_time: float, warmup: int,
                  min_runs: int, core: int | None) -> Timing:
     from lotto.latency.paired import paired_seconds, reference_call, reference_ms
@@ -412,13 +419,8 @@ def _time_paired(fn: Callable[[], Any], threads: int, min_run_time: float, warmu
     scale = reference_ms(threads, core) / 1e3
     ref = reference_call(threads)
     with pinned_threads(threads, core), torch.inference_mode():
-        for _ in range(warmup):
-            ref()
-            fn()
-        start = time.perf_counter()
-        for _ in range(3):
-            fn()
-        number = max(1, math.ceil(PER_CALL_MIN_S / max((time.perf_counter() - start) / 3, 1e-9)))
+        estimate = _warm_up(fn, warmup, before=ref)
+        number = max(1, math.ceil(PER_CALL_MIN_S / max(estimate, 1e-9)))
         times: list[float] = []
         begin = time.perf_counter()
         while time.perf_counter() - begin < min_run_time or len(times) < min_runs:
