@@ -217,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         phones()
         speed()
     if not args.skip_host:
-        clock = "wall" if args.clock == "paired" and args.device != "cpu" else args.clock
+        from lotto.latency.paired import host_clock
+
         host(args.device, args.space, args.runs_dir, args.networks, args.threads, args.pin_core,
-             args.unit_time, args.net_time, clock, args.method)
+             args.unit_time, args.net_time, host_clock(args.clock, args.device), args.method)
     return 0
 
 

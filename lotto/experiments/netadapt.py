@@ -60,6 +60,7 @@ from lotto.experiments.common import (
 from lotto.latency.devices import PHONES, canonical_device, is_phone
 from lotto.latency.measure import CLOCKS
 from lotto.latency.multiplier import multiplier_for
+from lotto.latency.paired import host_clock
 from lotto.latency.pricer import Pricer
 from lotto.netadapt import Proposal, floor_spec, knobs, truncate_state, widest_within
 from lotto.parallel import Runner, TaskResult
@@ -475,7 +476,7 @@ def refuse_far_target(cfg: DictConfig, spec: ArchSpec) -> None:
     def measured(s: ArchSpec) -> float:
         return float(predict(s, device, source="measure", threads=int(lat.threads),
                              min_run_time=float(lat.min_run_time),
-                             clock=str(lat.clock) if device == "cpu" else "wall").ms)
+                             clock=host_clock(str(lat.clock), device)).ms)
 
     value, unit = parse_amount(lat.target, "latency.target")
     floor_ms = measured(floor_spec(spec, int(cfg.netadapt.width_step)))

@@ -27,6 +27,12 @@ _CALLS: dict[int, Callable[[], Any]] = {}  # threads -> the prepared reference n
 _MS: dict[int, float] = {}  # threads -> the reference's time that sets the scale (ms)
 
 
+def host_clock(clock: str, device: str) -> str:
+    """The clock a configured `clock` means on `device`: paired is the cpu's (its reference
+    network runs there), so elsewhere it falls back to wall; other clocks are kept."""
+    return "wall" if clock == "paired" and device != "cpu" else clock
+
+
 def reference_call(threads: int) -> Callable[[], Any]:
     """The prepared reference network (built once per process and thread count)."""
     if threads not in _CALLS:

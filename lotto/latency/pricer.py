@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from lotto.arch import ArchSpec, scale_width
 from lotto.errors import LottoError
 from lotto.latency.devices import canonical_device, is_phone
+from lotto.latency.paired import host_clock
 
 SOURCES = (None, "model", "lut", "measure")
 
@@ -68,8 +69,7 @@ class Pricer:
         self.device = canonical_device(str(device if device is not None else lat.device))
         self.threads = int(lat.threads)
         self.min_run_time = float(lat.min_run_time)
-        # the paired clock is the cpu's (its reference network runs there); others time wall
-        self.clock = str(lat.get("clock", "wall")) if self.device == "cpu" else "wall"
+        self.clock = host_clock(str(lat.get("clock", "wall")), self.device)
         self.memo: dict[ArchSpec, Any] = {}
         self.lut = None
         src = lat.get("source")
