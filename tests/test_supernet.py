@@ -21,6 +21,7 @@ from lotto.search.supernet import (
     arms_for_step,
     base_choices,
     ensure_supernet,
+    keep_sets,
     layout,
     make_adapt,
     opened_axes,
@@ -201,6 +202,7 @@ def test_supernet_parallel_workers_give_the_serial_numbers(space_file, runs_dir)
     ("progressive", "supernet.phases=[[],[depth]]", "unknown axis depth"),
     ("progressive", "supernet.phase_share=[0.5,0.5]", "supernet.phase_share"),
     ("progressive", "supernet.base_op=mb", "supernet.base_op"),
+    (None, "supernet.keep_end=1.5", "supernet.keep_end"),
 ])
 def test_bad_supernet_settings_are_one_line(space_file, runs_dir, rule, override, needle):
     make = progressive if rule == "progressive" else config
@@ -554,3 +556,83 @@ def test_scoring_reuses_modules_and_carries_no_state(space_file, runs_dir):
         want = score(fresh, spec, where, data, cfg.supernet, seed=k % 2, device=CPU)
         assert (got[k]["val_accuracy"], got[k]["val_loss"]) == (want["val_accuracy"],
                                                                 want["val_loss"]), k
+
+
+def oneshot_net(space_file, runs_dir):
+    cfg = config(space_file, runs_dir, "supernet.rule=oneshot")
+    space = load_search_space(cfg)
+    data = shared_data(cfg.data, CPU)
+    net = Supernet(space, make_adapt(cfg, data), seed=0, nest_ds=True)
+    with torch.no_grad():  # the classifier's init gives logits ~0.01: scaled to order 1
+        net.weights["classifier.weight"].mul_(100)
+    return cfg, space, data, net
+
+
+def test_oneshot_with_each_stages_own_op_is_the_member_network(space_file, runs_dir):
+    """Keeping only a network's own op type in every stage computes that network (train mode,
+    the same dropout draws), for networks of every op type."""
+    _, space, data, net = oneshot_net(space_file, runs_dir)
+    x = data.train_x[:16]
+    rng = random.Random(3)
+    seen = set()
+    with torch.no_grad():
+        for _ in range(6):
+            choices = space.decode(space.sample_indices(rng))
+            own = [{c[5]} for c in choices]
+            seen |= set().union(*own)
+            net.forward(choices, x)
+            net.forward_summed(choices, own, x)  # modules built: their init draws are done
+            torch.manual_seed(0)
+            want = net.forward(choices, x)
+            torch.manual_seed(0)
+            got = net.forward_summed(choices, own, x)
+            assert want.abs().mean() > 0.1
+            assert torch.equal(got, want)
+    assert seen == {"conv", "ds", "ir"}
+
+
+def test_oneshot_sums_the_kept_op_types_of_a_stage(space_file, runs_dir, monkeypatch):
+    """With two op types kept in the last stage, the head reads the sum of what each alone
+    gives it (the stages before are the same single path)."""
+    import lotto.search.supernet as sn
+
+    _, space, data, net = oneshot_net(space_file, runs_dir)
+    x = data.train_x[:16]
+    heads = []
+    call = sn._call
+
+    def spy(path, name, h):
+        if name == "head":
+            heads.append(h.detach().clone())
+        return call(path, name, h)
+
+    monkeypatch.setattr(sn, "_call", spy)
+    choices = space.decode(space.sample_indices(random.Random(5)))
+    first = [{c[5]} for c in choices[:-1]]
+    with torch.no_grad():
+        for kept in ({"ds"}, {"ir"}, {"ds", "ir"}):
+            net.forward_summed(choices, [*first, kept], x)
+    ds, ir, both = heads
+    assert ds.abs().mean() > 0.1 and not torch.allclose(ds, ir)
+    torch.testing.assert_close(both, ds + ir, rtol=1e-5, atol=1e-5)
+
+
+def test_oneshot_path_dropout_falls_to_keep_end(space_file, runs_dir):
+    _, space, _, _ = oneshot_net(space_file, runs_dir)
+    rng = random.Random(0)
+    first = [keep_sets(space, 0, 100, 0.0, rng) for _ in range(20)]
+    last = [keep_sets(space, 99, 100, 0.0, rng) for _ in range(20)]
+    assert all(k == set(st.ops) for ks in first for k, st in zip(ks, space.stages))
+    assert all(len(k) == 1 for ks in last for k in ks)  # single path at the end
+
+
+def test_oneshot_first_step_trains_every_op_type_of_every_stage(space_file, runs_dir):
+    """At the first step every op type is kept (keep probability 1), so the tensors of every
+    op type at every stage move; a single-path rule moves one op type per stage."""
+    cfg, _, data, net = oneshot_net(space_file, runs_dir)
+    cfg.supernet.steps = 1
+    before = {k: v.detach().clone() for k, v in net.weights.items()}
+    train_supernet(net, data, cfg.supernet, seed=0, device=CPU)
+    moved = {k.split(".")[0] + "." + k.split(".")[2] for k, v in net.weights.items()
+             if k.startswith("s") and ".r0." in k and not torch.equal(v, before[k])}
+    assert moved == {"s0.conv", "s0.ir", "s1.conv", "s1.ir"}  # ds: slices of ir (nest_ds)

@@ -21,6 +21,14 @@ and updates the shared weights. Rules (`supernet.rule`):
   then width / expansion / SE, then op and skip last). A step of a phase trains the base
   network plus `supernet.random` networks that draw the opened axes uniformly (the others at
   the base's), distilled from the base's soft predictions with `supernet.distill`.
+- `oneshot` (Bender et al., ICML 2018, "Understanding and Simplifying One-Shot Architecture
+  Search"): one network drawn uniformly per step for every decision but the op type; each
+  stage runs once per op type it offers and the stage outputs are summed, with path dropout:
+  each op type is kept with a probability falling linearly from 1 to `supernet.keep_end` over
+  training (at least one kept per stage; at 0 training ends single-path, as networks are
+  scored). Why: single-path training over op types sits at chance (docs/search.md: each op
+  type re-encodes the features with weights of its own and the next stage must read every
+  encoding); summing makes every op type write into one feature space.
 
 A network is scored by building it as a plain `MobileNet` (`lotto.arch.build`), copying in its
 slice of the weights, recalibrating its BatchNorm statistics on a few training batches (the
@@ -55,7 +63,7 @@ from lotto.data import Data
 from lotto.errors import LottoError
 from lotto.search.space import Space, space_config
 
-RULES = ("sandwich", "uniform", "progressive")
+RULES = ("sandwich", "uniform", "progressive", "oneshot")
 AXES = ("width", "repeats", "kernel", "expansion", "se", "op", "skip")  # Stage.choices() order
 
 
@@ -198,13 +206,36 @@ def arms_for_step(net: Supernet, cfg: DictConfig, step: int, rng: random.Random
     if cfg.rule == "sandwich":
         return [net.largest, net.smallest] + [net.space.decode(net.space.sample_indices(rng))
                                               for _ in range(int(cfg.random))]
-    if cfg.rule == "uniform":
+    if cfg.rule in ("uniform", "oneshot"):
         return [net.space.decode(net.space.sample_indices(rng))]
     base = base_choices(net.space, str(cfg.base_op))
     opened = opened_axes(cfg, phase_at(step, int(cfg.steps), list(cfg.phase_share)))
     if not opened:
         return [base]
     return [base] + [draw_open(net.space, base, opened, rng) for _ in range(int(cfg.random))]
+
+
+_OP = AXES.index("op")  # position of the op type in a stage's choices
+
+
+def _call(path: tuple[nn.Module, dict[str, Tensor], Any], name: str, x: Tensor) -> Tensor:
+    """Submodule `name` of a member network on `x`, with its slice of the shared weights."""
+    module, params = path[0], path[1]
+    prefix = name + "."
+    own = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+    return functional_call(module.get_submodule(name), own, (x,))
+
+
+def keep_sets(space: Space, step: int, steps: int, keep_end: float, rng: random.Random
+              ) -> list[set[str]]:
+    """`oneshot` path dropout at `step`: per stage the op types kept, each with probability
+    falling linearly from 1 (first step) to `keep_end` (last step), at least one per stage."""
+    p = 1.0 - (1.0 - keep_end) * step / max(1, steps - 1)
+    out = []
+    for stage in space.stages:
+        kept = {op for op in stage.ops if rng.random() < p}
+        out.append(kept or {rng.choice(stage.ops)})
+    return out
 
 
 class Supernet:
@@ -284,6 +315,38 @@ class Supernet:
         net = self._module(spec).train()
         return functional_call(net, self.params(spec, where, net), (x,))
 
+    def forward_summed(self, choices: Sequence[tuple], keep: Sequence[set[str]], x: Tensor
+                       ) -> Tensor:
+        """Logits of the one-shot model around `choices`: per stage s, the sum over the op
+        types in `keep[s]` of that stage's blocks (built with that op, every other decision as
+        `choices`) applied to the stage's input. With keep[s] = {choices[s]'s op} for every s
+        it is `forward(choices, x)`."""
+        paths = {}
+        for op in sorted(set().union(*keep)):  # one member per op type: stages offering it
+            member = [c[:_OP] + (op,) + c[_OP + 1:] if op in stage.ops else c
+                      for c, stage in zip(choices, self.space.stages)]
+            spec, where = self.member(member)
+            module = self._module(spec).train()
+            paths[op] = (module, self.params(spec, where, module), where)
+        first = paths[min(paths)]
+        h = _call(first, "stem", x)
+        for s, ops in enumerate(keep):
+            outs = []
+            for op in sorted(ops):
+                y = h
+                for i, (stage, _) in enumerate(paths[op][2]):
+                    if stage == s:
+                        y = _call(paths[op], f"blocks.{i}", y)
+                outs.append(y)
+            h = outs[0] if len(outs) == 1 else torch.stack(outs).sum(0)
+        module = first[0]
+        if module.head is not None:
+            h = _call(first, "head", h)
+        h = torch.flatten(module.pool(h), 1)
+        if module.hidden is not None:
+            h = _call(first, "hidden", h)
+        return _call(first, "classifier", module.dropout(h))
+
     def network(self, spec: ArchSpec, where: Sequence[tuple[int, int]], reuse: bool = False
                 ) -> nn.Module:
         """A standalone network (already adapted `spec`) holding its slice of the weights.
@@ -319,6 +382,8 @@ def check_config(cfg: DictConfig) -> None:
     check(int(cfg.batch_size) >= 1, "supernet.batch_size", "must be >= 1")
     check(float(cfg.lr) > 0, "supernet.lr", "must be > 0")
     check(float(cfg.get("clip", 0.0)) >= 0, "supernet.clip", "must be >= 0 (0 = off)")
+    check(0.0 <= float(cfg.get("keep_end", 0.0)) <= 1.0, "supernet.keep_end",
+          "must be in [0, 1]")
     check(int(cfg.recal_batches) >= 1, "supernet.recal_batches", "must be >= 1")
     check(int(cfg.recal_batch_size) >= 1, "supernet.recal_batch_size", "must be >= 1")
     check(cfg.get("score_images") is None or int(cfg.score_images) >= 1,
@@ -389,7 +454,11 @@ def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
         soft = None
         total = 0.0
         for k, choices in enumerate(arms):
-            out = net.forward(choices, x)
+            if cfg.rule == "oneshot":
+                keep = keep_sets(net.space, step, steps, float(cfg.keep_end), rng)
+                out = net.forward_summed(choices, keep, x)
+            else:
+                out = net.forward(choices, x)
             if k > 0 and soft is not None:
                 loss = F.kl_div(F.log_softmax(out, 1), soft, reduction="batchmean")
             else:
@@ -469,6 +538,8 @@ def supernet_key(cfg: DictConfig, seed: int) -> str:
     payload["data"].pop("workers", None)
     for k in ("recal_batches", "recal_batch_size", "score_images"):  # scoring: same weights
         payload["supernet"].pop(k, None)
+    if payload["supernet"].get("rule") != "oneshot":  # supernets cached before it existed
+        payload["supernet"].pop("keep_end", None)
     payload["seed"] = seed
     text = json.dumps(payload, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
