@@ -91,7 +91,8 @@ def between_tau(a: pd.DataFrame, b: pd.DataFrame) -> tuple[float, float]:
 
 def build(runs: list[Run], draws: int = 1000, seed: int = 1000) -> Matrix:
     """The table's figures, on the networks present in every run."""
-    specs = sorted(set.intersection(*(set(r.table.index) for r in runs)))
+    # in the first run's row order (the draw's), so the bootstrap resamples as the run did
+    specs = [s for s in runs[0].table.index if all(s in r.table.index for r in runs[1:])]
     if len(specs) < 3:
         raise SystemExit(f"{len(specs)} networks common to all runs: at least 3 needed")
     labels = [(r.proxy, r.reference) for r in runs]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lotto.search.fidelity import tau
+from lotto.search.fidelity import bootstrap_tau, tau
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "fidelity_matrix.py"
 spec = importlib.util.spec_from_file_location("fidelity_matrix", SCRIPT)
@@ -66,3 +66,16 @@ def test_only_common_networks_and_one_reference_per_budget(tmp_path):
         fm.build([fm.parse_run(f"train@320={short}"), fm.parse_run(f"sn@320={other}")], 50)
     with pytest.raises(SystemExit):
         fm.parse_run(f"{short}")
+
+
+def test_a_cell_over_a_whole_run_repeats_its_bootstrap(tmp_path):
+    """Networks keep the first run's row order (the draw's), so a cell's interval is the one
+    `lotto search --fidelity` wrote to summary.json (same seed and draws)."""
+    ref = [0.62, 0.71, 0.80, 0.66, 0.75, 0.78, 0.69, 0.73, 0.64, 0.77]
+    table = pd.DataFrame({"spec": [f"n{9 - i}" for i in range(10)],  # not in sorted order
+                          "proxy": [0.3, 0.2, 0.6, 0.1, 0.5, 0.4, 0.35, 0.55, 0.15, 0.45],
+                          "reference": ref, "reference_seed0": ref, "reference_seed1": ref})
+    table.to_csv(tmp_path / "fidelity.csv", index=False)
+    cell = fm.build([fm.parse_run(f"train@320={tmp_path}")], draws=300, seed=1000).cells
+    want = bootstrap_tau(table.proxy, table.reference, 300, 1000)
+    assert cell[("train", "320")][1:] == pytest.approx(want)
