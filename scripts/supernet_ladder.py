@@ -52,6 +52,20 @@ def space_for(rung: str) -> dict:
     return {**base, **ONE, **OPEN.get(rung, {})}
 
 
+def standalone(space, choices, data, cfg, steps: int, lr: float, keep_state: bool = False):
+    """The network of `choices` trained alone with the supernet's steps, batch, lr and weight
+    decay (no warm-up): the same spec the supernet trains (width_mult, then the adaptation)."""
+    tcfg = OmegaConf.merge(cfg.train, {
+        "iterations": f"{steps}it", "lr": lr, "warmup": "0it",
+        "weight_decay": float(cfg.supernet.weight_decay),
+        "batch_size": int(cfg.supernet.batch_size)})
+    full = space.build(choices, "x")
+    return train_spec(full if cfg.proxy.width_mult == 1 else
+                      scale_width(full, float(cfg.proxy.width_mult)), data, tcfg,
+                      seed=0, device=CPU, bn_momentum=0.1,
+                      min_output=int(cfg.proxy.min_output), keep_state=keep_state)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rungs", default="one")
@@ -83,16 +97,7 @@ def main() -> None:
             row = {"rung": rung, "net": i, "supernet": round(s["val_accuracy"], 3),
                    "score_s": round(s["train_seconds"], 3)}
             if args.standalone:
-                tcfg = OmegaConf.merge(cfg.train, {
-                    "iterations": f"{args.steps}it", "lr": args.lr, "warmup": "0it",
-                    "weight_decay": float(cfg.supernet.weight_decay),
-                    "batch_size": int(cfg.supernet.batch_size)})
-                full = space.build(choices, "x")
-                # the same spec the supernet trains: width_mult scaling then the adaptation
-                res = train_spec(full if cfg.proxy.width_mult == 1 else
-                                 scale_width(full, float(cfg.proxy.width_mult)), data, tcfg,
-                                 seed=0, device=CPU, bn_momentum=0.1,
-                                 min_output=int(cfg.proxy.min_output), keep_state=True)
+                res = standalone(space, choices, data, cfg, args.steps, args.lr, keep_state=True)
                 row["standalone"] = round(res.val_accuracy, 3)
                 m = build_network(res.trained)
                 m.load_state_dict(res.state)

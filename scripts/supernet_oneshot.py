@@ -31,11 +31,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from supernet_ladder import ONE, OPEN, space_for  # noqa: E402
+from supernet_ladder import ONE, OPEN, space_for, standalone  # noqa: E402
 
-from lotto.arch import scale_width  # noqa: E402
 from lotto.config import load_config  # noqa: E402
-from lotto.proxy import train_spec  # noqa: E402
 from lotto.search.space import parse_space, space_config  # noqa: E402
 from lotto.search.supernet import Supernet, keep_sets, make_adapt, score  # noqa: E402
 from lotto.tasks import shared_data  # noqa: E402
@@ -105,15 +103,7 @@ def main() -> None:
         s = score(net, spec, where, data, cfg.supernet, seed=0, device=CPU)
         row = {"net": i, "ops": [c[OP] for c in choices], "supernet": round(s["val_accuracy"], 3)}
         if args.standalone:
-            tcfg = OmegaConf.merge(cfg.train, {
-                "iterations": f"{args.steps}it", "lr": args.lr, "warmup": "0it",
-                "weight_decay": float(cfg.supernet.weight_decay),
-                "batch_size": int(cfg.supernet.batch_size)})
-            full = space.build(choices, "x")
-            res = train_spec(full if cfg.proxy.width_mult == 1 else
-                             scale_width(full, float(cfg.proxy.width_mult)), data, tcfg,
-                             seed=0, device=CPU, bn_momentum=0.1,
-                             min_output=int(cfg.proxy.min_output))
+            res = standalone(space, choices, data, cfg, args.steps, args.lr)
             row["standalone"] = round(res.val_accuracy, 3)
         print(json.dumps(row), flush=True)
 
