@@ -6,6 +6,7 @@ standalone (lotto.proxy.train_spec) with the same steps, batch, lr and schedule.
 network the two must agree within a few points.
 
     PYTHONPATH=$PWD python scripts/supernet_ladder.py --steps 300 --rungs one,kernel
+    PYTHONPATH=$PWD python scripts/supernet_ladder.py --rungs op --rule oneshot --standalone 0
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ OPEN = {"kernel": {"kernels": [3, 5]}, "width": {"width_factors": [0.75, 1.0, 1.
 
 
 def space_for(rung: str) -> dict:
+    """The rung's space: `all`, or the fixed network with the named axes opened (`op+skip`)."""
     base = space_config("mnasnet")
     if rung == "all":
         return base
-    return {**base, **ONE, **OPEN.get(rung, {})}
+    opened = {k: v for axis in rung.split("+") for k, v in OPEN.get(axis, {}).items()}
+    return {**base, **ONE, **opened}
 
 
 def standalone(space, choices, data, cfg, steps: int, lr: float, keep_state: bool = False):
