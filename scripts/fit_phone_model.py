@@ -113,6 +113,13 @@ def report(result: dict) -> str:
                  f"{px['published_ms']:.0f} ms ({px['error'] * 100:+.1f}%, quoted "
                  f"{px['expected_error'] * 100:.1f}%); ratio to MobileNetV2 "
                  f"{px['ratio_to_v2']:.3f} vs {px['published_ratio_to_v2']:.3f}")
+    mn = result["cv"]["mnasnet_a1_pixel1"]
+    lines.append(f"MnasNet-A1, Pixel 1, 25 settings (in no fit): raw "
+                 f"{mn['raw']['rmspe'] * 100:.1f}% ({mn['within_expected'] * 100:.0f}% within "
+                 f"the quoted {mn['expected_error'] * 100:.1f}%); after one scale "
+                 f"{mn['model']['rmspe'] * 100:.1f}% (multiply-adds "
+                 f"{mn['macs']['rmspe'] * 100:.1f}%, + constant "
+                 f"{mn['macs_constant']['rmspe'] * 100:.1f}%)")
     return "\n".join(lines)
 
 

@@ -348,3 +348,36 @@ def test_pooling_skip_is_priced_like_pooling_and_adds():
     for row in rows:
         assert float(sum(op_features(o) for o in layer_ops(row)) @ model._layer_coef) > 0
     assert predict(with_pool, "pixel1").ms > predict(without, "pixel1").ms
+
+
+def test_mnasnet_check_transcription_and_leave_one_out(cal):
+    """The 25 MnasNet-A1 settings: our preset's multiply-adds within 3% of the README's at each
+    (a swapped size or multiplier would be off by far more); each row's scaled prediction and
+    both baselines come from the other 24 rows (changing one figure leaves its own prediction
+    alone); the shipped file holds the check, scored against the quoted Pixel-1 error."""
+    from lotto.arch import preset
+    from lotto.latency import checks
+    from lotto.latency.calibrate import fit_devices, mnasnet_check
+
+    for (r, m), (madds, _) in checks.MNASNET_A1_PIXEL1.items():
+        assert preset("mnasnet_a1", m, r).validate().macs() / 1e6 == pytest.approx(madds, rel=0.03)
+    coef = fit_devices(cal)["coef"]
+    base = mnasnet_check(coef, 0.2)
+    key = (160, 0.75)
+    i = list(checks.MNASNET_A1_PIXEL1).index(key)
+    saved = checks.MNASNET_A1_PIXEL1[key]
+    try:
+        checks.MNASNET_A1_PIXEL1[key] = (saved[0], 3 * saved[1])
+        moved = mnasnet_check(coef, 0.2)
+    finally:
+        checks.MNASNET_A1_PIXEL1[key] = saved
+    for name in ("model", "macs", "macs_constant"):
+        assert moved[name]["predictions"][i] == pytest.approx(base[name]["predictions"][i])
+        assert moved[name]["predictions"][0] != pytest.approx(base[name]["predictions"][0])
+    assert moved["predicted_ms"] == base["predicted_ms"]  # raw: the fit never sees the source
+    shipped = json.loads(open(model_path()).read())["cv"]["mnasnet_a1_pixel1"]
+    raw = np.array(shipped["predicted_ms"]) / np.array(shipped["published_ms"]) - 1
+    assert shipped["within_expected"] == pytest.approx(
+        np.mean(np.abs(raw) <= shipped["expected_error"]))
+    assert shipped["expected_error"] == pytest.approx(
+        load_phone_model("pixel1").expected_error)

@@ -306,6 +306,18 @@ def _show_phone_validation(result: BenchResult) -> None:
             f"{'within' if px['within'] else 'OUTSIDE'} the quoted "
             f"{px['expected_error'] * 100:.1f}%); ratio to MobileNetV2 1.0 {px['ratio_to_v2']:.3f} "
             f"vs {px['published_ratio_to_v2']:.3f} in the same paper.", highlight=False)
+    mn = s.get("mnasnet_a1")
+    if mn:
+        trend = ", ".join(f"{r} px {x:.2f}" for r, x in mn["by_resolution"].items())
+        console.print(
+            f"MnasNet-A1 on Pixel 1, {mn['raw']['n']} input size x multiplier settings (in no "
+            f"fit): raw {mn['raw']['rmspe'] * 100:.1f}% (bias {mn['raw']['bias'] * 100:+.1f}%), "
+            f"{mn['within_expected'] * 100:.0f}% within the quoted "
+            f"{mn['expected_error'] * 100:.1f}%; after one scale (leave one out) "
+            f"{mn['model']['rmspe'] * 100:.1f}%, Spearman {_rho(mn['model'])}; multiply-adds x "
+            f"one scale {mn['macs']['rmspe'] * 100:.1f}%, + constant "
+            f"{mn['macs_constant']['rmspe'] * 100:.1f}%. Scaled prediction / published by input "
+            f"size: {trend}.", highlight=False)
     err = s["errors"]
     basis = ("its own strict leave-one-family-out RMSPE, rows of calibrated sources"
              if err["basis"] == "own" else "too few rows of its own: the pooled one or its own, "

@@ -505,6 +505,7 @@ def _validate_phone(run: RunDir, device: str) -> BenchResult:
         "fbnet_leave_one_shape_out": _plain(v["shape"]),
         "fbnet_macs_one_scale": v["fbnet_macs"],
         "proxylessnas_mobile": _proxyless(cal, v, device),
+        "mnasnet_a1": _mnasnet(cal, v, device),
         # per-phone error bars; coverage: strict (each source scored by error bars calibrated
         # without it); `note` when the phone has too few rows for its own relative error
         "errors": {**_plain(v["quoted"])["devices"][device],
@@ -526,6 +527,15 @@ def _proxyless(cal: Any, v: dict[str, Any], device: str) -> dict[str, Any] | Non
     from lotto.latency.calibrate import fit_devices, proxyless_check
 
     return proxyless_check(fit_devices(cal), v["quoted"]["devices"]["pixel1"]["expected_error"])
+
+
+def _mnasnet(cal: Any, v: dict[str, Any], device: str) -> dict[str, Any] | None:
+    if device != "pixel1":
+        return None
+    from lotto.latency.calibrate import fit_devices, mnasnet_check
+
+    return mnasnet_check(fit_devices(cal)["coef"],
+                         v["quoted"]["devices"]["pixel1"]["expected_error"])
 
 
 def _validate_pixel4(run: RunDir, cal: Any) -> BenchResult:

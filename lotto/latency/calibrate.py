@@ -872,6 +872,45 @@ def proxyless_check(fit: dict[str, Any], expected_error: float) -> dict[str, Any
             "source": PROXYLESS_SOURCE}
 
 
+def mnasnet_check(coef: np.ndarray, expected_error: float) -> dict[str, Any]:
+    """MnasNet-A1 on a Pixel 1 at 25 input size x multiplier settings (checks.py; in no fit):
+    raw errors on the reference scale and the share within the quoted expected error; after
+    one scale (each row's scale from the other 24), against multiply-adds x one scale and
+    multiply-adds + constant fitted the same way; and the scaled prediction / published ratio
+    by input size and by multiplier (a trend there is what per-layer costs get wrong)."""
+    from lotto.arch import preset
+    from lotto.latency.checks import MNASNET_A1_PIXEL1, MNASNET_A1_SOURCE
+
+    keys = list(MNASNET_A1_PIXEL1)
+    y = np.array([MNASNET_A1_PIXEL1[k][1] for k in keys])
+    specs = [preset("mnasnet_a1", m, r).validate() for r, m in keys]
+    model = np.array([spec_features(s) @ coef for s in specs])
+    macs = np.array([float(s.macs()) for s in specs])
+    raw = model / y - 1
+    out: dict[str, Any] = {"settings": [list(k) for k in keys], "published_ms": y.tolist(),
+                           "predicted_ms": model.tolist(), "raw": metrics(model, y),
+                           "expected_error": expected_error,
+                           "within_expected": float(np.mean(np.abs(raw) <= expected_error)),
+                           "scale": fit_scale(model, y), "source": MNASNET_A1_SOURCE}
+    n = len(y)
+    for name, x in (("model", model), ("macs", macs), ("macs_constant", macs)):
+        pred = np.empty(n)
+        for i in range(n):
+            keep = np.arange(n) != i
+            if name == "macs_constant":
+                a, b = np.linalg.lstsq(np.c_[x[keep], np.ones(n - 1)] / y[keep, None],
+                                       np.ones(n - 1), rcond=None)[0]
+                pred[i] = a * x[i] + b
+            else:
+                pred[i] = x[i] * fit_scale(x[keep], y[keep])
+        out[name] = {**metrics(pred, y), "predictions": pred.tolist()}
+    ratio = out["scale"] * model / y
+    for axis, pos in (("by_resolution", 0), ("by_multiplier", 1)):
+        values = sorted({k[pos] for k in keys})
+        out[axis] = {str(v): float(np.mean(ratio[[k[pos] == v for k in keys]])) for v in values}
+    return out
+
+
 # Pixel 2 and 3 share Pixel 1's relative operator costs: the data has 8 float rows per phone
 # (MobileNetV3 paper Table 3, README minimalistic rows), too few to fit their own; the FBNet
 # Pixel-3 blocks come from another runtime (HW-NAS-Bench) and inform the shared shape.
@@ -967,6 +1006,8 @@ def fit_all(cal: Calibration | None = None) -> dict[str, Any]:
             "pixel4_leave_one_network_out": p4,
             "proxylessnas_mobile_pixel1": proxyless_check(
                 final, quoted["devices"]["pixel1"]["expected_error"]),
+            "mnasnet_a1_pixel1": mnasnet_check(
+                final["coef"], quoted["devices"]["pixel1"]["expected_error"]),
         },
     }
 

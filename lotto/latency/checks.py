@@ -9,6 +9,10 @@
   (tensorflow/tpu models/official/efficientnet/lite/README.md). Four threads and a newer phone:
   only a per-device scale can be learnt from five rows, and it is validated leave-one-out.
 
+- MnasNet-A1 on a Pixel 1 at 5 input sizes x 5 depth multipliers (25 rows; tensorflow/tpu
+  models/official/mnasnet/README.md, "details of Mnasnet-A1 on ImageNet"; the same README's
+  multiply-adds are within 1-3% of ours at every setting, tests/test_latency_phone.py).
+
 The ProxylessNAS mobile block table (`mobile_trim`) is not here: it is reserved for the
 project's independent check.
 """
@@ -77,3 +81,20 @@ def efficientnet_lite(i: int) -> ArchSpec:
     return ArchSpec(name=f"efficientnet_lite{i}", stem=StemSpec(32, 3, 2, "relu6"),
                     blocks=tuple(blocks), head=HeadSpec(conv=1280, act="relu6", dropout=0.0),
                     resolution=res)
+
+
+MNASNET_A1_SOURCE = ("tensorflow/tpu models/official/mnasnet README: MnasNet-A1, Pixel 1 "
+                     "latency (ms) by input size and depth multiplier")
+# (input size, depth multiplier): (published multiply-adds in millions, Pixel 1 ms)
+MNASNET_A1_PIXEL1 = {
+    (224, 1.4): (591.5, 135.0), (224, 1.0): (315.2, 78.0), (224, 0.75): (226.7, 61.0),
+    (224, 0.5): (105.2, 32.0), (224, 0.35): (63.2, 22.0),
+    (192, 1.4): (435.1, 99.0), (192, 1.0): (232.0, 57.0), (192, 0.75): (166.9, 45.0),
+    (192, 0.5): (77.6, 24.0), (192, 0.35): (46.8, 17.0),
+    (160, 1.4): (302.8, 72.0), (160, 1.0): (161.6, 41.0), (160, 0.75): (116.4, 33.0),
+    (160, 0.5): (54.4, 18.0), (160, 0.35): (32.9, 13.0),
+    (128, 1.4): (194.5, 49.0), (128, 1.0): (104.1, 29.0), (128, 0.75): (75.0, 23.0),
+    (128, 0.5): (35.3, 12.0), (128, 0.35): (21.6, 8.5),
+    (96, 1.4): (110.3, 32.0), (96, 1.0): (59.3, 18.0), (96, 0.75): (42.9, 17.0),
+    (96, 0.5): (20.5, 7.4), (96, 0.35): (12.7, 5.4),
+}
