@@ -78,8 +78,7 @@ def report(result: dict) -> str:
                  f"{_m(p4['model'])}; MACs x scale {_m(p4['macs'])}")
     err = result["errors"]
     lines.append(f"scale_error covers {err['level'] * 100:.0f}% of the held-out raw errors of "
-                 f"{len(err['calibrated_on'])} sources (split-conformal: 2/3 once an unseen "
-                 "source is counted as one more, uncovered)")
+                 f"{len(err['calibrated_on'])} sources, each weighing the same")
     lines.append(f"strict coverage pooled {err['coverage'] * 100:.0f}% (each source scored by "
                  f"error bars calibrated without it; in-sample "
                  f"{err['coverage_in_sample'] * 100:.0f}%)")

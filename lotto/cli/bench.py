@@ -326,9 +326,8 @@ def _show_phone_validation(result: BenchResult) -> None:
         f"Quoted for {s['device']}: relative/rank error {err['rel_error'] * 100:.1f}% ({basis}), "
         f"runtime-scale error {err['scale_error'] * 100:.1f}% (shared by the phones: the "
         f"smallest that covers {err['level'] * 100:.0f}% of the held-out raw errors of the "
-        f"{len(err['calibrated_on'])} sources, so that an unseen source counted as one more, "
-        f"uncovered, leaves 2/3), expected raw error {err['expected_error'] * 100:.1f}% = their "
-        "quadrature sum.", highlight=False)
+        f"{len(err['calibrated_on'])} sources, each weighing the same), expected raw error "
+        f"{err['expected_error'] * 100:.1f}% = their quadrature sum.", highlight=False)
     if err.get("note"):
         console.print(f"Note: {err['note']}.", highlight=False)
     cover = Table(title="Strict coverage of the quoted expected error: each source's held-out "
@@ -347,7 +346,7 @@ def _show_phone_validation(result: BenchResult) -> None:
         f"Strict coverage for {s['device']} {err['coverage'] * 100:.0f}% (each of its held-out "
         f"sources weighing the same), {err['coverage_pooled'] * 100:.0f}% pooled over phones "
         f"(each source weighing the same; target 67%: with four sources, one source moves it "
-        f"by 25 points, and the conformal rule errs on the wide side, by up to 1/(n + 1)); not "
+        f"by 25 points); not "
         f"strict, the shipped bars on the errors they were calibrated on: "
         f"{err['coverage_in_sample'] * 100:.0f}% ({err['coverage_in_sample_pooled'] * 100:.0f}% "
         "pooled). Strict: coefficients, phone scales and source factors come "
