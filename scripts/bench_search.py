@@ -33,7 +33,7 @@ def run_one(controller: str, seed: int, args: argparse.Namespace) -> pd.DataFram
     overrides = [f"search.controller={controller}", f"seed={seed}", "proxy.seed=0",
                  "search.proxy=supernet", f"search.samples={args.samples}",
                  f"search.batch_size={args.batch}", f"run.runs_dir={args.runs_dir}",
-                 f"run.name=bench_{controller}_{seed}_{args.samples}", "device=cpu",
+                 f"run.name=bench_{controller}{args.tag}_{seed}_{args.samples}", "device=cpu",
                  f"data.val_size={args.val_size}", f"supernet.steps={args.supernet_steps}",
                  "search.evolution.population=32", "search.evolution.tournament=8",
                  "search.tpe.startup=32", "search.nsga2.population=32", *args.override]
@@ -53,6 +53,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first-seed .. first-seed + seeds - 1 (tune on other seeds than "
+                    "those reported)")
+    ap.add_argument("--tag", default="", help="appended to the run names (other settings)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--controllers", default=",".join(CONTROLLERS))
     ap.add_argument("--val-size", type=int, default=1000)
@@ -68,7 +72,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f}; {args.samples} samples x {args.seeds} seeds")
     frames, rows = [], []
     for controller in args.controllers.split(","):
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             start = time.perf_counter()
             frame = run_one(controller, seed, args)
             frame["wall"] = time.perf_counter() - start
