@@ -636,3 +636,26 @@ def test_oneshot_first_step_trains_every_op_type_of_every_stage(space_file, runs
     moved = {k.split(".")[0] + "." + k.split(".")[2] for k, v in net.weights.items()
              if k.startswith("s") and ".r0." in k and not torch.equal(v, before[k])}
     assert moved == {"s0.conv", "s0.ir", "s1.conv", "s1.ir"}  # ds: slices of ir (nest_ds)
+
+
+def test_sandwich_ops_puts_every_arm_of_a_step_on_one_op_path(space_file, runs_dir):
+    """`sandwich_ops`: each step's largest, smallest and random networks share one op type per
+    stage, the nested choices of the ends stay the sandwich's, and over steps every op type of
+    every stage is trained (plain `sandwich` keeps one op path per end)."""
+    cfg = config(space_file, runs_dir, "supernet.rule=sandwich_ops", "supernet.random=2")
+    space = load_search_space(cfg)
+    net = Supernet(space, make_adapt(cfg, shared_data(cfg.data, CPU)), seed=0)
+    op = 5  # position of the op type in a stage's choices
+    rng = random.Random(0)
+    seen: list[set[str]] = [set() for _ in space.stages]
+    for step in range(40):
+        arms = arms_for_step(net, cfg.supernet, step, rng)
+        assert len(arms) == 4
+        path = [c[op] for c in arms[0]]
+        assert all([c[op] for c in arm] == path for arm in arms)
+        for ends, arm in ((net.largest, arms[0]), (net.smallest, arms[1])):
+            assert [c[:op] + c[op + 1:] for c in arm] == [c[:op] + c[op + 1:] for c in ends]
+        for k, o in enumerate(path):
+            seen[k].add(o)
+    assert seen == [set(s.ops) for s in space.stages]
+    assert any(len(s.ops) > 1 for s in space.stages)  # not vacuous

@@ -168,8 +168,9 @@ def proxy_description(cfg: DictConfig) -> str:
     if cfg.search.get("proxy") == "supernet":
         n = cfg.supernet
         distilled = ", distilled" if n.distill else ""
-        if n.rule == "sandwich":
-            rule = f"sandwich (+{n.random} random{distilled})"
+        if n.rule in ("sandwich", "sandwich_ops"):
+            on = ", one op path per step" if n.rule == "sandwich_ops" else ""
+            rule = f"sandwich (+{n.random} random{distilled}{on})"
         elif n.rule == "progressive":
             opened = ", ".join("+".join(g) for g in n.phases if len(g))
             rule = (f"progressive shrinking: the base {n.base_op} network, then {opened} "

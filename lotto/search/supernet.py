@@ -13,6 +13,11 @@ and updates the shared weights. Rules (`supernet.rule`):
 - `sandwich` (BigNAS / US-Nets): the largest and the smallest network plus `supernet.random`
   random ones per step, gradients summed; with `supernet.distill` the others learn from the
   largest's soft predictions (in-place distillation).
+- `sandwich_ops`: the sandwich on one op path per step: an op type drawn per stage, and the
+  largest, the smallest and the `random` networks all take it. Why: under `sandwich` the two
+  ends keep one op path each (all regular conv, all ds) and the supernet scores almost only
+  networks on them (docs/search.md, *Controllers at scale*); this trains every op path with
+  the sandwich's ends on it.
 - `uniform` (SPOS): one network drawn uniformly per step.
 - `progressive` (Once-for-All's progressive shrinking, with BigNAS's sandwich inside a phase):
   training runs in phases (`supernet.phases`, shares of the steps `supernet.phase_share`);
@@ -63,7 +68,7 @@ from lotto.data import Data
 from lotto.errors import LottoError
 from lotto.search.space import Space, space_config
 
-RULES = ("sandwich", "uniform", "progressive", "oneshot")
+RULES = ("sandwich", "sandwich_ops", "uniform", "progressive", "oneshot")
 AXES = ("width", "repeats", "kernel", "expansion", "se", "op", "skip")  # Stage.choices() order
 
 
@@ -206,6 +211,15 @@ def arms_for_step(net: Supernet, cfg: DictConfig, step: int, rng: random.Random
     if cfg.rule == "sandwich":
         return [net.largest, net.smallest] + [net.space.decode(net.space.sample_indices(rng))
                                               for _ in range(int(cfg.random))]
+    if cfg.rule == "sandwich_ops":
+        ops = [rng.choice(stage.ops) for stage in net.space.stages]
+
+        def on_path(choices: list[tuple]) -> list[tuple]:
+            return [c[:_OP] + (op,) + c[_OP + 1:] for c, op in zip(choices, ops)]
+
+        return [on_path(net.largest), on_path(net.smallest)] + [
+            on_path(net.space.decode(net.space.sample_indices(rng)))
+            for _ in range(int(cfg.random))]
     if cfg.rule in ("uniform", "oneshot"):
         return [net.space.decode(net.space.sample_indices(rng))]
     base = base_choices(net.space, str(cfg.base_op))
@@ -443,7 +457,7 @@ def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
     batches = _batches(data, int(cfg.batch_size), gen)
     start, losses = time.perf_counter(), []
     bar = progress.add_task("supernet", total=steps) if progress is not None else None
-    distill = cfg.rule in ("sandwich", "progressive") and bool(cfg.distill)
+    distill = cfg.rule in ("sandwich", "sandwich_ops", "progressive") and bool(cfg.distill)
     params = list(net.weights.values())
     clip = float(cfg.get("clip", 0.0))
     for step in range(steps):
