@@ -684,7 +684,7 @@ def error_bars(pool: dict[str, Any], level: float = COVER) -> dict[str, Any]:
     pixel-operator-v3 and v4): that correction is exact when each source's errors sit at one
     value (its runtime scale), but ours spread 10-15 points around it; on simulated sources
     with such spread the conformal bars covered an unseen source 77-87% of the time, the plain
-    ones 59-66% (docs/latency.md, *Error bars*)."""
+    ones 59-66% (docs/latency.md, *Which share*; scripts/error_bar_simulation.py)."""
     phone, source, err = pool["phone"], pool["source"], pool["err"]
     pooled_rel = pool["rel_pooled"]
     rel: dict[str, float] = {}
