@@ -105,3 +105,23 @@ def test_a_search_reports_the_fidelity_measured_for_its_setup(space_file, runs_d
     other = run_search(config(space_file, runs_dir, *search, "run.name=s3",
                               "supernet.recal_batches=2"))  # another proxy setup: not measured
     assert other.summary["fidelity"] is None
+
+
+def test_the_default_search_finds_its_shipped_fidelity(tmp_path):
+    """The default setup's fidelity ships with lotto (a fresh machine's default search prints
+    it); a changed setup finds none; a measurement made here wins over the shipped one. If the
+    default config changes, the shipped record no longer matches: measure it again and ship."""
+    from lotto.experiments.fidelity import SHIPPED_RECORDS, fidelity_record, fidelity_record_path
+
+    cfg = load_config("search", None, [f"run.runs_dir={tmp_path}"])
+    assert (SHIPPED_RECORDS / fidelity_record_path(cfg, None).name).exists()
+    shipped = fidelity_record(cfg, None)
+    assert shipped["shipped"] and shipped["networks"] == 20 and "measured" in shipped
+    assert shipped["kendall_tau_ci"][0] < shipped["kendall_tau"] < shipped["kendall_tau_ci"][1]
+    other = load_config("search", None, [f"run.runs_dir={tmp_path}", "train.iterations=41it"])
+    assert fidelity_record(other, None) is None
+    here = fidelity_record_path(cfg, None)
+    here.parent.mkdir(parents=True)
+    here.write_text(json.dumps({**shipped, "kendall_tau": 0.1, "shipped": None}))
+    local = fidelity_record(cfg, None)
+    assert local["shipped"] is False and local["kendall_tau"] == 0.1

@@ -132,10 +132,12 @@ def show(result: object) -> None:
     f = s.get("fidelity")
     if f:
         lo, hi = f["kendall_tau_ci"]
-        console.print(f"proxy fidelity (measured by `lotto search --fidelity`): Kendall tau "
-                      f"{f['kendall_tau']:.2f} (95% {lo:.2f} to {hi:.2f}) on {f['networks']} "
-                      f"networks; reference seed-to-seed {f['reference_seed_tau']:.2f}",
-                      highlight=False)
+        where = (f"shipped with lotto, measured {f['measured']}; `lotto search --fidelity 20` "
+                 "measures it here" if f.get("shipped") else "measured by `lotto search "
+                 "--fidelity`")
+        console.print(f"proxy fidelity ({where}): Kendall tau {f['kendall_tau']:.2f} (95% "
+                      f"{lo:.2f} to {hi:.2f}) on {f['networks']} networks; reference "
+                      f"seed-to-seed {f['reference_seed_tau']:.2f}", highlight=False)
     else:
         console.print("proxy fidelity: not measured for this setup (`lotto search --fidelity "
                       "20` with the same config measures it)", highlight=False)

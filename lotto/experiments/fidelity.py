@@ -215,6 +215,23 @@ def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | N
     return FidelityResult(run, table, summary)
 
 
+SHIPPED_RECORDS = Path(__file__).resolve().parent.parent / "search" / "data"
+
+
+def fidelity_record(cfg: DictConfig, supernet: Path | None) -> dict[str, Any] | None:
+    """The fidelity measured for this proxy setup and space: the last `--fidelity` run's here,
+    else the one shipped with lotto for the same setup (the default search's, measured at
+    release; `shipped` says so), else None."""
+    here = fidelity_record_path(cfg, supernet)
+    for path, shipped in ((here, False), (SHIPPED_RECORDS / here.name, True)):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        return {**record, "shipped": shipped}
+    return None
+
+
 def fidelity_record_path(cfg: DictConfig, supernet: Path | None) -> Path:
     """Where the last fidelity measured for this proxy setup and space is kept (a search of the
     same setup reports it)."""

@@ -629,13 +629,11 @@ def run_search(cfg: DictConfig, *, force: bool = False, progress: Progress | Non
     summary: dict[str, Any] = {"run_dir": str(run.path), "failures": search.failures.entries,
                                "fastest_ms": fastest,
                                "proxy": str(cfg.search.get("proxy", "train"))}
-    from lotto.experiments.fidelity import fidelity_record_path
+    from lotto.experiments.fidelity import fidelity_record
 
-    measured = fidelity_record_path(cfg, None if search.supernet is None else search.supernet[0])
-    try:  # the proxy's fidelity, if `lotto search --fidelity` measured this setup
-        summary["fidelity"] = json.loads(measured.read_text()) if measured.exists() else None
-    except ValueError:
-        summary["fidelity"] = None
+    # the proxy's fidelity, if `lotto search --fidelity` measured this setup (here or at release)
+    summary["fidelity"] = fidelity_record(cfg, None if search.supernet is None
+                                          else search.supernet[0])
     if search.supernet is not None:
         record = search.supernet[1]
         summary["supernet"] = {"weights": str(search.supernet[0]), "cached": record["cached"],
