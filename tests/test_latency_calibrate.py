@@ -4,8 +4,10 @@ leave-one-source-out) coverage."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,11 @@ from lotto.latency.calibrate import (
     strict_coverage,
 )
 from lotto.latency.phone import load_phone_model, model_path
+
+_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "error_bar_simulation.py"
+_spec = importlib.util.spec_from_file_location("error_bar_simulation", _SCRIPT)
+simulation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(simulation)  # the simulation the docs quote, scored here
 
 
 @pytest.fixture(scope="module")
@@ -107,21 +114,6 @@ def test_error_bars_are_per_phone_where_rows_allow():
     assert share(s) >= bars["level"] > share(s * 0.99)
 
 
-def _held_out_coverage(sources, level=None):
-    """Each source scored by bars (rel_error 0) calibrated on the others (at `level`, else at
-    error_bars' own)."""
-    shares = []
-    for i, left_out in enumerate(sources):
-        rest = sources[:i] + sources[i + 1:]
-        pool = {"phone": np.array(["pixel1"] * sum(map(len, rest))),
-                "source": np.concatenate([[f"s{j}"] * len(e) for j, e in enumerate(rest)]),
-                "err": np.concatenate(rest), "rel": dict.fromkeys(PHONES, 0.0),
-                "rel_n": dict.fromkeys(PHONES, MIN_OWN_ROWS), "rel_pooled": 0.0}
-        bars = error_bars(pool) if level is None else error_bars(pool, level)
-        shares.append(np.mean(left_out <= bars["devices"]["pixel1"]["expected_error"]))
-    return float(np.mean(shares))
-
-
 @pytest.mark.parametrize("n", [3, 4])
 def test_error_bars_cover_an_unseen_source_about_two_times_in_three(n):
     """Simulated sources whose errors spread around a per-source runtime scale (within-source
@@ -132,8 +124,8 @@ def test_error_bars_cover_an_unseen_source_about_two_times_in_three(n):
     plain, conformal = [], []
     for _ in range(40):
         sources = [np.exp(mu + 0.4 * rng.standard_normal(20)) for mu in rng.normal(-2, 0.5, n + 1)]
-        plain.append(_held_out_coverage(sources))
-        conformal.append(_held_out_coverage(sources, min(1.0, COVER * (n + 1) / n)))
+        plain.append(simulation.held_out_coverage(sources))
+        conformal.append(simulation.held_out_coverage(sources, simulation.conformal_share(n)))
     assert np.mean(plain) == pytest.approx(COVER, abs=0.06)
     assert np.mean(conformal) > COVER + 0.08
 
@@ -144,7 +136,7 @@ def test_sources_without_spread_are_the_plain_share_s_known_limit():
     the time, under 2/3 (docs/latency.md says so)."""
     for n in (3, 4, 6):
         values = np.random.default_rng(n).lognormal(-2.0, 0.7, n + 1)
-        strict = _held_out_coverage([np.full(5, v) for v in values])
+        strict = simulation.held_out_coverage([np.full(5, v) for v in values])
         assert strict == pytest.approx(math.ceil(2 * n / 3 - 1e-9) / (n + 1)) and strict < COVER
 
 

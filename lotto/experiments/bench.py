@@ -504,8 +504,7 @@ def _validate_phone(run: RunDir, device: str) -> BenchResult:
         "leave_one_source_out": _plain(v["loso"]),
         "fbnet_leave_one_shape_out": _plain(v["shape"]),
         "fbnet_macs_one_scale": v["fbnet_macs"],
-        "proxylessnas_mobile": _proxyless(cal, v, device),
-        "mnasnet_a1": _mnasnet(cal, v, device),
+        **_independent_checks(cal, v, device),
         # per-phone error bars; coverage: strict (each source scored by error bars calibrated
         # without it); `note` when the phone has too few rows for its own relative error
         "errors": {**_plain(v["quoted"])["devices"][device],
@@ -521,21 +520,15 @@ def _validate_phone(run: RunDir, device: str) -> BenchResult:
     return BenchResult("validate", summary, rows)
 
 
-def _proxyless(cal: Any, v: dict[str, Any], device: str) -> dict[str, Any] | None:
+def _independent_checks(cal: Any, v: dict[str, Any], device: str) -> dict[str, Any]:
+    """Pixel 1 only: the published networks in no fit (ProxylessNAS-Mobile, MnasNet-A1)."""
     if device != "pixel1":
-        return None
-    from lotto.latency.calibrate import fit_devices, proxyless_check
+        return {"proxylessnas_mobile": None, "mnasnet_a1": None}
+    from lotto.latency.calibrate import fit_devices, mnasnet_check, proxyless_check
 
-    return proxyless_check(fit_devices(cal), v["quoted"]["devices"]["pixel1"]["expected_error"])
-
-
-def _mnasnet(cal: Any, v: dict[str, Any], device: str) -> dict[str, Any] | None:
-    if device != "pixel1":
-        return None
-    from lotto.latency.calibrate import fit_devices, mnasnet_check
-
-    return mnasnet_check(fit_devices(cal)["coef"],
-                         v["quoted"]["devices"]["pixel1"]["expected_error"])
+    fit, quoted = fit_devices(cal), v["quoted"]["devices"]["pixel1"]["expected_error"]
+    return {"proxylessnas_mobile": proxyless_check(fit, quoted),
+            "mnasnet_a1": mnasnet_check(fit["coef"], quoted)}
 
 
 def _validate_pixel4(run: RunDir, cal: Any) -> BenchResult:

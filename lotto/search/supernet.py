@@ -215,7 +215,7 @@ def arms_for_step(net: Supernet, cfg: DictConfig, step: int, rng: random.Random
         ops = [rng.choice(stage.ops) for stage in net.space.stages]
 
         def on_path(choices: list[tuple]) -> list[tuple]:
-            return [c[:_OP] + (op,) + c[_OP + 1:] for c, op in zip(choices, ops)]
+            return [with_op(c, op) for c, op in zip(choices, ops)]
 
         return [on_path(net.largest), on_path(net.smallest)] + [
             on_path(net.space.decode(net.space.sample_indices(rng)))
@@ -230,6 +230,11 @@ def arms_for_step(net: Supernet, cfg: DictConfig, step: int, rng: random.Random
 
 
 _OP = AXES.index("op")  # position of the op type in a stage's choices
+
+
+def with_op(choice: tuple, op: str) -> tuple:
+    """A stage's choices with its op type replaced."""
+    return choice[:_OP] + (op,) + choice[_OP + 1:]
 
 
 def _call(path: tuple[nn.Module, dict[str, Tensor], Any], name: str, x: Tensor) -> Tensor:
@@ -337,7 +342,7 @@ class Supernet:
         it is `forward(choices, x)`."""
         paths = {}
         for op in sorted(set().union(*keep)):  # one member per op type: stages offering it
-            member = [c[:_OP] + (op,) + c[_OP + 1:] if op in stage.ops else c
+            member = [with_op(c, op) if op in stage.ops else c
                       for c, stage in zip(choices, self.space.stages)]
             spec, where = self.member(member)
             module = self._module(spec).train()
