@@ -659,3 +659,12 @@ def test_sandwich_ops_puts_every_arm_of_a_step_on_one_op_path(space_file, runs_d
             seen[k].add(o)
     assert seen == [set(s.ops) for s in space.stages]
     assert any(len(s.ops) > 1 for s in space.stages)  # not vacuous
+
+
+@pytest.mark.parametrize("rule, needle", [("oneshot", "one-shot: op types summed"),
+                                          ("uniform", "(uniform)"),
+                                          ("sandwich_ops", "one op path per step")])
+def test_summary_names_the_supernet_rule(space_file, runs_dir, rule, needle):
+    from lotto.experiments.search import proxy_description
+
+    assert needle in proxy_description(config(space_file, runs_dir, f"supernet.rule={rule}"))

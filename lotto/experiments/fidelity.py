@@ -136,8 +136,17 @@ def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | N
         todo = [i for i, k in enumerate(keys) if proxy_cache.get(k) is None]
         jobs = [make_job(cfg, space, supernet, specs[i], picks[i], {"network": i})
                 for i in todo]
+        # one bar over both phases (workers draw none): the reference count is an upper bound
+        # until the proxy phase ends, as a concurrent run may fill the reference cache
+        bar = None if progress is None else progress.add_task(
+            "fidelity", total=len(jobs) + len(specs) * len(seeds))
+
+        def tick() -> None:
+            if bar is not None:
+                progress.advance(bar)
 
         def on_proxy(index: int, result: TaskResult) -> None:
+            tick()
             i = todo[index]
             if result.ok:
                 proxy_cache.put(keys[i], {**result.value, "seconds": result.seconds})
@@ -153,8 +162,11 @@ def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | N
                  if ref_cache.get(f"{keys[i]} seed{s}") is None]
         ref_jobs = [sample_job(specs[i], cfg.data, ref_train, ref_proxy, s, str(cfg.device),
                                unit_label({"network": i, "seed": s})) for i, s in units]
+        if bar is not None:
+            progress.update(bar, total=len(jobs) + len(units))
 
         def on_reference(index: int, result: TaskResult) -> None:
+            tick()
             i, s = units[index]
             if result.ok:
                 ref_cache.put(f"{keys[i]} seed{s}", {**result.value, "seconds": result.seconds})
@@ -164,6 +176,8 @@ def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | N
 
         if ref_jobs:
             tasks.run(task_function(evaluate, tasks, progress), ref_jobs, on_result=on_reference)
+        if bar is not None:
+            progress.remove_task(bar)
 
     rows = []
     for i, key in enumerate(keys):

@@ -176,6 +176,8 @@ def proxy_description(cfg: DictConfig) -> str:
             rule = (f"progressive shrinking: the base {n.base_op} network, then {opened} "
                     f"opened in turn (+{n.random} random{distilled}"
                     f"{', ds nested in ir' if n.get('nest_ds') else ''})")
+        elif n.rule == "oneshot":
+            rule = f"one-shot: op types summed, path dropout to {n.keep_end:g}"
         else:
             rule = "uniform"
         return (f"supernet proxy: {d.name}, {subset}, scored on {val}; widths x{p.width_mult:g}, "
