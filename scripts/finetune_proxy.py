@@ -34,17 +34,18 @@ from lotto.tasks import shared_data
 CPU = torch.device("cpu")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs-dir", required=True)
+    ap.add_argument("--config", default=None, help="a search config file (-c of lotto search)")
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--scratch", type=int, nargs="*", default=None,
                     help="from-scratch step counts (default: --steps plus 40)")
     ap.add_argument("--out", default="finetune_proxy.csv", help="file name under --runs-dir")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_intermixed_args()
+    args = ap.parse_intermixed_args(argv)
     torch.set_num_threads(1)
-    cfg = load_config("search", None, [f"run.runs_dir={args.runs_dir}", "device=cpu",
+    cfg = load_config("search", args.config, [f"run.runs_dir={args.runs_dir}", "device=cpu",
                                         "search.proxy=supernet", *args.overrides])
     space, seeds, _, _ = prepare(cfg)
     data = shared_data(cfg.data, CPU)
@@ -104,6 +105,7 @@ def main() -> None:
                                int(cfg.fidelity.seed))
         print(f"{arm:<12} {tau(g.score, g.reference):6.2f} [{lo:5.2f}, {hi:5.2f}]   "
               f"{g.score.min():.2f}-{g.score.max():.2f} {g.seconds.mean():10.2f}")
+    return table
 
 
 if __name__ == "__main__":
