@@ -94,7 +94,8 @@ def test_fidelity_cli_and_bad_values(space_file, runs_dir):
 
 def test_fidelity_log_counts_every_training(space_file, runs_dir, monkeypatch):
     """Output that is not a terminal (a log file, CI) gets plain progress lines counting the
-    proxy scores and reference trainings together: 3 + 3 x 2 here."""
+    proxy scores and reference trainings together: 3 + 3 x 2 here. (No ETA is asserted: units
+    this quick count as found done, `lotto.progress.INSTANT`.)"""
     monkeypatch.setenv("LOTTO_PROGRESS_SECONDS", "0")
     ok = CliRunner().invoke(app, ["search", "--config", str(space_file), *FAST, "--fidelity",
                                   "3", "--runs-dir", str(runs_dir)])
@@ -102,7 +103,6 @@ def test_fidelity_log_counts_every_training(space_file, runs_dir, monkeypatch):
     counts = [line.split(" | ")[0] for line in ok.output.splitlines()
               if line.startswith("fidelity ") and " | " in line]
     assert counts[0] == "fidelity 0/9" and counts[-1] == "fidelity 9/9", counts
-    assert "ETA" in ok.output
 
 
 def test_a_search_reports_the_fidelity_measured_for_its_setup(space_file, runs_dir):
