@@ -6,7 +6,10 @@ network takes its slice of a trained supernet, is fine-tuned `k` steps with the 
 recipe, and is scored on the validation split. The control is the train proxy at the same `k`
 from scratch. Run the fidelity run first (it trains and caches the references), then:
 
-    PYTHONPATH=$PWD python scripts/finetune_proxy.py --runs-dir R --steps 10 20 [key=value ...]
+    PYTHONPATH=$PWD python scripts/finetune_proxy.py --runs-dir R [key=value ...] --steps 10 20
+
+(overrides before --steps / --scratch, which take lists). Measured 2026-12-07: docs/search.md,
+*Inherited weights + a short fine-tune*.
 
 The supernet is the one `search.proxy=supernet` with the same overrides would use (trained and
 cached under R when missing). Prints one row per arm: Kendall tau vs the reference (95%
