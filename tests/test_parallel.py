@@ -202,7 +202,17 @@ def test_process_faults_become_failed_results(
     assert pool.run(work, [("ok", 6), ("ok", 7)])[1].value[0] == 7
 
 
-def test_ctrl_c_reaps_workers_and_keeps_finished_results(pool: Runner) -> None:
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Python's own SIGINT handler for the test: a shell starts a background job (`make test &`)
+    with SIGINT ignored, and Python then leaves it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_reaps_workers_and_keeps_finished_results(pool: Runner, ctrl_c_raises: None
+                                                         ) -> None:
     delivered: list[int] = []
 
     def on_result(index: int, result: TaskResult) -> None:
