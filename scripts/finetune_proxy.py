@@ -28,7 +28,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lotto.config import load_config
-from lotto.experiments.fidelity import draw, prepare, reference_key
+from lotto.experiments.fidelity import draw, prepare, reference_cache_path
 from lotto.search.evaluate import Cache, proxy_network, proxy_seed, spec_key
 from lotto.search.fidelity import bootstrap_tau, tau
 from lotto.search.supernet import Supernet, ensure_supernet, layout, make_adapt, score
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     picks = draw(space, int(cfg.fidelity.networks), int(cfg.fidelity.seed))
     specs = [space.network(ix, f"fidelity_{i}") for i, ix in enumerate(picks)]
-    ref_cache = Cache(Path(args.runs_dir).expanduser() / "search" / ".reference"
-                      / f"{reference_key(cfg)}.jsonl")
+    ref_cache = Cache(reference_cache_path(cfg))
     ref = []
     for s in specs:
         got = [ref_cache.get(f"{spec_key(s)} seed{k}") for k in seeds]

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from lotto.config import load_config
-from lotto.experiments.fidelity import draw, reference_key
+from lotto.experiments.fidelity import draw, reference_cache_path
 from lotto.experiments.search import load_search_space
 from lotto.search.evaluate import Cache, proxy_seed, spec_key
 from lotto.search.fidelity import bootstrap_tau, tau
@@ -50,7 +50,7 @@ def main() -> None:
     more = OmegaConf.merge(cfg.supernet, {"steps": args.more, "lr": args.lr})
     stats = train_supernet(net, data, more, seed=seed + 1, device=CPU)
     save_file(net.state_dict(), str(path.with_name(f"{path.stem}-more{args.more}.safetensors")))
-    refs = Cache(path.parents[1] / ".reference" / f"{reference_key(cfg)}.jsonl")
+    refs = Cache(reference_cache_path(cfg))
     seeds = [int(s) for s in cfg.fidelity.reference.seeds]
     proxy, loss, ref, seconds = [], [], [], []
     for ix in draw(space, int(cfg.fidelity.networks), int(cfg.fidelity.seed)):

@@ -75,6 +75,12 @@ def reference_key(cfg: DictConfig) -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def reference_cache_path(cfg: DictConfig) -> Path:
+    """The reference trainings of this setup, shared by every run under the runs directory."""
+    return (Path(cfg.run.runs_dir).expanduser() / COMMAND / ".reference"
+            / f"{reference_key(cfg)}.jsonl")
+
+
 def draw(space: Any, n: int, seed: int) -> list[list[int]]:
     """`n` distinct networks (by spec) drawn uniformly; fewer if the space has fewer."""
     rng, out, seen = random.Random(seed), [], set()
@@ -157,7 +163,7 @@ def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | N
             tasks.run(task_function(proxy_task(cfg), tasks, progress), jobs, on_result=on_proxy)
         # the reference trainings, one per (network, seed); the cache is read now, after the
         # proxy phase, so that what a concurrent run trained meanwhile is not trained again
-        ref_cache = Cache(runs_root / ".reference" / f"{reference_key(cfg)}.jsonl")
+        ref_cache = Cache(reference_cache_path(cfg))
         units = [(i, s) for i in range(len(specs)) for s in seeds
                  if ref_cache.get(f"{keys[i]} seed{s}") is None]
         ref_jobs = [sample_job(specs[i], cfg.data, ref_train, ref_proxy, s, str(cfg.device),

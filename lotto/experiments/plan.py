@@ -677,7 +677,7 @@ def plan_fidelity(cfg: DictConfig) -> Plan:
     by the proxy and trained once per reference seed, less what the shared caches hold."""
     from lotto.arch.build import build_network
     from lotto.experiments.common import shared_data
-    from lotto.experiments.fidelity import draw, prepare, reference_key
+    from lotto.experiments.fidelity import draw, prepare, reference_cache_path
     from lotto.experiments.search import COMMAND, proxy_cache_name
     from lotto.proxy import proxy_spec
     from lotto.search.evaluate import Cache, proxy_network, spec_key
@@ -695,7 +695,7 @@ def plan_fidelity(cfg: DictConfig) -> Plan:
     root = Path(cfg.run.runs_dir).expanduser() / COMMAND
     proxy_cache = Cache(root / ".cache" / f"{proxy_cache_name(cfg, None)}.jsonl"
                         if cfg.proxy.cache and not supernet else None)
-    ref_cache = Cache(root / ".reference" / f"{reference_key(cfg)}.jsonl")
+    ref_cache = Cache(reference_cache_path(cfg))
     proxy_steps = 0 if supernet else parse_step(cfg.train.iterations, per_epoch)
     ref_steps = parse_step(ref_train.iterations, per_epoch)
     for i, key in enumerate(keys):
