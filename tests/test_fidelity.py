@@ -138,3 +138,21 @@ def test_the_default_search_finds_its_shipped_fidelity(tmp_path):
     here.write_text(json.dumps({**shipped, "kendall_tau": 0.1, "shipped": None}))
     local = fidelity_record(cfg, None)
     assert local["shipped"] is False and local["kendall_tau"] == 0.1
+
+
+def test_the_default_supernet_finds_its_shipped_fidelity(tmp_path):
+    """`search.proxy=supernet` with the default settings prints its shipped fidelity too (so a
+    user sees that it does not rank before searching with it); a changed supernet finds none."""
+    from lotto.experiments.fidelity import fidelity_record
+    from lotto.search.evaluate import proxy_seed
+    from lotto.search.supernet import supernet_path
+
+    def record(*extra: str):
+        cfg = load_config("search", None, [f"run.runs_dir={tmp_path}", "search.proxy=supernet",
+                                           *extra])
+        return fidelity_record(cfg, supernet_path(cfg, proxy_seed(cfg)))
+
+    shipped = record()
+    assert shipped["shipped"] and shipped["networks"] == 20 and "measured" in shipped
+    assert shipped["kendall_tau_ci"][0] < shipped["kendall_tau"] < shipped["kendall_tau_ci"][1]
+    assert record("supernet.steps=401") is None

@@ -51,7 +51,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -448,8 +448,13 @@ def _clipped_backward(loss: Tensor, params: list[nn.Parameter], clip: float) -> 
 
 
 def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
-                   device: torch.device, progress: Any = None) -> dict[str, Any]:
-    """Train the shared weights for `cfg.steps` steps (Adam, cosine decay); returns stats."""
+                   device: torch.device, progress: Any = None,
+                   extra_loss: Callable[[int, Tensor, Tensor], Tensor | None] | None = None
+                   ) -> dict[str, Any]:
+    """Train the shared weights for `cfg.steps` steps (Adam, cosine decay); returns stats.
+
+    `extra_loss(step, x, y)`: a term added to each step after its networks (clipped like
+    each of them), e.g. the landmark ranking term of `scripts/landmark_supernet.py`."""
     for w in net.weights.values():
         w.data = w.data.to(device)
     opt = torch.optim.Adam(list(net.weights.values()), lr=float(cfg.lr),
@@ -491,6 +496,12 @@ def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
             else:
                 loss.backward()
             total += float(loss.detach())
+        extra = extra_loss(step, x, y) if extra_loss is not None else None
+        if extra is not None and extra.requires_grad:
+            if clip > 0:
+                _clipped_backward(extra, params, clip)
+            else:
+                extra.backward()
         opt.step()
         sched.step()
         losses.append(total / len(arms))
