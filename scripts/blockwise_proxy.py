@@ -23,7 +23,6 @@ Measured 2026-12-07: docs/search.md, *Block-wise distillation*.
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import time
@@ -33,14 +32,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from fidelity_script import CPU, parser, references, setup
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from lotto.arch.build import build_network
-from lotto.config import load_config
-from lotto.experiments.fidelity import draw, prepare, reference_cache_path
+from lotto.experiments.fidelity import draw
 from lotto.proxy import train_spec
-from lotto.search.evaluate import Cache, proxy_network, proxy_seed, spec_key
+from lotto.search.evaluate import proxy_network, proxy_seed
 from lotto.search.fidelity import bootstrap_tau, tau
 from lotto.search.supernet import (
     Supernet,
@@ -51,9 +50,6 @@ from lotto.search.supernet import (
     choices_layout,
     make_adapt,
 )
-from lotto.tasks import shared_data
-
-CPU = torch.device("cpu")
 
 
 def stage_ends(choices: Sequence[tuple]) -> list[int]:
@@ -95,9 +91,7 @@ def stage_losses(net: Supernet, choices: Sequence[tuple], feats: Sequence[Tensor
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs-dir", required=True)
-    ap.add_argument("--config", default=None, help="a search config file (-c of lotto search)")
+    ap = parser("blockwise_proxy.csv")
     ap.add_argument("--steps", type=int, default=400, help="block-wise training steps")
     ap.add_argument("--teacher-steps", type=int, default=640)
     ap.add_argument("--members", type=int, default=4, help="random networks per step")
@@ -105,14 +99,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--score-images", type=int, default=500)
     ap.add_argument("--draws", type=int, nargs="+", default=None,
                     help="fidelity.seed of each scored draw (default: the config's)")
-    ap.add_argument("--out", default="blockwise_proxy.csv", help="file name under --runs-dir")
-    ap.add_argument("overrides", nargs="*")
     args = ap.parse_intermixed_args(argv)
-    torch.set_num_threads(1)
-    cfg = load_config("search", args.config, [f"run.runs_dir={args.runs_dir}", "device=cpu",
-                                        *args.overrides])
-    space, seeds, _, _ = prepare(cfg)
-    data = shared_data(cfg.data, CPU)
+    cfg, space, seeds, data = setup(args)
     seed = proxy_seed(cfg)
     net = Supernet(space, make_adapt(cfg, data), seed)
 
@@ -150,21 +138,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           f"summed loss {sum(recent) / max(1, len(recent)):.3f}", flush=True)
 
     val = teacher_features(teacher, ends, data.val_x[:args.score_images])
-    ref_cache = Cache(reference_cache_path(cfg))
     rows = []
-    n = int(cfg.fidelity.networks)
     for s in args.draws or [int(cfg.fidelity.seed)]:
-        for i, ix in enumerate(draw(space, n, s)):
-            got = [ref_cache.get(f"{spec_key(space.network(ix))} seed{k}") for k in seeds]
-            if any(g is None for g in got):
-                raise SystemExit(f"references missing: run `lotto search --fidelity {n} "
-                                 f"fidelity.seed={s}` first")
+        picks = draw(space, int(cfg.fidelity.networks), s)
+        ref = references(cfg, space, picks, seeds, s)
+        for i, ix in enumerate(picks):
             begin = time.perf_counter()
             with torch.no_grad():
                 losses = [float(v) for v in stage_losses(net, space.decode(ix), val)]
             rows.append({"draw": s, "network": i, "score": -sum(losses),
-                         "seconds": time.perf_counter() - begin,
-                         "reference": sum(float(g["val_accuracy"]) for g in got) / len(got),
+                         "seconds": time.perf_counter() - begin, "reference": ref[i],
                          **{f"stage{k}": v for k, v in enumerate(losses)}})
     table = pd.DataFrame(rows)
     table.to_csv(Path(args.runs_dir) / args.out, index=False)

@@ -19,39 +19,26 @@ and arm).
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
+from fidelity_script import CPU, parser, references, setup
 from omegaconf import OmegaConf
 
-from lotto.config import load_config
-from lotto.experiments.fidelity import draw, prepare, reference_cache_path
-from lotto.search.evaluate import Cache, proxy_network, proxy_seed, spec_key
+from lotto.experiments.fidelity import draw
+from lotto.search.evaluate import proxy_network, proxy_seed
 from lotto.search.fidelity import bootstrap_tau, tau
 from lotto.search.supernet import Supernet, ensure_supernet, layout, make_adapt, score
-from lotto.tasks import shared_data
-
-CPU = torch.device("cpu")
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs-dir", required=True)
-    ap.add_argument("--config", default=None, help="a search config file (-c of lotto search)")
+    ap = parser("finetune_proxy.csv")
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--scratch", type=int, nargs="*", default=None,
                     help="from-scratch step counts (default: --steps plus 40)")
-    ap.add_argument("--out", default="finetune_proxy.csv", help="file name under --runs-dir")
-    ap.add_argument("overrides", nargs="*")
     args = ap.parse_intermixed_args(argv)
-    torch.set_num_threads(1)
-    cfg = load_config("search", args.config, [f"run.runs_dir={args.runs_dir}", "device=cpu",
-                                        "search.proxy=supernet", *args.overrides])
-    space, seeds, _, _ = prepare(cfg)
-    data = shared_data(cfg.data, CPU)
+    cfg, space, seeds, data = setup(args, "search.proxy=supernet")
     path, meta = ensure_supernet(cfg, space, data, seed=proxy_seed(cfg), device=CPU)
     print(f"supernet {path.name}: {'cached' if meta['cached'] else 'trained'}, "
           f"{meta.get('seconds', 0):.0f} s, final loss {meta.get('final_loss', float('nan')):.3f}")
@@ -63,13 +50,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     picks = draw(space, int(cfg.fidelity.networks), int(cfg.fidelity.seed))
     specs = [space.network(ix, f"fidelity_{i}") for i, ix in enumerate(picks)]
-    ref_cache = Cache(reference_cache_path(cfg))
-    ref = []
-    for s in specs:
-        got = [ref_cache.get(f"{spec_key(s)} seed{k}") for k in seeds]
-        if any(g is None for g in got):
-            raise SystemExit("references missing: run `lotto search --fidelity N` first")
-        ref.append(sum(float(g["val_accuracy"]) for g in got) / len(got))
+    ref = references(cfg, space, picks, seeds, int(cfg.fidelity.seed))
 
     from lotto.proxy import train_spec
 

@@ -23,43 +23,30 @@ docs/search.md, *Landmark regularisation*.
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 import torch.nn.functional as F
+from fidelity_script import CPU, parser, references, setup
 from torch import Tensor
 
-from lotto.config import load_config
-from lotto.experiments.fidelity import draw, prepare, reference_cache_path
+from lotto.experiments.fidelity import draw
 from lotto.search.evaluate import Cache, evaluate, proxy_key, proxy_seed, sample_job, spec_key
 from lotto.search.fidelity import bootstrap_tau, tau
 from lotto.search.supernet import Supernet, layout, make_adapt, score, train_supernet
-from lotto.tasks import shared_data
-
-CPU = torch.device("cpu")
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs-dir", required=True)
-    ap.add_argument("--config", default=None, help="a search config file (-c of lotto search)")
+    ap = parser("landmark_supernet.csv")
     ap.add_argument("--landmarks", type=int, default=32)
     ap.add_argument("--landmark-seed", type=int, default=7000)
     ap.add_argument("--weight", type=float, default=1.0, help="the term's weight (0 = off)")
     ap.add_argument("--draws", type=int, nargs="+", default=None,
                     help="fidelity.seed of each scored draw (default: the config's)")
-    ap.add_argument("--out", default="landmark_supernet.csv", help="file name under --runs-dir")
-    ap.add_argument("overrides", nargs="*")
     args = ap.parse_intermixed_args(argv)
-    torch.set_num_threads(1)
-    cfg = load_config("search", args.config, [f"run.runs_dir={args.runs_dir}", "device=cpu",
-                                        "search.proxy=supernet", *args.overrides])
-    space, seeds, _, _ = prepare(cfg)
-    data = shared_data(cfg.data, CPU)
+    cfg, space, seeds, data = setup(args, "search.proxy=supernet")
     seed = proxy_seed(cfg)
     n = int(cfg.fidelity.networks)
     draws = {s: draw(space, n, s) for s in (args.draws or [int(cfg.fidelity.seed)])}
@@ -106,17 +93,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     fit = scores(marks)
     print(f"landmark fit: tau {tau([r['val_accuracy'] for r in fit], labels):.2f} "
           f"(by loss {tau([-r['val_loss'] for r in fit], labels):.2f})")
-    ref_cache = Cache(reference_cache_path(cfg))
     rows = []
     for s, picks in draws.items():
-        for i, (ix, r) in enumerate(zip(picks, scores(picks))):
-            got = [ref_cache.get(f"{spec_key(space.network(ix))} seed{k}") for k in seeds]
-            if any(g is None for g in got):
-                raise SystemExit(f"references missing: run `lotto search --fidelity {n} "
-                                 f"fidelity.seed={s}` first")
+        ref = references(cfg, space, picks, seeds, s)
+        for i, r in enumerate(scores(picks)):
             rows.append({"draw": s, "network": i, "score": r["val_accuracy"],
                          "loss": r["val_loss"], "seconds": r["train_seconds"],
-                         "reference": sum(float(g["val_accuracy"]) for g in got) / len(got)})
+                         "reference": ref[i]})
     table = pd.DataFrame(rows)
     table.to_csv(Path(args.runs_dir) / args.out, index=False)
     print(f"\n{'draw':>6} {'tau':>6} {'95% bootstrap':>16} {'by loss':>8} {'scores':>10} "

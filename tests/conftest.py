@@ -34,6 +34,26 @@ def runs_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def load_script(monkeypatch: pytest.MonkeyPatch):
+    """`load_script("finetune_proxy")`: scripts/<name>.py imported as a module; torch's thread
+    count, which the fidelity scripts set to 1, is restored afterwards."""
+    import importlib.util
+
+    folder = Path(__file__).resolve().parent.parent / "scripts"
+    monkeypatch.syspath_prepend(str(folder))
+    threads = torch.get_num_threads()
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_lottery_args(runs_dir: Path) -> list[str]:
     """key=value overrides for a lottery run that takes well under a second."""
     return [*TINY, f"run.runs_dir={runs_dir}"]

@@ -5,10 +5,6 @@ script scores every network of each draw."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-import pytest
 import torch
 from test_fidelity import FAST, config
 from torch import nn
@@ -18,21 +14,9 @@ from lotto.experiments.fidelity import prepare, run_fidelity
 from lotto.search.supernet import Supernet, base_choices, make_adapt
 from lotto.tasks import shared_data
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "blockwise_proxy.py"
 
-
-@pytest.fixture
-def blockwise(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("blockwise_proxy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    threads = torch.get_num_threads()
-    yield module
-    torch.set_num_threads(threads)  # the script runs on one thread
-
-
-def test_teacher_weights_in_the_slice_reproduce_every_stage(space_file, runs_dir, blockwise):
+def test_teacher_weights_in_the_slice_reproduce_every_stage(space_file, runs_dir, load_script):
+    script = load_script("blockwise_proxy")
     cfg = config(space_file, runs_dir)
     space, _, _, _ = prepare(cfg)
     data = shared_data(cfg.data, torch.device("cpu"))
@@ -50,21 +34,22 @@ def test_teacher_weights_in_the_slice_reproduce_every_stage(space_file, runs_dir
         for name, view in net.params(spec, where, module).items():
             view.copy_(teacher.get_parameter(name))  # the teacher's weights into its slice
         module.load_state_dict(teacher.state_dict())
-    feats = blockwise.teacher_features(teacher, blockwise.stage_ends(big), data.train_x[:16])
+    feats = script.teacher_features(teacher, script.stage_ends(big), data.train_x[:16])
     assert len(feats) == len(space.stages) + 1
     with torch.no_grad():
-        losses = blockwise.stage_losses(net, big, feats, train=False)
+        losses = script.stage_losses(net, big, feats, train=False)
     assert len(losses) == len(space.stages) and all(float(v) < 1e-10 for v in losses)
     with torch.no_grad():
         for w in net.weights.values():
             w.add_(0.1 * torch.randn_like(w))
-        assert all(float(v) > 1e-3 for v in blockwise.stage_losses(net, big, feats, train=False))
+        assert all(float(v) > 1e-3 for v in script.stage_losses(net, big, feats, train=False))
 
 
-def test_script_scores_every_network_of_each_draw(space_file, runs_dir, blockwise):
+def test_script_scores_every_network_of_each_draw(space_file, runs_dir, load_script):
+    script = load_script("blockwise_proxy")
     run_fidelity(config(space_file, runs_dir))
-    table = blockwise.main(["--runs-dir", str(runs_dir), "--config", str(space_file), *FAST,
-                            "--steps", "3", "--teacher-steps", "4", "--score-images", "64"])
+    table = script.main(["--runs-dir", str(runs_dir), "--config", str(space_file), *FAST,
+                         "--steps", "3", "--teacher-steps", "4", "--score-images", "64"])
     assert len(table) == 4 and table.score.notna().all()
     stages = [c for c in table.columns if c.startswith("stage")]
     assert len(stages) == 2 and (table[stages] > 0).all().all()

@@ -4,35 +4,19 @@ search ranks by."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import pytest
-import torch
 from test_fidelity import FAST, config
 
 from lotto.experiments.fidelity import run_fidelity
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "finetune_proxy.py"
 
-
-@pytest.fixture
-def finetune_proxy(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("finetune_proxy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    threads = torch.get_num_threads()
-    yield module
-    torch.set_num_threads(threads)  # the script runs on one thread
-
-
-def test_scratch_arm_is_the_fidelity_runs_train_proxy(space_file, runs_dir, finetune_proxy):
+def test_scratch_arm_is_the_fidelity_runs_train_proxy(space_file, runs_dir, load_script):
+    script = load_script("finetune_proxy")
     run = run_fidelity(config(space_file, runs_dir))  # train proxy: 3 steps
     want = pd.read_csv(run.run.file("fidelity.csv"))
-    table = finetune_proxy.main(["--runs-dir", str(runs_dir), "--config", str(space_file),
-                                 *FAST, "--steps", "2", "--scratch", "3"])
+    table = script.main(["--runs-dir", str(runs_dir), "--config", str(space_file), *FAST,
+                         "--steps", "2", "--scratch", "3"])
     assert sorted(table.arm.unique()) == ["inherit-0", "inherit-2", "scratch-3"]
     got = table[table.arm == "scratch-3"].sort_values("network")
     assert len(got) == len(want) == 4

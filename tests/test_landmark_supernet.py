@@ -4,45 +4,30 @@ the landmarks' labels come from (and go into) the train proxy's shared cache."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from test_fidelity import FAST, config
 
 from lotto.experiments.fidelity import run_fidelity
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "landmark_supernet.py"
-
-
-@pytest.fixture
-def landmark_supernet(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("landmark_supernet", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    threads = torch.get_num_threads()
-    yield module
-    torch.set_num_threads(threads)  # the script runs on one thread
-
 
 def test_term_off_is_the_fidelity_runs_supernet_and_on_changes_it(space_file, runs_dir,
-                                                                 landmark_supernet):
+                                                                 load_script):
+    script = load_script("landmark_supernet")
     run = run_fidelity(config(space_file, runs_dir, "search.proxy=supernet"))
     want = pd.read_csv(run.run.file("fidelity.csv"))
     common = ["--runs-dir", str(runs_dir), "--config", str(space_file), *FAST,
               "supernet.steps=8", "--landmarks", "4"]
     # the fidelity run's supernet had 4 steps: retrain it with 8 here for both arms
-    off = landmark_supernet.main([*common, "--weight", "0", "--out", "off.csv"])
-    on = landmark_supernet.main([*common, "--weight", "10", "--out", "on.csv"])
+    off = script.main([*common, "--weight", "0", "--out", "off.csv"])
+    on = script.main([*common, "--weight", "10", "--out", "on.csv"])
     assert len(off) == len(on) == len(want) == 4
     assert list(on.reference) == pytest.approx(list(want.reference))
     assert list(on.loss) != pytest.approx(list(off.loss))  # the term moved the weights
-    same = landmark_supernet.main(["--runs-dir", str(runs_dir), "--config", str(space_file),
-                                   *FAST, "--landmarks", "4", "--weight", "0"])
+    same = script.main(["--runs-dir", str(runs_dir), "--config", str(space_file), *FAST,
+                        "--landmarks", "4", "--weight", "0"])
     assert list(same.score) == pytest.approx(list(want.proxy))  # 4 steps: the same supernet
     assert list(same.loss) == pytest.approx(list(want.proxy_loss))
     caches = list((runs_dir / "search" / ".cache").glob("*.jsonl"))
