@@ -33,7 +33,8 @@ from fidelity_script import CPU, parser, references, setup
 from torch import Tensor
 
 from lotto.experiments.fidelity import draw
-from lotto.search.evaluate import Cache, evaluate, proxy_key, proxy_seed, sample_job, spec_key
+from lotto.experiments.search import proxy_cache_path
+from lotto.search.evaluate import Cache, evaluate, proxy_seed, sample_job, spec_key
 from lotto.search.fidelity import bootstrap_tau, tau
 from lotto.search.supernet import Supernet, layout, make_adapt, score, train_supernet
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         raise SystemExit("a landmark is also a scored network: choose another --landmark-seed")
 
     # the labels: the train proxy's accuracy, from (and into) its shared cache
-    cache = Cache(Path(cfg.run.runs_dir) / "search" / ".cache" / f"{proxy_key(cfg)}.jsonl")
+    cache = Cache(proxy_cache_path(cfg, None))
     labels = []
     for i, ix in enumerate(marks):
         spec, key = space.network(ix, f"landmark_{i}"), spec_key(space.network(ix))

@@ -38,6 +38,7 @@ from lotto.experiments.search import (
     COMMAND,
     make_job,
     proxy_cache_name,
+    proxy_cache_path,
     proxy_seed,
     proxy_task,
     validate,
@@ -118,7 +119,6 @@ def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | N
     space, seeds, ref_train, ref_proxy = prepare(cfg)
     f = cfg.fidelity
     run = RunDir.open(cfg, COMMAND, force=force)
-    runs_root = Path(cfg.run.runs_dir).expanduser() / COMMAND
 
     supernet, supernet_record = None, None
     if cfg.search.get("proxy") == "supernet":
@@ -130,8 +130,7 @@ def run_fidelity(cfg: DictConfig, *, force: bool = False, progress: Progress | N
         supernet, supernet_record = ensure_supernet(
             cfg, space, shared_data(cfg.data, device), seed=proxy_seed(cfg), device=device,
             progress=progress)
-    proxy_cache = Cache(runs_root / ".cache" / f"{proxy_cache_name(cfg, supernet)}.jsonl"
-                        if cfg.proxy.cache else None)
+    proxy_cache = Cache(proxy_cache_path(cfg, supernet) if cfg.proxy.cache else None)
 
     picks = draw(space, int(f.networks), int(f.seed))
     specs = [space.network(ix, f"fidelity_{i}") for i, ix in enumerate(picks)]

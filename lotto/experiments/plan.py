@@ -343,7 +343,7 @@ def plan_search(cfg: DictConfig) -> Plan:
     controller draws, so the count is an upper bound."""
     from lotto.arch.build import build_network
     from lotto.experiments.common import shared_data
-    from lotto.experiments.search import COMMAND, prepare, proxy_cache_name
+    from lotto.experiments.search import COMMAND, prepare, proxy_cache_path
     from lotto.proxy import proxy_spec
     from lotto.search.evaluate import Cache, proxy_network
     from lotto.train import resolve_device
@@ -382,8 +382,7 @@ def plan_search(cfg: DictConfig) -> Plan:
     _time(plan, lambda: build_network(small), data, cfg.train, dev, test=False)
     caches = [plan.run_path / "evaluated.jsonl"] if plan.conflict is None else []
     if cfg.proxy.cache and not supernet:
-        caches.append(Path(cfg.run.runs_dir).expanduser() / COMMAND / ".cache"
-                      / f"{proxy_cache_name(cfg, None)}.jsonl")
+        caches.append(proxy_cache_path(cfg, None))
     cached = set().union(*(Cache(c).entries for c in caches if c.exists()))
     if cached:
         plan.notes.append(f"proxy results cached for this proxy setup: {len(cached)} networks "
@@ -678,7 +677,7 @@ def plan_fidelity(cfg: DictConfig) -> Plan:
     from lotto.arch.build import build_network
     from lotto.experiments.common import shared_data
     from lotto.experiments.fidelity import draw, prepare, reference_cache_path
-    from lotto.experiments.search import COMMAND, proxy_cache_name
+    from lotto.experiments.search import COMMAND, proxy_cache_path
     from lotto.proxy import proxy_spec
     from lotto.search.evaluate import Cache, proxy_network, spec_key
     from lotto.train import resolve_device
@@ -693,8 +692,8 @@ def plan_fidelity(cfg: DictConfig) -> Plan:
     picks = draw(space, int(f.networks), int(f.seed))
     keys = [spec_key(space.network(ix)) for ix in picks]
     root = Path(cfg.run.runs_dir).expanduser() / COMMAND
-    proxy_cache = Cache(root / ".cache" / f"{proxy_cache_name(cfg, None)}.jsonl"
-                        if cfg.proxy.cache and not supernet else None)
+    proxy_cache = Cache(proxy_cache_path(cfg, None) if cfg.proxy.cache and not supernet
+                        else None)
     ref_cache = Cache(reference_cache_path(cfg))
     proxy_steps = 0 if supernet else parse_step(cfg.train.iterations, per_epoch)
     ref_steps = parse_step(ref_train.iterations, per_epoch)

@@ -220,6 +220,12 @@ def proxy_cache_name(cfg: DictConfig, supernet: Path | None) -> str:
     return "supernet-" + hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def proxy_cache_path(cfg: DictConfig, supernet: Path | None) -> Path:
+    """The file of that shared cache under the runs directory."""
+    return (Path(cfg.run.runs_dir).expanduser() / COMMAND / ".cache"
+            / f"{proxy_cache_name(cfg, supernet)}.jsonl")
+
+
 def make_job(cfg: DictConfig, space: Space, supernet: Path | None, spec: Any, ix: list[int],
              unit: dict) -> Any:
     """The task scoring one network `space.network(ix)` with the configured proxy."""
@@ -303,8 +309,8 @@ class _Search:
                                             seed=proxy_seed(cfg), device=device_,
                                             progress=progress)
         if cfg.proxy.cache:
-            shared = Path(cfg.run.runs_dir).expanduser() / COMMAND / ".cache" / \
-                f"{self.cache_name()}.jsonl"
+            shared = proxy_cache_path(cfg, None if self.supernet is None
+                                      else self.supernet[0])
         self.shared = Cache(shared) if shared is not None else None
         self.price = price if price is not None else Pricer(cfg, device)
         axes = space.axes()
@@ -314,9 +320,6 @@ class _Search:
             OmegaConf.to_container(cfg.search, resolve=True), self.names, space.canonical)
         self.step = 0
         self.load_state()
-
-    def cache_name(self) -> str:
-        return proxy_cache_name(self.cfg, None if self.supernet is None else self.supernet[0])
 
     def make_job(self, spec: Any, ix: list[int], unit: dict) -> Any:
         return make_job(self.cfg, self.space, None if self.supernet is None else self.supernet[0],

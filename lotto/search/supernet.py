@@ -470,6 +470,13 @@ def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
     distill = cfg.rule in ("sandwich", "sandwich_ops", "progressive") and bool(cfg.distill)
     params = list(net.weights.values())
     clip = float(cfg.get("clip", 0.0))
+
+    def backward(loss: Tensor) -> None:
+        if clip > 0:
+            _clipped_backward(loss, params, clip)
+        else:
+            loss.backward()
+
     for step in range(steps):
         x, y = next(batches)
         x, y = x.to(device), y.to(device)
@@ -491,17 +498,11 @@ def train_supernet(net: Supernet, data: Data, cfg: DictConfig, *, seed: int,
                     soft = F.softmax(out.detach(), 1)
             if not torch.isfinite(loss):
                 raise LottoError("supernet training diverged (NaN/inf loss); lower supernet.lr")
-            if clip > 0:
-                _clipped_backward(loss, params, clip)
-            else:
-                loss.backward()
+            backward(loss)
             total += float(loss.detach())
         extra = extra_loss(step, x, y) if extra_loss is not None else None
         if extra is not None and extra.requires_grad:
-            if clip > 0:
-                _clipped_backward(extra, params, clip)
-            else:
-                extra.backward()
+            backward(extra)
         opt.step()
         sched.step()
         losses.append(total / len(arms))
